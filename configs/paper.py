@@ -1,0 +1,8 @@
+"""VALL-E as in the paper (arXiv 2301.02111): 12 layers, 16 heads, width 1024, FFN 4096,
+dropout 0.1, 8 codebooks of 1024, AdamW with warmup to 5e-4 over 32k steps then linear
+decay, 800k steps (LibriLight 60k h, 16 V100, 6k acoustic tokens per GPU)."""
+from configs.base import base
+
+
+def get_config():
+  return base()

@@ -1,0 +1,324 @@
+"""AR and NAR models: shapes, masks, KV cache, AdaLN, weight tying, dtypes, param counts."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import paper, tiny
+from valle_jax import models
+from valle_jax.info import example_batch
+
+B, L, T, P, Q = 3, 7, 12, 5, 8
+PHONEME_LENS = np.array([7, 5, 3])
+CODE_LENS = np.array([12, 9, 4])
+PROMPT_LENS = np.array([5, 3, 1])
+
+
+def _apply(model):
+  """A jitted pure function (state, *args) -> model(*args), compiled once per shape."""
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def apply(state, *args):
+    return nnx.merge(graphdef, state)(*args)
+  return lambda *args, state=state: apply(state, *args)
+
+
+@pytest.fixture(scope="module")
+def cfg():
+  return tiny.get_config().model
+
+
+@pytest.fixture(scope="module")
+def ar_model(cfg):
+  return models.ARModel(cfg, rngs=nnx.Rngs(0))
+
+
+@pytest.fixture(scope="module")
+def nar_model(cfg):
+  return models.NARModel(cfg, rngs=nnx.Rngs(1))
+
+
+@pytest.fixture(scope="module")
+def batch(cfg):
+  rng = np.random.default_rng(0)
+  b = example_batch(cfg, B, L, T)
+  b["phoneme_lens"], b["code_lens"] = PHONEME_LENS, CODE_LENS
+  b["prompt_codes"] = rng.integers(0, cfg.codebook_size, (B, P, Q))
+  b["prompt_lens"] = PROMPT_LENS
+  b["stage"] = np.array([1, 4, 7])
+  return {k: jnp.asarray(v) for k, v in b.items()}
+
+
+@pytest.fixture(scope="module")
+def ar_io(cfg, batch):
+  return models.ar_inputs_and_targets(batch["codes"][..., 0], batch["code_lens"],
+                                      cfg.codebook_size)
+
+
+@pytest.fixture(scope="module")
+def ar_apply(ar_model):
+  return _apply(ar_model)
+
+
+@pytest.fixture(scope="module")
+def ar_logits(ar_apply, batch, ar_io):
+  inputs, _, lens = ar_io
+  return ar_apply(batch["phonemes"], batch["phoneme_lens"], inputs, lens)
+
+
+def _nar_args(batch, **changes):
+  b = {**batch, **changes}
+  return (b["phonemes"], b["phoneme_lens"], b["prompt_codes"], b["prompt_lens"], b["codes"],
+          b["code_lens"], b["stage"])
+
+
+# ---------------------------------------------------------------------------------- AR
+
+
+def test_ar_inputs_and_targets_layout():
+  codes = jnp.array([[5, 6, 7, 0], [8, 9, 0, 0]])
+  inputs, targets, lens = models.ar_inputs_and_targets(codes, jnp.array([3, 2]), 10)
+  eos, bos = 10, 11
+  np.testing.assert_array_equal(inputs[..., 0], [[bos, 5, 6, 7, eos], [bos, 8, 9, eos, eos]])
+  np.testing.assert_array_equal(targets[..., 0], [[5, 6, 7, eos, eos], [8, 9, eos, eos, eos]])
+  np.testing.assert_array_equal(lens, [4, 3])
+  # Grouped (G=2): EOS after the codes, padded with EOS to whole groups.
+  inputs, targets, lens = models.ar_inputs_and_targets(codes, jnp.array([3, 2]), 10, 2)
+  np.testing.assert_array_equal(targets[0], [[5, 6], [7, eos], [eos, eos]])
+  np.testing.assert_array_equal(inputs[0], [[bos, bos], [5, 6], [7, eos]])
+  np.testing.assert_array_equal(lens, [2, 2])
+
+
+def test_ar_shapes_and_finite(cfg, ar_logits, ar_io):
+  inputs, _, _ = ar_io
+  assert ar_logits.shape == (B, inputs.shape[1], 1, cfg.codebook_size + 1)
+  assert ar_logits.dtype == jnp.float32
+  assert bool(jnp.all(jnp.isfinite(ar_logits)))
+
+
+def test_ar_audio_is_causal(ar_apply, batch, ar_io, ar_logits):
+  inputs, _, lens = ar_io
+  t = 5
+  changed = inputs.at[:, t].set((inputs[:, t] + 17) % 1024)
+  out = ar_apply(batch["phonemes"], batch["phoneme_lens"], changed, lens)
+  np.testing.assert_array_equal(out[:, :t], ar_logits[:, :t])     # nothing before t moves
+  assert not np.allclose(out[0, t:], ar_logits[0, t:])             # t and later do
+
+
+def test_ar_phoneme_changes_every_audio_position(ar_apply, batch, ar_io, ar_logits):
+  inputs, _, lens = ar_io
+  phonemes = batch["phonemes"].at[:, 0].set((batch["phonemes"][:, 0] + 1) % 128)
+  out = ar_apply(phonemes, batch["phoneme_lens"], inputs, lens)
+  for b in range(B):
+    diff = jnp.max(jnp.abs(out[b, :lens[b]] - ar_logits[b, :lens[b]]), axis=(-1, -2))
+    assert bool(jnp.all(diff > 0)), f"example {b}: some audio position ignores the phonemes"
+
+
+def test_ar_padding_changes_no_valid_logit(ar_apply, batch, ar_io, ar_logits):
+  inputs, _, lens = ar_io
+  ta = inputs.shape[1]
+  pad_phon = jnp.arange(L)[None] >= batch["phoneme_lens"][:, None]
+  pad_audio = (jnp.arange(ta)[None] >= lens[:, None])[..., None]
+  out = ar_apply(jnp.where(pad_phon, 99, batch["phonemes"]), batch["phoneme_lens"],
+                 jnp.where(pad_audio, 3, inputs), lens)
+  # And each example alone, unpadded, gives the same logits as inside the batch.
+  for b in range(B):
+    n_p, n_a = int(batch["phoneme_lens"][b]), int(lens[b])
+    np.testing.assert_array_equal(out[b, :n_a], ar_logits[b, :n_a])
+    alone = ar_apply(batch["phonemes"][b:b + 1, :n_p], batch["phoneme_lens"][b:b + 1],
+                     inputs[b:b + 1, :n_a], lens[b:b + 1])
+    np.testing.assert_allclose(alone[0], ar_logits[b, :n_a], atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("group_size", [1, 2])
+def test_ar_kv_cache_matches_full_forward(cfg, batch, group_size):
+  """Prefill a per-example prompt, then decode step by step: every step's logits equal
+  the full forward's at that position (float32, atol 2e-5), for ragged prompts."""
+  model = models.ARModel(_with(cfg, ar_group_size=group_size), rngs=nnx.Rngs(3))
+  inputs, _, lens = models.ar_inputs_and_targets(batch["codes"][..., 0], batch["code_lens"],
+                                                 cfg.codebook_size, group_size)
+  full_logits = nnx.jit(lambda m, *a: m(*a))(model, batch["phonemes"], batch["phoneme_lens"],
+                                             inputs, lens)
+  prompt_lens = jnp.array([3, 1, 2])            # BOS + prompt groups, different per example
+  num_steps = int(jnp.min(lens - prompt_lens))
+  prompt = inputs[:, :int(prompt_lens.max())]
+
+  @nnx.jit
+  def run(model, phonemes, phoneme_lens, prompt, inputs, prompt_lens):
+    cache = model.init_cache(B, L + inputs.shape[1] + 4)
+    logits, cache = model.prefill(phonemes, phoneme_lens, prompt, prompt_lens, cache)
+    steps = [logits]
+    for i in range(num_steps - 1):
+      tokens = inputs[jnp.arange(B), prompt_lens + i]     # [B, G]: each example's next group
+      logits, cache = model.decode_step(tokens, cache)
+      steps.append(logits)
+    return jnp.stack(steps, axis=1)                        # [B, steps, G, V + 1]
+
+  cached = run(model, batch["phonemes"], batch["phoneme_lens"], prompt, inputs, prompt_lens)
+  for b in range(B):
+    p = int(prompt_lens[b])
+    expected = full_logits[b, p - 1:p - 1 + num_steps]
+    np.testing.assert_allclose(cached[b], expected, atol=2e-5, rtol=1e-5)
+
+
+def _with(cfg, **changes):
+  new = cfg.copy_and_resolve_references()
+  for k, v in changes.items():
+    new[k] = v
+  return new
+
+
+# --------------------------------------------------------------------------------- NAR
+
+
+@pytest.fixture(scope="module")
+def nar_apply(nar_model):
+  return _apply(nar_model)
+
+
+@pytest.fixture(scope="module")
+def nar_logits(nar_apply, batch):
+  return nar_apply(*_nar_args(batch))
+
+
+def test_nar_shapes_and_finite(cfg, nar_logits):
+  assert nar_logits.shape == (B, T, cfg.codebook_size)
+  assert nar_logits.dtype == jnp.float32
+  assert bool(jnp.all(jnp.isfinite(nar_logits)))
+
+
+def test_nar_reads_only_codebooks_below_stage(nar_apply, batch, nar_logits):
+  stage = batch["stage"]
+  codebook = jnp.arange(Q)[None, None, :]
+  at_or_above = codebook >= stage[:, None, None]
+  changed = jnp.where(at_or_above, (batch["codes"] + 11) % 1024, batch["codes"])
+  np.testing.assert_array_equal(nar_apply(*_nar_args(batch, codes=changed)), nar_logits)
+  below = codebook == (stage[:, None, None] - 1)
+  changed = jnp.where(below, (batch["codes"] + 11) % 1024, batch["codes"])
+  out = nar_apply(*_nar_args(batch, codes=changed))
+  for b in range(B):
+    n = int(batch["code_lens"][b])
+    assert not np.allclose(out[b, :n], nar_logits[b, :n])
+
+
+def test_nar_padding_changes_no_valid_logit(nar_apply, batch, nar_logits):
+  def pad_fill(x, lens, value):
+    pad = jnp.arange(x.shape[1])[None] >= lens[:, None]
+    return jnp.where(pad.reshape(pad.shape + (1,) * (x.ndim - 2)), value, x)
+  out = nar_apply(*_nar_args(
+      batch, phonemes=pad_fill(batch["phonemes"], batch["phoneme_lens"], 9),
+      prompt_codes=pad_fill(batch["prompt_codes"], batch["prompt_lens"], 5),
+      codes=pad_fill(batch["codes"], batch["code_lens"], 7)))
+  for b in range(B):
+    n = int(batch["code_lens"][b])
+    np.testing.assert_array_equal(out[b, :n], nar_logits[b, :n])
+
+
+def test_nar_stage_enters_through_its_adaln_row(nar_model, batch, nar_logits):
+  """Perturbing stage j's AdaLN (a_j, b_j) in every norm moves exactly the examples whose
+  stage is j."""
+  model = nnx.clone(nar_model)
+  j = int(batch["stage"][1])
+  for path, var in nnx.iter_graph(model):
+    if isinstance(var, nnx.Param) and path[-1] in ("scale", "bias") and var.ndim == 2:
+      var[...] = var[...].at[j].add(0.3)
+  out = _apply(model)(*_nar_args(batch))
+  for b in range(B):
+    n = int(batch["code_lens"][b])
+    moved = not np.allclose(out[b, :n], nar_logits[b, :n])
+    assert moved == (int(batch["stage"][b]) == j), f"example {b}, stage {batch['stage'][b]}"
+
+
+def test_nar_output_tied_to_acoustic_embedding(cfg, nar_model, batch, nar_logits):
+  """Tied: no separate head; the logits for stage j = Q-1 move when only codebook j's
+  embedding moves, with no prompt (so codebook Q-1 is read by nothing but the prediction
+  layer: targets read codebooks < stage only)."""
+  assert not hasattr(nar_model, "head_kernel")
+  no_prompt = _nar_args(batch, prompt_lens=jnp.zeros((B,), jnp.int32))
+  base = _apply(nar_model)(*no_prompt)
+  model = nnx.clone(nar_model)
+  j = Q - 1
+  model.audio_embed[...] = model.audio_embed[...].at[j].multiply(2.0)
+  out = _apply(model)(*no_prompt)
+  for b in range(B):
+    n = int(batch["code_lens"][b])
+    moved = not np.allclose(out[b, :n], base[b, :n])
+    assert moved == (int(batch["stage"][b]) == j)
+  untied = models.NARModel(_with(cfg, nar_tie_output=False), rngs=nnx.Rngs(1))
+  assert untied.head_kernel.shape == (Q, cfg.width, cfg.codebook_size)
+
+
+def test_nar_stage_as_token_variant(cfg, batch):
+  model = models.NARModel(_with(cfg, nar_stage_conditioning="token"), rngs=nnx.Rngs(2))
+  apply = _apply(model)
+  out = apply(*_nar_args(batch))
+  assert out.shape == (B, T, cfg.codebook_size)
+  other = apply(*_nar_args(batch, stage=jnp.array([2, 2, 2])))
+  assert not np.allclose(out[0], other[0])       # the stage token changes the output
+  with pytest.raises(ValueError, match="nar_stage_conditioning"):
+    models.NARModel(_with(cfg, nar_stage_conditioning="film"), rngs=nnx.Rngs(0))
+
+
+# ---------------------------------------------------------------------- losses & dtypes
+
+
+def test_losses_and_top10(cfg, ar_model, nar_model, batch):
+  loss, m = nnx.jit(models.ar_loss)(ar_model, batch)
+  # Targets: codes plus EOS for each example.
+  assert float(m["count"]) == float(jnp.sum(batch["code_lens"] + 1))
+  assert abs(float(loss) - np.log(cfg.codebook_size + 1)) < 1.5
+  assert 0 <= float(m["top10_correct"]) <= float(m["count"])
+  loss, m = nnx.jit(models.nar_loss)(nar_model, batch)
+  assert float(m["count"]) == float(jnp.sum(batch["code_lens"]))
+  np.testing.assert_allclose(m["count_per_codebook"][np.asarray(batch["stage"])],
+                             batch["code_lens"])
+  np.testing.assert_allclose(float(jnp.sum(m["loss_sum_per_codebook"])), float(m["loss_sum"]),
+                             rtol=1e-5)
+  # Top-k counts against a hand-made case.
+  logits = jnp.array([[0.0, 3.0, 2.0, 1.0]])
+  nll, in_top2 = models.token_nll_and_topk(logits, jnp.array([2]), k=2)
+  assert bool(in_top2[0]) and not bool(models.token_nll_and_topk(logits, jnp.array([0]), 2)[1][0])
+  np.testing.assert_allclose(nll[0], -jax.nn.log_softmax(logits[0])[2], rtol=1e-6)
+
+
+def test_bfloat16_compute_is_finite_and_close(cfg, ar_model, nar_model, batch, ar_io,
+                                              ar_logits, nar_logits):
+  inputs, _, lens = ar_io
+  for model, args, ref in ((ar_model, (batch["phonemes"], batch["phoneme_lens"], inputs, lens),
+                            ar_logits), (nar_model, _nar_args(batch), nar_logits)):
+    model16 = nnx.clone(model)
+    model16.dtype = jnp.bfloat16
+    out = _apply(model16)(*args)
+    assert out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out)))
+    valid = np.isfinite(np.asarray(ref))
+    err = np.max(np.abs(np.asarray(out) - np.asarray(ref))[valid])
+    assert err < 0.05 * float(np.max(np.abs(ref))), f"bf16 error {err}"
+    params = jax.tree.leaves(nnx.state(model16, nnx.Param))
+    assert all(p.dtype == jnp.float32 for p in params)
+
+
+def _expected_param_count(mc, kind: str) -> int:
+  """Parameter count of the paper's architecture, from its definition."""
+  d, f, n_layers, v = mc.width, mc.mlp_dim, mc.num_layers, mc.codebook_size
+  attention = 4 * d * d + 4 * d              # q, k, v, out projections with biases
+  mlp = 2 * d * f + f + d
+  norms = 2 * 2 * d                          # two pre-LNs per block (scale, bias)
+  if kind == "ar":
+    per_block = attention + mlp + norms
+    embeddings = mc.phoneme_vocab_size * d + (v + 2) * d          # + EOS, BOS
+    return embeddings + n_layers * per_block + 2 * d + d * (v + 1) + (v + 1)
+  q = mc.num_codebooks
+  per_block = attention + mlp + 2 * 2 * q * d                     # AdaLN (a_j, b_j) tables
+  embeddings = mc.phoneme_vocab_size * d + q * v * d              # tied output head
+  return embeddings + n_layers * per_block + 2 * q * d
+
+
+def test_paper_config_param_counts():
+  mc = paper.get_config().model
+  assert (mc.num_layers, mc.num_heads, mc.width, mc.mlp_dim) == (12, 16, 1024, 4096)
+  for kind, cls in (("ar", models.ARModel), ("nar", models.NARModel)):
+    abstract = nnx.eval_shape(lambda: cls(mc, rngs=nnx.Rngs(0)))   # no memory, no compute
+    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+    assert count == _expected_param_count(mc, kind), kind

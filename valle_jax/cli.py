@@ -1,0 +1,56 @@
+"""The one `valle-jax` entry point.
+
+    valle-jax <command> [--config=configs/x.py] [--config.a.b=value] [flags...]
+
+Each command lives in its own module, which defines its absl flags at import time and a
+`main(argv)` function. Only the chosen command's module is imported, so commands never see
+each other's flags and `valle-jax --help` stays fast.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> (module, one-line description)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("valle_jax.info", "build the AR and NAR models of a config, run a forward pass, print sizes"),
+}
+
+
+def _usage() -> str:
+  width = max(len(c) for c in COMMANDS)
+  lines = ["usage: valle-jax <command> [flags]", "", "commands:"]
+  lines += [f"  {name:<{width}}  {desc}" for name, (_, desc) in COMMANDS.items()]
+  lines += ["", "Run `valle-jax <command> --help` for a command's flags."]
+  return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+  argv = list(sys.argv if argv is None else argv)
+  if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+    print(_usage())
+    sys.exit(0 if len(argv) >= 2 else 2)
+  command = argv[1]
+  if command not in COMMANDS:
+    sys.exit(f"valle-jax: unknown command {command!r}.\n\n{_usage()}")
+  module = importlib.import_module(COMMANDS[command][0])
+
+  from absl import app  # pylint: disable=g-import-not-at-top
+
+  from valle_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+
+  def run(args):
+    try:
+      return module.main(args)
+    except UserError as e:
+      sys.stderr.write(f"valle-jax {command}: error: {e}\n")
+      sys.exit(2)
+    except KeyboardInterrupt:
+      sys.stderr.write(f"valle-jax {command}: interrupted\n")
+      sys.exit(130)
+
+  app.run(run, argv=[f"valle-jax {command}"] + argv[2:])
+
+
+if __name__ == "__main__":
+  main()

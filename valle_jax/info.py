@@ -1,0 +1,63 @@
+"""`valle-jax info`: build a config's AR and NAR models, run a forward pass, print sizes.
+
+    valle-jax info --config=configs/paper.py
+    valle-jax info --config=configs/tiny.py --config.model.num_layers=4
+"""
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+from flax import nnx
+from ml_collections import config_flags
+
+from valle_jax import models, sharding
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Experiment config file.")
+_BATCH = flags.DEFINE_integer("batch_size", 2, "Batch size of the forward pass.")
+_FRAMES = flags.DEFINE_integer("frames", 225, "Audio frames of the forward pass (75 = 1 s).")
+_PHONEMES = flags.DEFINE_integer("phonemes", 40, "Phonemes per example in the forward pass.")
+
+
+def example_batch(model_cfg, batch_size: int, num_phonemes: int, num_frames: int,
+                  seed: int = 0) -> dict[str, np.ndarray]:
+  """A random AR/NAR batch with the layout `models.ar_loss` / `models.nar_loss` read."""
+  rng = np.random.default_rng(seed)
+  q, v = model_cfg.num_codebooks, model_cfg.codebook_size
+  prompt_frames = max(1, num_frames // 3)
+  return {
+      "phonemes": rng.integers(1, model_cfg.phoneme_vocab_size, (batch_size, num_phonemes)),
+      "phoneme_lens": np.full((batch_size,), num_phonemes),
+      "codes": rng.integers(0, v, (batch_size, num_frames, q)),
+      "code_lens": np.full((batch_size,), num_frames),
+      "prompt_codes": rng.integers(0, v, (batch_size, prompt_frames, q)),
+      "prompt_lens": np.full((batch_size,), prompt_frames),
+      "stage": rng.integers(1, q, (batch_size,)),
+  }
+
+
+def main(argv):
+  del argv
+  cfg = _CONFIG.value
+  mesh = sharding.make_mesh(cfg.mesh)
+  print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}, mesh {dict(mesh.shape)}")
+  batch = example_batch(cfg.model, _BATCH.value, _PHONEMES.value, _FRAMES.value, cfg.seed)
+  batch = sharding.shard_batch(batch, mesh)
+  for name, model_cls, loss_fn in (("AR", models.ARModel, models.ar_loss),
+                                   ("NAR", models.NARModel, models.nar_loss)):
+    model = sharding.create_sharded_model(
+        lambda: model_cls(cfg.model, rngs=nnx.Rngs(cfg.seed)), mesh)
+    params = nnx.state(model, nnx.Param)
+    print(f"{name}: {sharding.param_count(params):,} parameters "
+          f"({cfg.model.num_layers} layers, {cfg.model.num_heads} heads, width "
+          f"{cfg.model.width}, mlp {cfg.model.mlp_dim}, compute {cfg.model.compute_dtype})")
+    start = time.perf_counter()
+    loss, metrics = nnx.jit(loss_fn)(model, batch)
+    loss = float(jax.block_until_ready(loss))
+    print(f"  forward on batch {_BATCH.value} x {_FRAMES.value} frames: loss {loss:.3f} "
+          f"over {int(metrics['count'])} tokens (uniform would be "
+          f"{float(jnp.log(cfg.model.codebook_size + (name == 'AR'))):.3f}), "
+          f"{time.perf_counter() - start:.1f} s with compilation")

@@ -1,0 +1,14 @@
+"""VALL-E's two transformers and their losses.
+
+    from valle_jax import models
+    ar = models.ARModel(config.model, rngs=nnx.Rngs(0))
+    nar = models.NARModel(config.model, rngs=nnx.Rngs(1))
+
+`models` depends on jax and flax only (never on data, codec, text, train or checkpoint).
+"""
+from valle_jax.models.ar import ARModel, ar_inputs_and_targets, bos_id, eos_id
+from valle_jax.models.losses import ar_loss, nar_loss, token_nll_and_topk
+from valle_jax.models.nar import NARModel
+
+__all__ = ["ARModel", "NARModel", "ar_inputs_and_targets", "ar_loss", "bos_id", "eos_id",
+           "nar_loss", "token_nll_and_topk"]

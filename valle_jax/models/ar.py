@@ -1,0 +1,243 @@
+"""The autoregressive (AR) model: codebook 1 given phonemes, as a causal codec LM.
+
+Sequence layout for a batch (padding at the end of each segment):
+
+    [ phonemes (L slots, `phoneme_lens` valid) | audio (Ta slots, `audio_lens` valid) ]
+
+Audio tokens come in groups of G = `ar_group_size` frames (VALL-E 2 grouped code
+modeling; G = 1 is plain VALL-E). Audio input group 0 is BOS; group t+1 holds frames of
+group t, so the output at audio slot t predicts group t (see `ar_inputs_and_targets`).
+Attention: phonemes see all valid phonemes and no audio; audio sees all valid phonemes and
+audio causally. Positions are sinusoidal, counted separately within each segment.
+
+Token ids: codes are 0..V-1 (V = codebook_size), EOS = V, BOS = V + 1 (input only). The
+output is over V + 1 classes (codes and EOS) for each of the G frames of a group.
+
+KV cache (for the sampler): a dict of arrays
+    k, v       [num_layers, B, S, N, H]  keys/values by slot (S = cache slots)
+    valid      [B, S] bool               slots that hold a real phoneme or audio token
+    next_slot  [B] int32                 where the next audio token is written
+    audio_pos  [B] int32                 its position within the audio segment
+`prefill` runs the prompt (phonemes + BOS + prompt codes) through the model and fills
+slots [0, L + Ta); `decode_step` appends one group per example at its own `next_slot`,
+so a batch whose prompts differ in length decodes in lockstep.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from valle_jax.models import layers
+
+Array = jax.Array
+
+
+def eos_id(codebook_size: int) -> int:
+  return codebook_size
+
+
+def bos_id(codebook_size: int) -> int:
+  return codebook_size + 1
+
+
+class ARModel(nnx.Module):
+  """VALL-E's AR transformer (decoder-only, phoneme prefix, causal over audio)."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    d = cfg.width
+    self.num_layers, self.num_heads, self.width = cfg.num_layers, cfg.num_heads, d
+    self.codebook_size = cfg.codebook_size
+    self.group_size = cfg.ar_group_size
+    self.dtype = layers.compute_dtype(cfg.compute_dtype)
+    self.dropout_rate = cfg.dropout
+    embed = jax.nn.initializers.normal(stddev=0.02)
+    self.phoneme_embed = layers.make_param(rngs, embed, (cfg.phoneme_vocab_size, d),
+                                           ("vocab", "embed"))
+    # Codes, EOS and BOS.
+    self.audio_embed = layers.make_param(rngs, embed, (cfg.codebook_size + 2, d),
+                                         ("vocab", "embed"))
+    if self.group_size > 1:  # a group's G frame embeddings, concatenated, projected to D
+      self.group_proj = layers.make_param(rngs, jax.nn.initializers.lecun_normal(),
+                                          (self.group_size * d, d), (None, "embed"))
+    self.transformer = layers.Transformer(
+        num_layers=cfg.num_layers, width=d, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim,
+        dropout_rate=cfg.dropout, rngs=rngs)
+    num_out = self.group_size * (cfg.codebook_size + 1)
+    self.head_kernel = layers.make_param(rngs, jax.nn.initializers.lecun_normal(),
+                                         (d, num_out), ("embed", "vocab"))
+    self.head_bias = layers.make_param(rngs, jax.nn.initializers.zeros, (num_out,),
+                                       ("vocab",))
+
+  # -- embeddings and head -------------------------------------------------------------
+
+  def _embed_phonemes(self, phonemes: Array) -> Array:
+    """phonemes [B, L] -> [B, L, D] (compute dtype), positions 0..L-1."""
+    d = self.phoneme_embed.shape[1]
+    x = self.phoneme_embed[...][phonemes]
+    x = x + layers.sinusoidal_positions(jnp.arange(phonemes.shape[1])[None], d)
+    return x.astype(self.dtype)
+
+  def _embed_audio(self, tokens: Array, positions: Array) -> Array:
+    """tokens [B, T, G], positions [B, T] -> [B, T, D] (compute dtype)."""
+    b, t, g = tokens.shape
+    d = self.audio_embed.shape[1]
+    x = self.audio_embed[...][tokens]                          # [B, T, G, D]
+    if g > 1:
+      x = x.reshape(b, t, g * d) @ self.group_proj[...]
+    else:
+      x = x[:, :, 0]
+    x = x + layers.sinusoidal_positions(positions, d)
+    return x.astype(self.dtype)
+
+  def _head(self, h: Array) -> Array:
+    """h [B, T, D] -> logits [B, T, G, V + 1] float32."""
+    logits = h @ self.head_kernel[...].astype(h.dtype) + self.head_bias[...].astype(h.dtype)
+    b, t, _ = logits.shape
+    return logits.astype(jnp.float32).reshape(b, t, self.group_size, self.codebook_size + 1)
+
+  def _check_tokens(self, audio_tokens: Array):
+    if audio_tokens.ndim != 3 or audio_tokens.shape[-1] != self.group_size:
+      raise ValueError(f"audio_tokens must be [B, T, G={self.group_size}], "
+                       f"got shape {audio_tokens.shape}.")
+
+  # -- full forward ----------------------------------------------------------------------
+
+  def __call__(self, phonemes: Array, phoneme_lens: Array, audio_tokens: Array,
+               audio_lens: Array, *, dropout_rng: Array | None = None) -> Array:
+    """Teacher-forced forward.
+
+    Args:
+      phonemes: int [B, L] phoneme ids (prompt transcript + target transcript).
+      phoneme_lens: int [B] valid phonemes per example.
+      audio_tokens: int [B, Ta, G] audio input groups, BOS first (`ar_inputs_and_targets`).
+      audio_lens: int [B] valid audio groups per example (BOS included).
+      dropout_rng: PRNG key for dropout, or None for deterministic evaluation.
+    Returns:
+      float32 logits [B, Ta, G, V + 1]; slot t predicts audio group t.
+    """
+    self._check_tokens(audio_tokens)
+    x, mask = self._inputs_and_mask(phonemes, phoneme_lens, audio_tokens, audio_lens)
+    embed_rng, layers_rng = _split_or_none(dropout_rng)
+    x = layers.dropout(x, self.dropout_rate, embed_rng)
+    h, _ = self.transformer(x, mask, dropout_rng=layers_rng)
+    return self._head(h[:, phonemes.shape[1]:])
+
+  def _inputs_and_mask(self, phonemes, phoneme_lens, audio_tokens, audio_lens):
+    """Embedded sequence [B, L + Ta, D] and its attention mask [B, 1, L + Ta, L + Ta]."""
+    num_phon, num_audio = phonemes.shape[1], audio_tokens.shape[1]
+    audio_positions = jnp.broadcast_to(jnp.arange(num_audio), audio_tokens.shape[:2])
+    x = jnp.concatenate([self._embed_phonemes(phonemes),
+                         self._embed_audio(audio_tokens, audio_positions)], axis=1)
+    valid = _segment_valid(phoneme_lens, num_phon, audio_lens, num_audio)  # [B, L + Ta]
+    slot = jnp.arange(num_phon + num_audio)
+    is_audio = slot >= num_phon
+    # Query i may see key j: j valid, and j a phoneme, or both audio with j <= i.
+    allowed = (~is_audio[None, :]) | (is_audio[:, None] & (slot[None, :] <= slot[:, None]))
+    mask = allowed[None, None] & valid[:, None, None, :]
+    return x, mask
+
+  # -- KV-cache path ---------------------------------------------------------------------
+
+  def init_cache(self, batch_size: int, num_slots: int, dtype=None) -> dict[str, Array]:
+    """An empty cache with `num_slots` slots (>= phoneme slots + all audio groups)."""
+    shape = (self.num_layers, batch_size, num_slots, self.num_heads,
+             self.width // self.num_heads)
+    dtype = self.dtype if dtype is None else dtype
+    return {
+        "k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+        "valid": jnp.zeros((batch_size, num_slots), bool),
+        "next_slot": jnp.zeros((batch_size,), jnp.int32),
+        "audio_pos": jnp.zeros((batch_size,), jnp.int32),
+    }
+
+  def prefill(self, phonemes: Array, phoneme_lens: Array, audio_tokens: Array,
+              audio_lens: Array, cache: dict[str, Array]) -> tuple[Array, dict[str, Array]]:
+    """Runs the prompt through the model, filling cache slots [0, L + Ta).
+
+    Args: as `__call__` (audio_tokens = BOS + prompt groups); `cache` from `init_cache`.
+    Returns:
+      logits [B, G, V + 1] float32 at each example's last valid audio slot (the prediction
+      of its first new group), and the filled cache.
+    """
+    self._check_tokens(audio_tokens)
+    num_phon, num_audio = phonemes.shape[1], audio_tokens.shape[1]
+    num_slots = cache["valid"].shape[1]
+    if num_phon + num_audio > num_slots:
+      raise ValueError(f"prompt needs {num_phon + num_audio} cache slots, cache has {num_slots}.")
+    x, mask = self._inputs_and_mask(phonemes, phoneme_lens, audio_tokens, audio_lens)
+    pad = num_slots - (num_phon + num_audio)
+    mask = jnp.pad(mask, [(0, 0), (0, 0), (0, 0), (0, pad)])    # [B, 1, T, S]
+    write_slots = jnp.broadcast_to(jnp.arange(num_phon + num_audio), x.shape[:2])
+    kv = {"k": cache["k"], "v": cache["v"]}
+    h, kv = self.transformer(x, mask, cache=kv, write_slots=write_slots)
+    last = h[jnp.arange(h.shape[0]), num_phon + audio_lens - 1]  # [B, D]
+    valid = _segment_valid(phoneme_lens, num_phon, audio_lens, num_audio)
+    cache = {
+        **kv,
+        "valid": jnp.pad(valid, [(0, 0), (0, pad)]),
+        "next_slot": (num_phon + audio_lens).astype(jnp.int32),
+        "audio_pos": audio_lens.astype(jnp.int32),
+    }
+    return self._head(last[:, None])[:, 0], cache
+
+  def decode_step(self, tokens: Array, cache: dict[str, Array]
+                  ) -> tuple[Array, dict[str, Array]]:
+    """Appends one audio group per example and predicts the next.
+
+    Args:
+      tokens: int [B, G], the group just chosen for each example.
+      cache: from `prefill` or a previous `decode_step`.
+    Returns:
+      logits [B, G, V + 1] float32 for the following group, and the updated cache.
+    The caller must not step past the cache's slots (the sampler bounds its loop).
+    """
+    batch = tokens.shape[0]
+    x = self._embed_audio(tokens[:, None, :], cache["audio_pos"][:, None])  # [B, 1, D]
+    write_slots = cache["next_slot"][:, None]                                  # [B, 1]
+    valid = cache["valid"].at[jnp.arange(batch), cache["next_slot"]].set(True)
+    mask = valid[:, None, None, :]                                            # [B, 1, 1, S]
+    kv = {"k": cache["k"], "v": cache["v"]}
+    h, kv = self.transformer(x, mask, cache=kv, write_slots=write_slots)
+    cache = {**kv, "valid": valid, "next_slot": cache["next_slot"] + 1,
+             "audio_pos": cache["audio_pos"] + 1}
+    return self._head(h)[:, 0], cache
+
+
+def _split_or_none(rng: Array | None) -> tuple[Array | None, Array | None]:
+  return (None, None) if rng is None else tuple(jax.random.split(rng))
+
+
+def _segment_valid(phoneme_lens, num_phon, audio_lens, num_audio) -> Array:
+  """[B, L + Ta] bool: which slots of the padded two-segment layout hold real tokens."""
+  phon_valid = jnp.arange(num_phon)[None, :] < phoneme_lens[:, None]
+  audio_valid = jnp.arange(num_audio)[None, :] < audio_lens[:, None]
+  return jnp.concatenate([phon_valid, audio_valid], axis=1)
+
+
+def ar_inputs_and_targets(codes: Array, code_lens: Array, codebook_size: int,
+                          group_size: int = 1) -> tuple[Array, Array, Array]:
+  """Teacher-forcing inputs and targets for the AR model from codebook-1 codes.
+
+  The target stream is the codes followed by EOS, padded with EOS to a multiple of G and
+  split into groups; the inputs are BOS followed by all target groups but the last.
+
+  Args:
+    codes: int [B, T] codebook-1 codes (padding arbitrary past `code_lens`).
+    code_lens: int [B] valid frames.
+  Returns:
+    inputs int32 [B, Ta, G], targets int32 [B, Ta, G], group_lens int32 [B] (valid groups,
+    = ceil((code_len + 1) / G)); Ta = ceil((T + 1) / G).
+  """
+  eos, bos = eos_id(codebook_size), bos_id(codebook_size)
+  b, t = codes.shape
+  num_groups = -(-(t + 1) // group_size)
+  stream = jnp.full((b, num_groups * group_size), eos, jnp.int32)
+  frame = jnp.arange(t)[None, :]
+  stream = stream.at[:, :t].set(jnp.where(frame < code_lens[:, None], codes, eos))
+  targets = stream.reshape(b, num_groups, group_size)
+  inputs = jnp.concatenate([jnp.full((b, 1, group_size), bos, jnp.int32), targets[:, :-1]],
+                           axis=1)
+  group_lens = (code_lens + 1 + group_size - 1) // group_size
+  return inputs, targets, group_lens.astype(jnp.int32)

@@ -1,0 +1,212 @@
+"""Transformer building blocks shared by the AR and NAR models.
+
+Conventions
+- Parameters are float32 `nnx.Param`s carrying `logical_axes` metadata (names from
+  `valle_jax.sharding.LOGICAL_RULES`); they are cast to the compute dtype where used.
+- Attention softmax, layer-norm statistics and logits are computed in float32.
+- Dropout is explicit: pass `dropout_rng=None` for deterministic (eval) behaviour, or a
+  PRNG key for training. Nothing stores RNG state, so train steps stay pure functions.
+- Shapes: B batch, T query length, S key length (cache slots), D width, N heads,
+  H head dim, F mlp dim.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+_NEG_INF = float(jnp.finfo(jnp.float32).min)
+
+_embed_init = jax.nn.initializers.normal(stddev=0.02)
+_dense_init = jax.nn.initializers.lecun_normal()
+_zeros = jax.nn.initializers.zeros
+_ones = jax.nn.initializers.ones
+
+
+def make_param(rngs: nnx.Rngs, init, shape: tuple[int, ...],
+               logical_axes: tuple[str | None, ...]) -> nnx.Param:
+  """A float32 parameter annotated with logical axis names (one per dimension)."""
+  assert len(shape) == len(logical_axes), (shape, logical_axes)
+  return nnx.Param(init(rngs.params(), shape, jnp.float32), logical_axes=logical_axes)
+
+
+def sinusoidal_positions(positions: Array, dim: int) -> Array:
+  """Sinusoidal position encodings. positions [...] int -> [..., dim] float32."""
+  half = dim // 2
+  freqs = jnp.exp(-jnp.log(10_000.0) * jnp.arange(half, dtype=jnp.float32) / half)
+  angles = positions.astype(jnp.float32)[..., None] * freqs
+  enc = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+  if dim % 2:
+    enc = jnp.pad(enc, [(0, 0)] * (enc.ndim - 1) + [(0, 1)])
+  return enc
+
+
+def dropout(x: Array, rate: float, rng: Array | None) -> Array:
+  """Inverted dropout; identity when `rng` is None or `rate` is 0."""
+  if rng is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def layer_norm(x: Array, eps: float = 1e-5) -> Array:
+  """LayerNorm without affine parameters, statistics in float32; returns x's dtype."""
+  x32 = x.astype(jnp.float32)
+  mean = jnp.mean(x32, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+  return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+
+
+class Norm(nnx.Module):
+  """LayerNorm with a learned affine map, or AdaLN when `num_conditions` > 0.
+
+  AdaLN (VALL-E's NAR stage injection): `AdaLN(h, j) = a_j * LayerNorm(h) + b_j`, with one
+  (a_j, b_j) pair per condition j, chosen per example by `condition` [B].
+  """
+
+  def __init__(self, width: int, *, num_conditions: int = 0, rngs: nnx.Rngs):
+    self.adaptive = num_conditions > 0
+    if self.adaptive:
+      self.scale = make_param(rngs, _ones, (num_conditions, width), (None, "embed"))
+      self.bias = make_param(rngs, _zeros, (num_conditions, width), (None, "embed"))
+    else:
+      self.scale = make_param(rngs, _ones, (width,), ("embed",))
+      self.bias = make_param(rngs, _zeros, (width,), ("embed",))
+
+  def __call__(self, x: Array, condition: Array | None = None) -> Array:
+    y = layer_norm(x).astype(jnp.float32)                     # [B, T, D]
+    if self.adaptive:
+      if condition is None:
+        raise ValueError("AdaLN needs a condition (the NAR stage) per example.")
+      scale = self.scale[...][condition][:, None, :]         # [B, 1, D]
+      bias = self.bias[...][condition][:, None, :]
+    else:
+      scale, bias = self.scale[...], self.bias[...]
+    return (y * scale + bias).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+  """Multi-head attention with an optional key/value cache.
+
+  Without a cache, keys and values come from `x` itself and `mask` is [B, 1, T, T].
+  With a cache ({"k", "v"}: [num_layers, B, S, N, H], shared by all layers), this layer's
+  new keys/values are written into row `layer` at `write_slots` [B, T] (per example) and
+  the queries attend over all S slots with `mask` [B, 1, T, S]; the updated cache is
+  returned. Writing into the stacked cache in place keeps decoding free of copies.
+  """
+
+  def __init__(self, width: int, num_heads: int, *, rngs: nnx.Rngs):
+    if width % num_heads:
+      raise ValueError(f"width {width} is not divisible by num_heads {num_heads}.")
+    head_dim = width // num_heads
+    qkv_shape = (width, num_heads, head_dim)
+    qkv_axes = ("embed", "heads", "kv")
+    self.q_kernel = make_param(rngs, _dense_init, qkv_shape, qkv_axes)
+    self.k_kernel = make_param(rngs, _dense_init, qkv_shape, qkv_axes)
+    self.v_kernel = make_param(rngs, _dense_init, qkv_shape, qkv_axes)
+    self.q_bias = make_param(rngs, _zeros, (num_heads, head_dim), ("heads", "kv"))
+    self.k_bias = make_param(rngs, _zeros, (num_heads, head_dim), ("heads", "kv"))
+    self.v_bias = make_param(rngs, _zeros, (num_heads, head_dim), ("heads", "kv"))
+    out_init = jax.nn.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=(0, 1))
+    self.out_kernel = make_param(rngs, out_init, (num_heads, head_dim, width),
+                                 ("heads", "kv", "embed"))
+    self.out_bias = make_param(rngs, _zeros, (width,), ("embed",))
+    self.head_dim = head_dim
+
+  def __call__(self, x: Array, mask: Array, *, cache: dict[str, Array] | None = None,
+               layer: int = 0, write_slots: Array | None = None
+               ) -> tuple[Array, dict[str, Array] | None]:
+    dtype = x.dtype
+    def project(kernel, bias):
+      return jnp.einsum("btd,dnh->btnh", x, kernel[...].astype(dtype)) + bias[...].astype(dtype)
+    q = project(self.q_kernel, self.q_bias)                   # [B, T, N, H]
+    k = project(self.k_kernel, self.k_bias)
+    v = project(self.v_kernel, self.v_bias)
+    if cache is not None:
+      batch_index = jnp.arange(x.shape[0])[:, None]           # [B, 1]
+      cache = {name: cache[name].at[layer, batch_index, write_slots].set(
+                   new.astype(cache[name].dtype)) for name, new in (("k", k), ("v", v))}
+      k = cache["k"][layer].astype(dtype)                       # [B, S, N, H]
+      v = cache["v"][layer].astype(dtype)
+    logits = jnp.einsum("btnh,bsnh->bnts", q, k).astype(jnp.float32)
+    logits = logits * (self.head_dim ** -0.5)
+    logits = jnp.where(mask, logits, _NEG_INF)                # mask [B, 1, T, S]
+    probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
+    out = jnp.einsum("bnts,bsnh->btnh", probs, v)
+    out = jnp.einsum("btnh,nhd->btd", out, self.out_kernel[...].astype(dtype))
+    return out + self.out_bias[...].astype(dtype), cache
+
+
+class MLP(nnx.Module):
+  """Position-wise feed-forward network: D -> F (GELU) -> D."""
+
+  def __init__(self, width: int, mlp_dim: int, *, rngs: nnx.Rngs):
+    self.in_kernel = make_param(rngs, _dense_init, (width, mlp_dim), ("embed", "mlp"))
+    self.in_bias = make_param(rngs, _zeros, (mlp_dim,), ("mlp",))
+    self.out_kernel = make_param(rngs, _dense_init, (mlp_dim, width), ("mlp", "embed"))
+    self.out_bias = make_param(rngs, _zeros, (width,), ("embed",))
+
+  def __call__(self, x: Array) -> Array:
+    dtype = x.dtype
+    h = x @ self.in_kernel[...].astype(dtype) + self.in_bias[...].astype(dtype)
+    h = jax.nn.gelu(h)
+    return h @ self.out_kernel[...].astype(dtype) + self.out_bias[...].astype(dtype)
+
+
+class Block(nnx.Module):
+  """Pre-LayerNorm transformer block: x + Attn(Norm(x)); then + MLP(Norm(.))."""
+
+  def __init__(self, width: int, num_heads: int, mlp_dim: int, dropout_rate: float, *,
+               num_conditions: int = 0, rngs: nnx.Rngs):
+    self.attn_norm = Norm(width, num_conditions=num_conditions, rngs=rngs)
+    self.attn = Attention(width, num_heads, rngs=rngs)
+    self.mlp_norm = Norm(width, num_conditions=num_conditions, rngs=rngs)
+    self.mlp = MLP(width, mlp_dim, rngs=rngs)
+    self.dropout_rate = dropout_rate
+
+  def __call__(self, x: Array, mask: Array, *, condition: Array | None = None,
+               cache: dict[str, Array] | None = None, layer: int = 0,
+               write_slots: Array | None = None,
+               dropout_rng: Array | None = None) -> tuple[Array, Any]:
+    rng_attn = rng_mlp = None
+    if dropout_rng is not None:
+      rng_attn, rng_mlp = jax.random.split(dropout_rng)
+    h, cache = self.attn(self.attn_norm(x, condition), mask, cache=cache, layer=layer,
+                         write_slots=write_slots)
+    x = x + dropout(h, self.dropout_rate, rng_attn)
+    h = self.mlp(self.mlp_norm(x, condition))
+    x = x + dropout(h, self.dropout_rate, rng_mlp)
+    return x, cache
+
+
+class Transformer(nnx.Module):
+  """A stack of pre-LN blocks followed by a final norm.
+
+  `cache`, when given, is {"k", "v"}: [num_layers, B, S, N, H]; the updated cache is returned.
+  """
+
+  def __init__(self, *, num_layers: int, width: int, num_heads: int, mlp_dim: int,
+               dropout_rate: float, num_conditions: int = 0, rngs: nnx.Rngs):
+    self.blocks = nnx.List([
+        Block(width, num_heads, mlp_dim, dropout_rate, num_conditions=num_conditions,
+              rngs=rngs) for _ in range(num_layers)])
+    self.final_norm = Norm(width, num_conditions=num_conditions, rngs=rngs)
+
+  def __call__(self, x: Array, mask: Array, *, condition: Array | None = None,
+               cache: dict[str, Array] | None = None, write_slots: Array | None = None,
+               dropout_rng: Array | None = None) -> tuple[Array, Any]:
+    for i, block in enumerate(self.blocks):
+      layer_rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
+      x, cache = block(x, mask, condition=condition, cache=cache, layer=i,
+                       write_slots=write_slots, dropout_rng=layer_rng)
+    return self.final_norm(x, condition), cache
+
+
+def compute_dtype(name: str) -> jnp.dtype:
+  """'float32' | 'bfloat16' -> dtype, with a clear error for anything else."""
+  if name not in ("float32", "bfloat16"):
+    raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {name!r}.")
+  return jnp.dtype(name)

@@ -1,0 +1,76 @@
+"""Losses and metrics: masked cross-entropy and top-k accuracy (the paper reports top-10).
+
+Model-level loss functions take a model and a batch dict and return `(loss, metrics)`,
+where `loss` is the mean cross-entropy over valid positions and `metrics` holds sums and
+counts (so they can be summed across steps and devices before dividing).
+
+AR batch:  phonemes [B, L], phoneme_lens [B], codes [B, T, Q] (codebook 0 is used),
+           code_lens [B].
+NAR batch: phonemes, phoneme_lens, prompt_codes [B, P, Q], prompt_lens [B],
+           codes [B, T, Q], code_lens [B], stage [B] (0-based codebook in [1, Q)).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from valle_jax.models.ar import ARModel, ar_inputs_and_targets
+from valle_jax.models.nar import NARModel
+
+Array = jax.Array
+
+
+def token_nll_and_topk(logits: Array, targets: Array, k: int = 10) -> tuple[Array, Array]:
+  """Per-token negative log-likelihood and whether the target is in the top k.
+
+  logits [..., V] (any float dtype; computed in float32), targets [...] int.
+  Returns nll [...] float32 and in_topk [...] bool.
+  """
+  logits = logits.astype(jnp.float32)
+  targets = targets[..., None].astype(jnp.int32)
+  nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), targets, axis=-1)[..., 0]
+  target_logit = jnp.take_along_axis(logits, targets, axis=-1)
+  in_topk = jnp.sum(logits > target_logit, axis=-1) < k       # fewer than k beat it
+  return nll, in_topk
+
+
+def ar_loss(model: ARModel, batch: dict[str, Array], dropout_rng: Array | None = None
+            ) -> tuple[Array, dict[str, Array]]:
+  """Causal LM loss on codebook 1 (all audio positions, EOS included)."""
+  inputs, targets, group_lens = ar_inputs_and_targets(
+      batch["codes"][..., 0], batch["code_lens"], model.codebook_size, model.group_size)
+  logits = model(batch["phonemes"], batch["phoneme_lens"], inputs, group_lens,
+                 dropout_rng=dropout_rng)                     # [B, Ta, G, V + 1]
+  mask = jnp.arange(inputs.shape[1])[None, :, None] < group_lens[:, None, None]
+  mask = jnp.broadcast_to(mask, targets.shape).astype(jnp.float32)
+  nll, in_topk = token_nll_and_topk(logits, targets)
+  metrics = {"loss_sum": jnp.sum(nll * mask), "count": jnp.sum(mask),
+             "top10_correct": jnp.sum(in_topk * mask)}
+  return metrics["loss_sum"] / jnp.maximum(metrics["count"], 1.0), metrics
+
+
+def nar_loss(model: NARModel, batch: dict[str, Array], dropout_rng: Array | None = None
+             ) -> tuple[Array, dict[str, Array]]:
+  """Cross-entropy on codebook `stage` of the target frames.
+
+  Metrics also carry per-codebook sums (`loss_sum_per_codebook`, `count_per_codebook`,
+  `top10_correct_per_codebook`, each [Q]) so training can report every stage.
+  """
+  codes, stage = batch["codes"], batch["stage"]
+  logits = model(batch["phonemes"], batch["phoneme_lens"], batch["prompt_codes"],
+                 batch["prompt_lens"], codes, batch["code_lens"], stage,
+                 dropout_rng=dropout_rng)                     # [B, T, V]
+  targets = jnp.take_along_axis(codes, stage[:, None, None], axis=-1)[..., 0]  # [B, T]
+  maskf = (jnp.arange(codes.shape[1])[None, :] < batch["code_lens"][:, None]).astype(jnp.float32)
+  nll, in_topk = token_nll_and_topk(logits, targets)
+  correct = in_topk.astype(jnp.float32)
+  onehot = jax.nn.one_hot(stage, codes.shape[-1])             # [B, Q]
+  per_codebook = lambda v: jnp.einsum("bt,bq->q", v * maskf, onehot)
+  metrics = {
+      "loss_sum": jnp.sum(nll * maskf), "count": jnp.sum(maskf),
+      "top10_correct": jnp.sum(correct * maskf),
+      "loss_sum_per_codebook": per_codebook(nll),
+      "count_per_codebook": per_codebook(jnp.ones_like(nll)),
+      "top10_correct_per_codebook": per_codebook(correct),
+  }
+  return metrics["loss_sum"] / jnp.maximum(metrics["count"], 1.0), metrics

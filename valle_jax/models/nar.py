@@ -1,0 +1,119 @@
+"""The non-autoregressive (NAR) model: codebook j (j = 2..Q, 1-based) given codebooks < j.
+
+Sequence layout for a batch (padding at the end of each segment):
+
+    [ (stage token) | phonemes (L) | acoustic prompt (P) | target (T) ]
+
+- phonemes: phoneme embeddings, positions 0..L-1.
+- prompt: sum over all Q codebooks of per-codebook embeddings of the prompt codes.
+- target: sum over codebooks 0..stage-1 (0-based) of the target's codes.
+Prompt and target share one acoustic position axis (target continues after the prompt).
+Attention is full (no causal mask) over valid slots.
+
+`stage` is the 0-based index of the codebook to predict, in [1, Q). It enters through
+AdaLN (`a_stage * LayerNorm(h) + b_stage` in every norm; VALL-E) or, with
+`nar_stage_conditioning = "token"`, as a learned token at the front (VALL-E 2).
+With `nar_tie_output`, the prediction layer for codebook `stage` is the transpose of the
+acoustic embedding of codebook `stage` — the paper's "j-th prediction layer tied to the
+(j+1)-th acoustic embedding" in its 1-based stage numbering.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from valle_jax.models import layers
+
+Array = jax.Array
+
+
+class NARModel(nnx.Module):
+  """VALL-E's NAR transformer over codebooks 2..Q."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    d, q = cfg.width, cfg.num_codebooks
+    if cfg.nar_stage_conditioning not in ("adaln", "token"):
+      raise ValueError("nar_stage_conditioning must be 'adaln' or 'token', "
+                       f"got {cfg.nar_stage_conditioning!r}.")
+    self.num_codebooks, self.codebook_size = q, cfg.codebook_size
+    self.stage_as_token = cfg.nar_stage_conditioning == "token"
+    self.tie_output = cfg.nar_tie_output
+    self.dtype = layers.compute_dtype(cfg.compute_dtype)
+    self.dropout_rate = cfg.dropout
+    embed = jax.nn.initializers.normal(stddev=0.02)
+    self.phoneme_embed = layers.make_param(rngs, embed, (cfg.phoneme_vocab_size, d),
+                                           ("vocab", "embed"))
+    self.audio_embed = layers.make_param(rngs, embed, (q, cfg.codebook_size, d),
+                                         ("codebooks", "vocab", "embed"))
+    if self.stage_as_token:
+      self.stage_embed = layers.make_param(rngs, embed, (q, d), (None, "embed"))
+    self.transformer = layers.Transformer(
+        num_layers=cfg.num_layers, width=d, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim,
+        dropout_rate=cfg.dropout, num_conditions=0 if self.stage_as_token else q, rngs=rngs)
+    if not self.tie_output:
+      self.head_kernel = layers.make_param(rngs, jax.nn.initializers.lecun_normal(),
+                                           (q, d, cfg.codebook_size),
+                                           ("codebooks", "embed", "vocab"))
+
+  def __call__(self, phonemes: Array, phoneme_lens: Array, prompt_codes: Array,
+               prompt_lens: Array, target_codes: Array, target_lens: Array, stage: Array,
+               *, dropout_rng: Array | None = None) -> Array:
+    """Predicts codebook `stage` of the target.
+
+    Args:
+      phonemes: int [B, L]; phoneme_lens: int [B].
+      prompt_codes: int [B, P, Q] acoustic prompt (all Q codebooks); prompt_lens: int [B].
+      target_codes: int [B, T, Q] target codes; only codebooks < stage are read.
+      target_lens: int [B].
+      stage: int [B], 0-based codebook index to predict, in [1, Q).
+      dropout_rng: PRNG key for dropout, or None for deterministic evaluation.
+    Returns:
+      float32 logits [B, T, V] for codebook `stage` at each target frame.
+    """
+    q = self.num_codebooks
+    if prompt_codes.shape[-1] != q or target_codes.shape[-1] != q:
+      raise ValueError(f"prompt_codes and target_codes must have Q={q} codebooks, got "
+                       f"{prompt_codes.shape} and {target_codes.shape}.")
+    d = self.phoneme_embed.shape[1]
+    b, num_phon = phonemes.shape
+    num_prompt, num_target = prompt_codes.shape[1], target_codes.shape[1]
+    table = self.audio_embed[...]                                      # [Q, V, D]
+
+    def embed_codes(codes, codebook_mask):                             # codes [B, T, Q]
+      per_codebook = table[jnp.arange(q), codes]                       # [B, T, Q, D]
+      return jnp.einsum("btqd,bq->btd", per_codebook, codebook_mask)
+
+    x_phon = self.phoneme_embed[...][phonemes]
+    x_phon += layers.sinusoidal_positions(jnp.arange(num_phon)[None], d)
+    all_codebooks = jnp.ones((b, q), jnp.float32)
+    below_stage = (jnp.arange(q)[None, :] < stage[:, None]).astype(jnp.float32)
+    prompt_pos = jnp.broadcast_to(jnp.arange(num_prompt), (b, num_prompt))
+    target_pos = prompt_lens[:, None] + jnp.arange(num_target)[None, :]
+    x_prompt = embed_codes(prompt_codes, all_codebooks)
+    x_prompt += layers.sinusoidal_positions(prompt_pos, d)
+    x_target = embed_codes(target_codes, below_stage)
+    x_target += layers.sinusoidal_positions(target_pos, d)
+    segments = [x_phon, x_prompt, x_target]
+    valid = [jnp.arange(n)[None, :] < lens[:, None] for n, lens in
+             ((num_phon, phoneme_lens), (num_prompt, prompt_lens), (num_target, target_lens))]
+    if self.stage_as_token:
+      segments.insert(0, self.stage_embed[...][stage][:, None, :])
+      valid.insert(0, jnp.ones((b, 1), bool))
+    x = jnp.concatenate(segments, axis=1).astype(self.dtype)            # [B, S, D]
+    valid = jnp.concatenate(valid, axis=1)                              # [B, S]
+    mask = valid[:, None, None, :]                                      # [B, 1, 1, S]
+
+    embed_rng, layers_rng = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
+    x = layers.dropout(x, self.dropout_rate, embed_rng)
+    condition = None if self.stage_as_token else stage
+    h, _ = self.transformer(x, mask, condition=condition, dropout_rng=layers_rng)
+    h = h[:, -num_target:]                                              # [B, T, D]
+    if self.tie_output:
+      out = table[stage]                                                # [B, V, D]
+      logits = jnp.einsum("btd,bvd->btv", h, out.astype(h.dtype))
+    else:
+      out = self.head_kernel[...][stage]                                # [B, D, V]
+      logits = jnp.einsum("btd,bdv->btv", h, out.astype(h.dtype))
+    return logits.astype(jnp.float32)
