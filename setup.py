@@ -24,6 +24,8 @@ DATA = [
     "phonemizer>=3.3,<4",
     "soundfile>=0.12,<1",
     "soxr>=0.5,<2",
+    "num2words>=0.5.13,<1",          # number normalisation in the text front end
+    "importlib_resources>=6,<8",     # tfds imports it to build datasets from builder code
 ]
 # EnCodec backend. `encodec` itself is installed with --no-deps by scripts/install.sh,
 # because its metadata drags in torchaudio (and through it a multi-GB CUDA torch).
@@ -43,7 +45,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["valle_jax", "valle_jax.*", "data_prep", "data_prep.*", "configs"]),
+    packages=find_packages(include=["valle_jax", "valle_jax.*", "data_prep", "data_prep.*", "configs", "configs.*"]),
     install_requires=CORE,
     extras_require={
         "data": DATA,

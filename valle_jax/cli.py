@@ -14,6 +14,7 @@ import sys
 # command -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("valle_jax.info", "build the AR and NAR models of a config, run a forward pass, print sizes"),
+    "prepare": ("data_prep.prepare", "build a dataset (phonemes + codec codes, ArrayRecord) from a corpus"),
 }
 
 

@@ -1,0 +1,1 @@
+"""Data preparation: corpus builders (Beam/TFDS) and the built-in synthetic corpus."""

@@ -1,0 +1,425 @@
+"""The data prep job: corpus items -> (phonemes, codec codes) records in ArrayRecord shards.
+
+    listing (corpora.py, launcher) ─▶ manifests/<split>.jsonl
+      ─▶ Beam per split: read ─▶ reshuffle ─▶ batch ─▶ ItemProcessor ─┬▶ records ─▶ TFDS writer
+                                                                      └▶ skips ─▶ skipped/*.jsonl
+      ─▶ symbols.json, codec.json, prepare_report.json, skipped.jsonl beside the shards
+
+The builders are TFDS `GeneratorBasedBuilder`s whose `_generate_examples` returns a Beam
+transform, written with `file_format="array_record"` (TensorFlow is not needed for that).
+`prepare(config)` builds into `<output>/.tmp-*` and moves the finished dataset to
+`<output>/<builder name>/<version>/` only when everything is written, so a crash or a re-run
+never leaves a half-written dataset. Read it with
+`tfds.data_source("<builder name>", data_dir=<output>)` or
+`tfds.builder_from_directory(<dataset dir>).as_data_source()`.
+
+Every bad item is skipped with a reason (missing / empty / non-audio / truncated /
+unreadable audio, missing / empty / non-UTF-8 transcript, unknown symbol, too short / long,
+...), counted and listed; nothing about one item can stop the job.
+
+Distributed runners (Dataflow, Flink, Spark) need the corpus, `output` and the temporary
+directory below it on a file system every worker mounts (NFS, GCS FUSE, ...).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import glob
+import json
+import os
+import shlex
+import shutil
+import sys
+import time
+import types
+import uuid
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from data_prep import corpora
+from valle_jax import audio as audio_lib
+from valle_jax import text as text_lib
+from valle_jax.codec import Codec, get_codec
+from valle_jax.errors import UserError
+
+VERSION = "1.0.0"
+STAGES = ("phonemize", "load", "encode")
+
+
+# --- per-item work (no Beam: the benchmark and tests call this directly) -----------------------
+class ItemProcessor:
+  """Items -> records + skips. Holds the codec and symbol table; one per Beam worker.
+
+  `stage_seconds` accumulates wall time per stage (phonemize, load, encode) and
+  `audio_seconds` the audio turned into records, for progress lines and the benchmark.
+  """
+
+  def __init__(self, table: text_lib.SymbolTable, codec: Codec, min_duration_s: float,
+               max_duration_s: float, bounds: dict[str, tuple[float, float]] | None = None):
+    self.table = table
+    self.codec = codec
+    self.min_duration_s = min_duration_s
+    self.max_duration_s = max_duration_s
+    self.bounds = dict(bounds or {})
+    self.stage_seconds = dict.fromkeys(STAGES, 0.0)
+    self.audio_seconds = 0.0
+
+  def _transcript(self, item: corpora.Item) -> str:
+    if item.text is not None:
+      return item.text.strip()
+    with open(item.text_file, "rb") as f:  # FileNotFoundError / OSError: handled by caller
+      return f.read().decode("utf-8").strip()
+
+  def _phonemes(self, item: corpora.Item) -> tuple[str, np.ndarray]:
+    """-> (transcript, int32 ids [L]); raises _SkipError."""
+    try:
+      text = self._transcript(item)
+    except FileNotFoundError:
+      raise _SkipError("missing_transcript", item.text_file) from None
+    except UnicodeDecodeError as e:
+      raise _SkipError("non_utf8_transcript", str(e)) from None
+    except OSError as e:
+      raise _SkipError("unreadable_transcript", str(e)) from None
+    if not text:
+      raise _SkipError("empty_transcript")
+    try:
+      symbols = text_lib.phonemize(text, item.lang)
+      ids = self.table.encode(symbols, text=text)
+    except text_lib.UnknownSymbolError as e:
+      raise _SkipError("unknown_symbol", str(e)) from None
+    except UserError as e:  # an unsupported language
+      raise _SkipError("bad_language", str(e)) from None
+    except RuntimeError as e:  # espeak-ng failures
+      raise _SkipError("phonemizer_error", str(e)) from None
+    if not any(s not in text_lib.PUNCTUATION and s != text_lib.WORD for s in symbols):
+      raise _SkipError("no_phonemes", repr(text))
+    return text, ids
+
+  def _load(self, item: corpora.Item) -> np.ndarray:
+    try:
+      wav = audio_lib.load_audio(item.audio, self.codec.sample_rate)
+    except audio_lib.AudioError as e:
+      raise _SkipError(e.reason, str(e)) from None
+    duration = wav.size / self.codec.sample_rate
+    lo, hi = self.bounds.get(item.split, (self.min_duration_s, self.max_duration_s))
+    if duration < lo:
+      raise _SkipError("too_short", f"{duration:.2f} s < {lo} s")
+    if duration > hi:
+      raise _SkipError("too_long", f"{duration:.2f} s > {hi} s")
+    return wav
+
+  def __call__(self, items: Sequence[corpora.Item]
+               ) -> tuple[list[tuple[str, dict[str, Any]]], list[corpora.Skip]]:
+    """-> ([(key, record)], [skip]); never raises for a bad item."""
+    skips: list[corpora.Skip] = []
+    ready: list[tuple[corpora.Item, str, np.ndarray, np.ndarray]] = []
+    for item in items:
+      try:
+        t0 = time.perf_counter()
+        text, ids = self._phonemes(item)
+        t1 = time.perf_counter()
+        self.stage_seconds["phonemize"] += t1 - t0
+        wav = self._load(item)
+        self.stage_seconds["load"] += time.perf_counter() - t1
+      except _SkipError as e:
+        skips.append(corpora.Skip(item.id, item.split, e.reason, e.detail))
+        continue
+      ready.append((item, text, ids, wav))
+    codes = self._encode([w for _, _, _, w in ready])
+    records = []
+    for (item, text, ids, wav), c in zip(ready, codes):
+      if isinstance(c, Exception):
+        skips.append(corpora.Skip(item.id, item.split, "encode_failed", repr(c)))
+        continue
+      duration = wav.size / self.codec.sample_rate
+      self.audio_seconds += duration
+      records.append((item.id, {
+          "id": item.id, "speaker": item.speaker, "text": text, "lang": item.lang,
+          "phonemes": ids,                                  # int32 [L]
+          "codes": c,                                       # int16 [T, Q]
+          "duration_s": np.float32(duration)}))
+    return records, skips
+
+  def _encode(self, wavs: list[np.ndarray]) -> list[np.ndarray | Exception]:
+    """Batch encode; if the batch fails, one by one so only the bad clip is lost."""
+    t0 = time.perf_counter()
+    try:
+      out: list = list(self.codec.encode_batch(wavs, self.codec.sample_rate))
+    except Exception:  # pylint: disable=broad-except
+      out = []
+      for w in wavs:
+        try:
+          out.append(self.codec.encode(w, self.codec.sample_rate))
+        except Exception as e:  # pylint: disable=broad-except
+          out.append(e)
+    self.stage_seconds["encode"] += time.perf_counter() - t0
+    return out
+
+
+class _SkipError(Exception):
+
+  def __init__(self, reason: str, detail: str = ""):
+    super().__init__(reason)
+    self.reason = reason
+    self.detail = detail
+
+
+# --- Beam + TFDS ---------------------------------------------------------------------------
+@dataclasses.dataclass
+class Job:
+  """Everything the workers need; pickled into the Beam graph (no items: they are read
+  from `manifests`)."""
+  work_dir: str
+  manifests: dict[str, str]              # split -> JSONL of items
+  counts: dict[str, int]                 # split -> items listed (for progress / ETA)
+  symbols: list[str]
+  codec_config: dict[str, Any] | None    # built on each worker with get_codec ...
+  codec: Codec | None                    # ... unless a ready codec object was given
+  num_codebooks: int
+  min_duration_s: float
+  max_duration_s: float
+  bounds: dict[str, tuple[float, float]]
+  batch_size: int
+  progress_every_s: float
+
+
+_CODECS: dict[str, Codec] = {}
+
+
+def _worker_codec(config: dict[str, Any]) -> Codec:
+  """One codec per process and config: splits, and with a local runner the launcher too,
+  share it instead of loading the model again."""
+  key = json.dumps(config, sort_keys=True)
+  if key not in _CODECS:
+    _CODECS[key] = get_codec(config)
+  return _CODECS[key]
+
+
+def _process_fn(job: Job, split: str):
+  """The Beam DoFn of one split (Beam is imported lazily so this module stays importable)."""
+  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+
+  class ProcessItems(beam.DoFn):
+
+    def setup(self):
+      codec = job.codec if job.codec is not None else _worker_codec(job.codec_config)
+      self._proc = ItemProcessor(text_lib.SymbolTable(job.symbols), codec, job.min_duration_s,
+                                 job.max_duration_s, job.bounds)
+      self._done, self._t0, self._last = 0, time.time(), time.time()
+
+    def process(self, batch: list[str]):
+      records, skips = self._proc([corpora.Item(**json.loads(line)) for line in batch])
+      for s in skips:
+        beam.metrics.Metrics.counter("valle_skipped", s.reason).inc()
+        yield beam.pvalue.TaggedOutput("skipped", json.dumps(dataclasses.asdict(s)))
+      beam.metrics.Metrics.counter("valle", "records").inc(len(records))
+      yield from records
+      self._done += len(batch)
+      if time.time() - self._last >= job.progress_every_s:
+        self._last = time.time()
+        rate = self._done / (self._last - self._t0)
+        total = job.counts[split]
+        secs = {k: f"{v:.0f}s" for k, v in self._proc.stage_seconds.items()}
+        print(f"[prepare {split}] worker {os.getpid()}: {self._done} items "
+              f"({self._proc.audio_seconds / 3600:.2f} h audio), {rate:.1f} items/s, "
+              f"split has {total}; time per stage {secs}", file=sys.stderr, flush=True)
+
+  return ProcessItems()
+
+
+def _split_transform(job: Job, split: str):
+  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+
+  class EncodeSplit(beam.PTransform):
+    """PBegin -> PCollection[(id, record)]; skips go to <work_dir>/skipped/<split>-*."""
+
+    def expand(self, root):
+      out = (root
+             | "Read" >> beam.io.ReadFromText(job.manifests[split])
+             | "Spread" >> beam.Reshuffle()
+             | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=job.batch_size)
+             | "Process" >> beam.ParDo(_process_fn(job, split)).with_outputs("skipped",
+                                                                             main="records"))
+      _ = out.skipped | "WriteSkips" >> beam.io.WriteToText(
+          os.path.join(job.work_dir, "skipped", split), file_name_suffix=".jsonl")
+      return out.records
+
+  return EncodeSplit()
+
+
+@functools.lru_cache(maxsize=None)
+def _builder_base():
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  class ValleBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Records of ARCHITECTURE.md section 3, one per utterance."""
+    VERSION = tfds.core.Version(VERSION)
+    RELEASE_NOTES = {str(VERSION): "id, speaker, text, lang, phonemes, codes, duration_s."}
+
+    def __init__(self, *, job: Job, **kwargs):
+      self._job = job
+      super().__init__(**kwargs)
+
+    def _info(self):
+      f = tfds.features
+      return tfds.core.DatasetInfo(
+          builder=self, description=self.__doc__,
+          features=f.FeaturesDict({
+              "id": f.Text(), "speaker": f.Text(), "text": f.Text(), "lang": f.Text(),
+              "phonemes": f.Tensor(shape=(None,), dtype=np.int32),
+              "codes": f.Tensor(shape=(None, self._job.num_codebooks), dtype=np.int16),
+              "duration_s": f.Scalar(dtype=np.float32)}))
+
+    def _split_generators(self, dl_manager):
+      del dl_manager  # the corpus is local; nothing to download
+      return {split: self._generate_examples(split) for split in self._job.manifests}
+
+    def _generate_examples(self, split):
+      return _split_transform(self._job, split)
+
+  return ValleBuilder
+
+
+# corpus name -> (TFDS builder name, lister(config) -> Listing)
+CORPORA: dict[str, tuple[str, Callable[[Any], corpora.Listing]]] = {
+    "folder": ("valle_folder", lambda c: corpora.list_folder(
+        c.source, c.get("manifest", ""), c.lang, c.get("split", "train"))),
+    "libritts": ("valle_libritts", lambda c: corpora.list_libritts(
+        c.source, c.get("subsets", ()), c.lang, c.get("transcript", "normalized"))),
+    "librispeech": ("valle_librispeech", lambda c: corpora.list_librispeech(
+        c.source, c.get("subsets", ()), c.lang, c.get("test_4_10s", True))),
+    "librilight": ("valle_librilight", lambda c: corpora.list_librilight(
+        c.source, c.get("manifest", ""), c.lang)),
+}
+_BUILDER_CLASSES: dict[str, type] = {}
+
+
+def builder_class(corpus: str) -> type:
+  """The TFDS builder class of a corpus (`ValleFolder`, ...), used to write datasets."""
+  if corpus not in CORPORA:
+    raise UserError(f"unknown corpus {corpus!r}; set config.corpus to one of {sorted(CORPORA)}.")
+  if corpus not in _BUILDER_CLASSES:
+    name = CORPORA[corpus][0]
+    cls_name = "".join(p.capitalize() for p in name.split("_"))
+    # Not registered with TFDS: readers (tfds.data_source, builder_from_directory) then use
+    # the files' own metadata and never need this code or a Job.
+    _BUILDER_CLASSES[corpus] = types.new_class(
+        cls_name, (_builder_base(),), {"skip_registration": True},
+        lambda ns: ns.update({
+            "__doc__": f"VALL-E records of a {corpus} corpus (phonemes + codec codes).",
+            "__module__": __name__, "name": name}))
+  return _BUILDER_CLASSES[corpus]
+
+
+# --- the job --------------------------------------------------------------------------------
+def _beam_options(beam_cfg):
+  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
+  return PipelineOptions([f"--runner={beam_cfg.runner}", *shlex.split(beam_cfg.options)])
+
+
+def _read_skips(work_dir: str) -> list[dict[str, str]]:
+  out = []
+  for path in sorted(glob.glob(os.path.join(work_dir, "skipped", "*.jsonl"))):
+    with open(path, encoding="utf-8") as f:
+      out.extend(json.loads(line) for line in f if line.strip())
+  return out
+
+
+def _write_json(path: str, obj: Any) -> None:
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=1, ensure_ascii=False)
+
+
+def prepare(cfg, codec: Codec | None = None) -> dict[str, Any]:
+  """Runs the job of a prepare config (see configs/data/); returns the report dict.
+
+  `codec`: a ready codec object to use instead of building `cfg.codec` (e.g. one fitted
+  just before on the training split); it is pickled to the workers.
+  """
+  corpus = cfg.corpus
+  cls = builder_class(corpus)
+  if not cfg.output:
+    raise UserError("config.output is empty; set it to the directory to write datasets to.")
+  final = os.path.join(os.path.abspath(cfg.output), cls.name, VERSION)
+  if os.path.exists(final) and not cfg.overwrite:
+    raise UserError(f"{final} already exists; pass --config.overwrite=True to rebuild it.")
+  listing = CORPORA[corpus][1](cfg)
+  if not listing.items:
+    raise UserError(f"the {corpus} corpus at {cfg.source!r} has no usable items "
+                    f"({len(listing.skips)} skipped while listing); check config.source.")
+  table = (text_lib.SymbolTable.load(cfg.symbols) if cfg.symbols
+           else text_lib.SymbolTable.default())
+  table.extend(cfg.extra_symbols)
+  codec_obj = codec if codec is not None else _worker_codec(cfg.codec.to_dict())
+  description = codec_obj.describe()
+
+  work = os.path.join(os.path.abspath(cfg.output), f".tmp-{cls.name}-{uuid.uuid4().hex[:8]}")
+  os.makedirs(os.path.join(work, "manifests"))
+  try:
+    by_split: dict[str, list[corpora.Item]] = collections.defaultdict(list)
+    for item in listing.items:
+      by_split[item.split].append(item)
+    manifests = {}
+    for split, items in sorted(by_split.items()):
+      manifests[split] = os.path.join(work, "manifests", f"{split}.jsonl")
+      with open(manifests[split], "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(dataclasses.asdict(i), ensure_ascii=False) + "\n" for i in items)
+    job = Job(work_dir=work, manifests=manifests, counts={s: len(v) for s, v in by_split.items()},
+              symbols=table.symbols,
+              codec_config=None if codec is not None else cfg.codec.to_dict(),
+              codec=codec,
+              num_codebooks=codec_obj.num_codebooks, min_duration_s=cfg.min_duration_s,
+              max_duration_s=cfg.max_duration_s, bounds=listing.bounds,
+              batch_size=cfg.batch_size, progress_every_s=cfg.progress_every_s)
+    print(f"[prepare] {corpus}: {len(listing.items)} items in splits "
+          f"{dict(sorted(job.counts.items()))}; codec {description}", file=sys.stderr, flush=True)
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    builder = cls(job=job, data_dir=os.path.join(work, "tfds"), file_format="array_record")
+    t0 = time.time()
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        beam_options=_beam_options(cfg.beam)))
+    elapsed = time.time() - t0
+
+    built = os.path.join(work, "tfds", cls.name, VERSION)
+    skips = [dataclasses.asdict(s) for s in listing.skips] + _read_skips(work)
+    counts = collections.Counter(s["reason"] for s in skips)
+    info = builder.info
+    report = {
+        "corpus": corpus, "source": os.path.abspath(cfg.source), "dataset": final,
+        "builder": cls.name, "version": VERSION, "seconds": round(elapsed, 1),
+        "records": {s: info.splits[s].num_examples for s in info.splits},
+        "listed": job.counts, "skipped": dict(sorted(counts.items())),
+        "skipped_by_split": {
+            split: dict(sorted(collections.Counter(
+                s["reason"] for s in skips if s["split"] == split).items()))
+            for split in sorted({s["split"] for s in skips})},
+        "codec": description, "num_symbols": len(table)}
+    table.save(os.path.join(built, "symbols.json"))
+    _write_json(os.path.join(built, "codec.json"), description)
+    _write_json(os.path.join(built, "prepare_report.json"), report)
+    with open(os.path.join(built, "skipped.jsonl"), "w", encoding="utf-8") as f:
+      f.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in skips)
+
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    if os.path.exists(final):
+      os.replace(final, os.path.join(work, "replaced"))
+    os.replace(built, final)
+  finally:
+    shutil.rmtree(work, ignore_errors=True)
+  print(format_report(report), file=sys.stderr, flush=True)
+  return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+  lines = [f"[prepare] wrote {report['dataset']} in {report['seconds']} s",
+           f"  records per split: {report['records']}"]
+  if report["skipped"]:
+    lines.append(f"  skipped {sum(report['skipped'].values())} item(s) "
+                 "(listed in skipped.jsonl):")
+    lines += [f"    {reason:<24} {n}" for reason, n in report["skipped"].items()]
+  else:
+    lines.append("  skipped nothing")
+  return "\n".join(lines)
+

@@ -1,0 +1,179 @@
+"""Data prep end to end: a small folder corpus (espeak-ng speech, tones, bad files) through
+the Beam job (local runner) into ArrayRecord, read back with tfds.data_source and Grain."""
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+if importlib.util.find_spec("encodec") is None or shutil.which("espeak-ng") is None:
+  pytest.skip("needs encodec and espeak-ng (scripts/install.sh)", allow_module_level=True)
+
+import grain  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
+
+from configs.data import folder as folder_config  # noqa: E402
+from configs.data import librispeech as librispeech_config  # noqa: E402
+from data_prep import corpora, pipeline  # noqa: E402
+from valle_jax import audio, text  # noqa: E402
+from valle_jax.codec import get_codec  # noqa: E402
+from valle_jax.errors import UserError  # noqa: E402
+
+CODEC = {"name": "encodec", "weights": "random", "seed": 0}
+SPEECH = {"alice/a1": "Hello world, this is a test.",
+          "alice/a2": "The quick brown fox jumps over 2 lazy dogs!",
+          "bob/b1": "Is it raining today? I think so."}
+
+
+def _espeak(path, sentence, voice="en-us"):
+  subprocess.run(["espeak-ng", "-v", voice, "-w", str(path), sentence], check=True)
+
+
+def _tone(path, seconds, sr=16_000):
+  t = np.arange(int(seconds * sr)) / sr
+  sf.write(path, (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32), sr)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  root = tmp_path_factory.mktemp("corpus")
+  for name, sentence in SPEECH.items():
+    os.makedirs(root / os.path.dirname(name), exist_ok=True)
+    _espeak(root / f"{name}.wav", sentence, "en-us+f3" if name.startswith("bob") else "en-us")
+    (root / f"{name}.txt").write_text(sentence)
+  _tone(root / "bob" / "tone.flac", 1.0)
+  (root / "bob" / "tone.txt").write_text("A one second tone.")
+  bad = root / "bad"
+  bad.mkdir()
+  for name, txt in [("empty", "empty"), ("trunc", "truncated"), ("noise", "not audio"),
+                    ("latin1", None), ("blank", ""), ("short", "too short"), ("notext", None)]:
+    if txt is not None:
+      (bad / f"{name}.txt").write_text(txt)
+  (bad / "empty.wav").write_bytes(b"")
+  _espeak(bad / "trunc.wav", "This file will be cut in half.")
+  data = (bad / "trunc.wav").read_bytes()
+  (bad / "trunc.wav").write_bytes(data[:len(data) // 2])
+  (bad / "noise.wav").write_bytes(b"this is not a wav file" * 20)
+  _tone(bad / "latin1.wav", 1.0)
+  (bad / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+  _tone(bad / "blank.wav", 1.0)
+  _tone(bad / "short.wav", 0.1)
+  _tone(bad / "notext.wav", 1.0)
+  return root
+
+
+EXPECTED_SKIPS = {"empty_file": 1, "truncated": 1, "not_audio": 1, "non_utf8_transcript": 1,
+                  "empty_transcript": 1, "too_short": 1, "missing_transcript": 1}
+
+
+def _config(source, output, **kw):
+  cfg = folder_config.get_config()
+  cfg.source, cfg.output = str(source), str(output)
+  cfg.codec.weights = "random"
+  cfg.update(kw)
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def built(corpus, tmp_path_factory):
+  out = tmp_path_factory.mktemp("out")
+  report = pipeline.prepare(_config(corpus, out, batch_size=4))
+  return out, report
+
+
+def test_report_counts_bad_items(built):
+  out, report = built
+  assert report["records"] == {"train": 4}
+  assert report["skipped"] == EXPECTED_SKIPS
+  dataset = out / "valle_folder" / "1.0.0"
+  on_disk = json.loads((dataset / "prepare_report.json").read_text())
+  assert on_disk["skipped"] == EXPECTED_SKIPS
+  skipped = [json.loads(l) for l in (dataset / "skipped.jsonl").read_text().splitlines()]
+  assert sorted(s["id"] for s in skipped) == sorted(f"bad/{n}" for n in (
+      "empty", "trunc", "noise", "latin1", "blank", "short", "notext"))
+  assert not [p for p in os.listdir(out) if p.startswith(".tmp")]
+
+
+def test_records_exact(built, corpus):
+  out, _ = built
+  dataset = out / "valle_folder" / "1.0.0"
+  table = text.SymbolTable.load(dataset / "symbols.json")
+  assert table == text.SymbolTable.default()
+  codec = get_codec(CODEC)
+  assert json.loads((dataset / "codec.json").read_text()) == codec.describe()
+
+  source = tfds.data_source("valle_folder", data_dir=str(out), split="train")
+  records = {r["id"].decode(): r for r in grain.MapDataset.source(source)}
+  expected = {**SPEECH, "bob/tone": "A one second tone."}
+  assert set(records) == set(expected)
+  for item_id, sentence in expected.items():
+    r = records[item_id]
+    ext = ".flac" if item_id == "bob/tone" else ".wav"
+    wav = audio.load_audio(corpus / f"{item_id}{ext}", codec.sample_rate)
+    assert r["codes"].dtype == np.int16 and r["phonemes"].dtype == np.int32
+    np.testing.assert_array_equal(r["codes"], codec.encode(wav, codec.sample_rate))
+    np.testing.assert_array_equal(r["phonemes"], text.text_to_ids(sentence, table))
+    assert r["text"].decode() == sentence
+    assert r["speaker"].decode() == item_id.split("/")[0]
+    assert r["lang"].decode() == "en-us"
+    assert r["duration_s"] == pytest.approx(wav.size / codec.sample_rate, abs=1e-4)
+
+
+def test_rerun_needs_overwrite_and_replaces_atomically(built, corpus):
+  out, _ = built
+  with pytest.raises(UserError, match="overwrite"):
+    pipeline.prepare(_config(corpus, out))
+
+
+def test_librispeech_layout_and_4_10s_split(tmp_path):
+  chapter = tmp_path / "LibriSpeech" / "test-clean" / "61" / "70968"
+  chapter.mkdir(parents=True)
+  _tone(chapter / "61-70968-0000.flac", 2.0)
+  _tone(chapter / "61-70968-0001.flac", 4.5)
+  (chapter / "61-70968.trans.txt").write_text(
+      "61-70968-0000 HE BEGAN A CONFUSED COMPLAINT\n61-70968-0001 GIVE NOT SO EARNEST A MIND\n")
+  cfg = librispeech_config.get_config()
+  cfg.source, cfg.output = str(tmp_path / "LibriSpeech"), str(tmp_path / "out")
+  cfg.codec.weights = "random"
+  report = pipeline.prepare(cfg)
+  assert report["records"] == {"test_clean": 2, "test_clean_4_10s": 1}
+  assert report["skipped_by_split"] == {"test_clean_4_10s": {"too_short": 1}}
+  source = tfds.data_source("valle_librispeech", data_dir=str(tmp_path / "out"),
+                            split="test_clean_4_10s")
+  (record,) = list(source)
+  assert record["id"] == b"61-70968-0001" and record["speaker"] == b"61"
+  assert record["text"] == b"give not so earnest a mind"
+
+
+def test_libritts_and_librilight_listing(tmp_path):
+  utt = tmp_path / "LibriTTS" / "dev-clean" / "84" / "121123"
+  utt.mkdir(parents=True)
+  for stem in ("84_121123_000007_000001", "84_121123_000008_000000"):
+    _tone(utt / f"{stem}.wav", 0.2, 24_000)
+  (utt / "84_121123_000007_000001.normalized.txt").write_text("Hello there.")
+  listing = corpora.list_libritts(str(tmp_path / "LibriTTS"))
+  assert [(i.id, i.split, i.speaker) for i in listing.items] == [
+      ("84_121123_000007_000001", "dev_clean", "84")]
+  assert [s.reason for s in listing.skips] == ["missing_transcript"]
+
+  (tmp_path / "ll.tsv").write_text("path\ttext\nsmall/100/book/a.flac\thi there\nbroken\n")
+  listing = corpora.list_librilight(str(tmp_path), str(tmp_path / "ll.tsv"))
+  (item,) = listing.items
+  assert (item.id, item.split, item.speaker, item.text) == ("small/100/book/a", "small", "100",
+                                                            "hi there")
+  assert item.audio == str(tmp_path / "small/100/book/a.flac")
+  assert [s.reason for s in listing.skips] == ["bad_manifest_row"]
+
+
+def test_cli_reports_user_errors(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "valle_jax.cli", "prepare", "--config=configs/data/folder.py",
+       f"--config.source={tmp_path / 'nope'}", f"--config.output={tmp_path / 'out'}"],
+      capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert proc.returncode == 2
+  assert "is not a directory" in proc.stderr and "Traceback" not in proc.stderr
