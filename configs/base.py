@@ -39,7 +39,44 @@ def base() -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.01
   c.optim.grad_clip_norm = 1.0
 
+  # Input pipeline (valle_jax/data.py).
+  c.data = ml_collections.ConfigDict()
+  c.data.dataset = ""               # a `valle-jax prepare` output: <out>/<builder>/<version>
+  c.data.train_split = "train"
+  c.data.eval_split = ""            # "" = no periodic evaluation
+  c.data.frame_buckets = (150, 225, 300, 450, 600, 750, 1200)   # 75 frames = 1 s
+  c.data.phoneme_buckets = (64, 128, 256)
+  c.data.max_tokens = 6000          # acoustic frames per global batch (token budget)
+  c.data.max_batch_size = 64
+  c.data.prompt_seconds = 3.0       # NAR acoustic prompt length
+  c.data.prompt_from_other_utterance = False   # True: prompt from another utterance, same speaker
+  c.data.num_threads = 2            # Grain reader threads
+  c.data.prefetch = 4               # batches prepared ahead
+
   c.train = ml_collections.ConfigDict()
   c.train.steps = 800_000
-  c.train.model = "ar"             # "ar" | "nar" | "both"
+  c.train.model = "ar"              # "ar" | "nar" | "both"
+  c.train.grad_accum_steps = 1
+  c.train.log_every = 100
+  c.train.eval_every = 1000
+  c.train.eval_batches = 20
+  c.train.nan_max_consecutive = 20
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every = 1000
+  c.checkpoint.keep = 3
+  c.checkpoint.async_save = True
+
+  # Multi-process runs: a coordinator address (host:port) with the process count and this
+  # process's id, or auto=True on TPU pods / SLURM (everything read from the environment).
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator = ""
+  c.distributed.num_processes = 1
+  c.distributed.process_id = 0
+  c.distributed.auto = False
+  c.distributed.cpu_collectives = ""   # "gloo" for multi-process CPU runs
+
+  c.debug = ml_collections.ConfigDict()
+  c.debug.kill_at_step = -1          # SIGKILL the process after this step (preemption tests)
+  c.debug.log_examples = False       # write each step's example indices to metrics.jsonl
   return c

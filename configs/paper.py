@@ -5,4 +5,8 @@ from configs.base import base
 
 
 def get_config():
-  return base()
+  c = base()
+  c.data.max_tokens = 6000 * 16     # 6k acoustic tokens per GPU on 16 GPUs
+  c.data.max_batch_size = 512
+  c.train.model = "both"
+  return c

@@ -7,7 +7,6 @@ from flax import nnx
 
 from configs import paper, tiny
 from valle_jax import models
-from valle_jax.info import example_batch
 
 B, L, T, P, Q = 3, 7, 12, 5, 8
 PHONEME_LENS = np.array([7, 5, 3])
@@ -43,7 +42,7 @@ def nar_model(cfg):
 @pytest.fixture(scope="module")
 def batch(cfg):
   rng = np.random.default_rng(0)
-  b = example_batch(cfg, B, L, T)
+  b = models.example_batch(cfg, B, L, T)
   b["phoneme_lens"], b["code_lens"] = PHONEME_LENS, CODE_LENS
   b["prompt_codes"] = rng.integers(0, cfg.codebook_size, (B, P, Q))
   b["prompt_lens"] = PROMPT_LENS

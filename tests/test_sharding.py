@@ -10,7 +10,6 @@ from jax.sharding import PartitionSpec as P
 from configs import tiny
 from valle_jax import models, sharding
 from valle_jax.errors import UserError
-from valle_jax.info import example_batch
 
 
 def _mesh_cfg(data, fsdp, tensor):
@@ -48,7 +47,7 @@ def test_logical_rules():
 def setup():
   cfg = tiny.get_config()
   mesh = sharding.make_mesh(_mesh_cfg(2, 2, 2))
-  batch = {k: jnp.asarray(v) for k, v in example_batch(cfg.model, 4, 6, 10).items()}
+  batch = {k: jnp.asarray(v) for k, v in models.example_batch(cfg.model, 4, 6, 10).items()}
   return cfg, mesh, batch
 
 

@@ -14,6 +14,7 @@ import sys
 # command -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("valle_jax.info", "build the AR and NAR models of a config, run a forward pass, print sizes"),
+    "train": ("valle_jax.train", "train the AR and/or NAR model on a prepared dataset (resumes from --workdir)"),
     "prepare": ("data_prep.prepare", "build a dataset (phonemes + codec codes, ArrayRecord) from a corpus"),
 }
 
@@ -37,10 +38,13 @@ def main(argv: list[str] | None = None) -> None:
   module = importlib.import_module(COMMANDS[command][0])
 
   from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
 
   from valle_jax.errors import UserError  # pylint: disable=g-import-not-at-top
 
   def run(args):
+    if not any(a.startswith(("--verbosity", "-v=", "--v=")) for a in argv):
+      absl_logging.set_verbosity(absl_logging.WARNING)  # libraries' INFO chatter off
     try:
       return module.main(args)
     except UserError as e:

@@ -9,7 +9,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import flags
 from flax import nnx
 from ml_collections import config_flags
@@ -22,29 +21,12 @@ _FRAMES = flags.DEFINE_integer("frames", 225, "Audio frames of the forward pass 
 _PHONEMES = flags.DEFINE_integer("phonemes", 40, "Phonemes per example in the forward pass.")
 
 
-def example_batch(model_cfg, batch_size: int, num_phonemes: int, num_frames: int,
-                  seed: int = 0) -> dict[str, np.ndarray]:
-  """A random AR/NAR batch with the layout `models.ar_loss` / `models.nar_loss` read."""
-  rng = np.random.default_rng(seed)
-  q, v = model_cfg.num_codebooks, model_cfg.codebook_size
-  prompt_frames = max(1, num_frames // 3)
-  return {
-      "phonemes": rng.integers(1, model_cfg.phoneme_vocab_size, (batch_size, num_phonemes)),
-      "phoneme_lens": np.full((batch_size,), num_phonemes),
-      "codes": rng.integers(0, v, (batch_size, num_frames, q)),
-      "code_lens": np.full((batch_size,), num_frames),
-      "prompt_codes": rng.integers(0, v, (batch_size, prompt_frames, q)),
-      "prompt_lens": np.full((batch_size,), prompt_frames),
-      "stage": rng.integers(1, q, (batch_size,)),
-  }
-
-
 def main(argv):
   del argv
   cfg = _CONFIG.value
   mesh = sharding.make_mesh(cfg.mesh)
   print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}, mesh {dict(mesh.shape)}")
-  batch = example_batch(cfg.model, _BATCH.value, _PHONEMES.value, _FRAMES.value, cfg.seed)
+  batch = models.example_batch(cfg.model, _BATCH.value, _PHONEMES.value, _FRAMES.value, cfg.seed)
   batch = sharding.shard_batch(batch, mesh)
   for name, model_cls, loss_fn in (("AR", models.ARModel, models.ar_loss),
                                    ("NAR", models.NARModel, models.nar_loss)):

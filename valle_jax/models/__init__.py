@@ -7,8 +7,8 @@
 `models` depends on jax and flax only (never on data, codec, text, train or checkpoint).
 """
 from valle_jax.models.ar import ARModel, ar_inputs_and_targets, bos_id, eos_id
-from valle_jax.models.losses import ar_loss, nar_loss, token_nll_and_topk
+from valle_jax.models.losses import ar_loss, example_batch, nar_loss, token_nll_and_topk
 from valle_jax.models.nar import NARModel
 
 __all__ = ["ARModel", "NARModel", "ar_inputs_and_targets", "ar_loss", "bos_id", "eos_id",
-           "nar_loss", "token_nll_and_topk"]
+           "example_batch", "nar_loss", "token_nll_and_topk"]

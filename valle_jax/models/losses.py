@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from valle_jax.models.ar import ARModel, ar_inputs_and_targets
 from valle_jax.models.nar import NARModel
@@ -74,3 +75,20 @@ def nar_loss(model: NARModel, batch: dict[str, Array], dropout_rng: Array | None
       "top10_correct_per_codebook": per_codebook(correct),
   }
   return metrics["loss_sum"] / jnp.maximum(metrics["count"], 1.0), metrics
+
+
+def example_batch(model_cfg, batch_size: int, num_phonemes: int, num_frames: int,
+                  seed: int = 0) -> dict[str, np.ndarray]:
+  """A random AR/NAR batch with the layout `models.ar_loss` / `models.nar_loss` read."""
+  rng = np.random.default_rng(seed)
+  q, v = model_cfg.num_codebooks, model_cfg.codebook_size
+  prompt_frames = max(1, num_frames // 3)
+  return {
+      "phonemes": rng.integers(1, model_cfg.phoneme_vocab_size, (batch_size, num_phonemes)),
+      "phoneme_lens": np.full((batch_size,), num_phonemes),
+      "codes": rng.integers(0, v, (batch_size, num_frames, q)),
+      "code_lens": np.full((batch_size,), num_frames),
+      "prompt_codes": rng.integers(0, v, (batch_size, prompt_frames, q)),
+      "prompt_lens": np.full((batch_size,), prompt_frames),
+      "stage": rng.integers(1, q, (batch_size,)),
+  }

@@ -1,0 +1,475 @@
+"""Training: `valle-jax train --config=configs/x.py --workdir=DIR`.
+
+The train step is a pure function `(state, batch) -> (state, metrics)` under `jax.jit`
+with explicit shardings and donated state buffers:
+
+  state = {"params":    {"ar": ..., "nar": ...}   the trained models' parameters (float32)
+           "optimizer": {"opt_state", "step", "rng", "nan_streak", "skipped"}}
+
+- `train.model` chooses "ar", "nar" or "both" (one optimiser over both models).
+- AdamW with linear warmup to `optim.peak_lr` and linear decay to 0 at `train.steps`,
+  global-norm gradient clipping, weight decay on matrices only.
+- Gradient accumulation splits each global batch into `train.grad_accum_steps`
+  micro-batches inside the step (a `lax.scan`), so memory scales with the micro-batch.
+- NaN/Inf guard: a step whose loss or gradients are not finite leaves params and
+  optimiser state unchanged, is counted, and `train.nan_max_consecutive` such steps in a
+  row stop the run with a message.
+- Checkpoints (`checkpoint.py`) every `checkpoint.every` steps, asynchronously, and at the
+  end, on SIGTERM/SIGINT (preemption) and before any stop; a run restarted with the same
+  workdir resumes from the latest one, data iterator included, and reproduces the
+  uninterrupted run exactly.
+- Metrics go to the console (process 0, with rate and ETA), to TensorBoard event files
+  (`workdir/tb`, written with tensorboardX, no TensorFlow) and to `workdir/metrics.jsonl`.
+- Multi-host: set `distributed.coordinator` (or run under SLURM / on a TPU pod with
+  `distributed.auto=True`); every process loads its own rows of each global batch.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import signal
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import flags
+from flax import nnx
+from ml_collections import config_flags
+
+from valle_jax import checkpoint as ckpt_lib
+from valle_jax import data as data_lib
+from valle_jax import models, sharding
+from valle_jax.errors import UserError
+
+LOSSES: dict[str, Callable] = {"ar": models.ar_loss, "nar": models.nar_loss}
+MODEL_CLASSES = {"ar": models.ARModel, "nar": models.NARModel}
+
+
+# ------------------------------------------------------------------------- set-up
+
+
+def maybe_initialize_distributed(cfg: ml_collections.ConfigDict) -> None:
+  """`jax.distributed.initialize` when the config asks for a multi-process run."""
+  dist = cfg.distributed
+  if dist.coordinator:
+    if dist.cpu_collectives:  # CPU processes need a collectives library (gloo)
+      jax.config.update("jax_cpu_collectives_implementation", dist.cpu_collectives)
+    jax.distributed.initialize(coordinator_address=dist.coordinator,
+                               num_processes=dist.num_processes, process_id=dist.process_id)
+  elif dist.auto:
+    jax.distributed.initialize()   # TPU pods and SLURM: everything from the environment
+
+
+def model_names(cfg) -> tuple[str, ...]:
+  kind = cfg.train.model
+  if kind not in ("ar", "nar", "both"):
+    raise UserError(f"train.model must be 'ar', 'nar' or 'both', got {kind!r}.")
+  return ("ar", "nar") if kind == "both" else (kind,)
+
+
+def make_schedule(cfg) -> optax.Schedule:
+  """Linear warmup to `optim.peak_lr` (the first step already takes peak / warmup), then
+  linear decay to 0 at `train.steps`."""
+  peak, steps = cfg.optim.peak_lr, cfg.train.steps
+  warmup = max(1, min(cfg.optim.warmup_steps, steps))
+  return optax.join_schedules(
+      [optax.linear_schedule(peak / warmup, peak, warmup - 1),
+       optax.linear_schedule(peak, 0.0, max(steps - warmup, 1))], [warmup - 1])
+
+
+def make_optimizer(cfg) -> optax.GradientTransformation:
+  """AdamW on `make_schedule`, after global-norm clipping; weight decay on matrices only."""
+  o = cfg.optim
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
+  return optax.chain(
+      optax.clip_by_global_norm(o.grad_clip_norm),
+      optax.adamw(make_schedule(cfg), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
+                  mask=decay_mask))
+
+
+class Trainer:
+  """Holds the mesh, model definitions, optimiser and the compiled step functions."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+    self.cfg, self.mesh = cfg, mesh
+    self.names = model_names(cfg)
+    self.tx = make_optimizer(cfg)
+    self.schedule = make_schedule(cfg)
+    self.graphdefs, abstract_params = {}, {}
+    for name in self.names:
+      abstract = nnx.eval_shape(lambda n=name: MODEL_CLASSES[n](cfg.model, rngs=nnx.Rngs(0)))
+      graphdef, state = nnx.split(abstract)
+      self.graphdefs[name] = graphdef
+      abstract_params[name] = state
+    param_shardings = {n: nnx.to_pure_dict(sharding.state_shardings(s, mesh))
+                       for n, s in abstract_params.items()}
+    abstract_params = {n: nnx.to_pure_dict(s) for n, s in abstract_params.items()}
+    replicated = sharding.replicated(mesh)
+    abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
+    opt_shardings = optax.tree_map_params(
+        self.tx, lambda _, s: s, abstract_opt, param_shardings,
+        transform_non_params=lambda _: replicated)
+    self.state_shardings = {
+        "params": param_shardings,
+        "optimizer": {"opt_state": opt_shardings, "step": replicated, "rng": replicated,
+                      "nan_streak": replicated, "skipped": replicated}}
+    self.abstract_state = {
+        "params": abstract_params,
+        "optimizer": {"opt_state": abstract_opt,
+                      "step": jax.ShapeDtypeStruct((), jnp.int32),
+                      "rng": jax.ShapeDtypeStruct((2,), jnp.uint32),
+                      "nan_streak": jax.ShapeDtypeStruct((), jnp.int32),
+                      "skipped": jax.ShapeDtypeStruct((), jnp.int32)}}
+    # The compiled entry points: (state, batch) -> (state, metrics), state donated; and
+    # (params, batch) -> metrics without dropout.
+    self.train_step = jax.jit(self._step, out_shardings=(self.state_shardings, replicated),
+                              donate_argnums=(0,))
+    self.eval_step = jax.jit(self._eval, out_shardings=replicated)
+
+  # -- state -----------------------------------------------------------------------
+
+  def init_state(self) -> dict[str, Any]:
+    """Fresh parameters and optimiser state, created directly in their shardings."""
+    cfg = self.cfg
+
+    def init():
+      params = {}
+      for i, name in enumerate(self.names):
+        model = MODEL_CLASSES[name](cfg.model, rngs=nnx.Rngs(params=cfg.seed + i))
+        params[name] = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+      return {"params": params,
+              "optimizer": {"opt_state": self.tx.init(params), "step": jnp.int32(0),
+                            "rng": jax.random.key_data(jax.random.key(cfg.seed + 100)),
+                            "nan_streak": jnp.int32(0), "skipped": jnp.int32(0)}}
+    return jax.jit(init, out_shardings=self.state_shardings)()
+
+  def abstract_for_restore(self):
+    return ckpt_lib.abstract_with_shardings(self.abstract_state, self.state_shardings)
+
+  # -- pure step functions --------------------------------------------------------------
+
+  def _loss(self, params, batch, rng, deterministic: bool = False):
+    total, metrics = 0.0, {}
+    for i, name in enumerate(self.names):
+      model = nnx.merge(self.graphdefs[name], params[name])
+      dropout_rng = None if deterministic else jax.random.fold_in(rng, i)
+      loss, m = LOSSES[name](model, batch[name], dropout_rng)
+      total += loss
+      metrics[name] = m
+    return total, metrics
+
+  def _step(self, state, batch):
+    cfg = self.cfg
+    opt = state["optimizer"]
+    rng = jax.random.fold_in(jax.random.wrap_key_data(opt["rng"]), opt["step"])
+    grad_fn = jax.value_and_grad(self._loss, has_aux=True)
+    accum = cfg.train.grad_accum_steps
+    if accum == 1:
+      (loss, metrics), grads = grad_fn(state["params"], batch, rng)
+    else:
+      micro = jax.tree.map(lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]),
+                           batch)
+
+      def body(carry, xs):
+        micro_batch, i = xs
+        (l, m), g = grad_fn(state["params"], micro_batch, jax.random.fold_in(rng, i))
+        return jax.tree.map(jnp.add, carry, (l, m, g)), None
+      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+          lambda: grad_fn(state["params"], jax.tree.map(lambda x: x[0], micro), rng)))
+      zeros = (zeros[0][0], zeros[0][1], zeros[1])
+      (loss, metrics, grads), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
+      loss, grads = loss / accum, jax.tree.map(lambda g: g / accum, grads)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, new_opt_state = self.tx.update(grads, opt["opt_state"], state["params"])
+    new_params = optax.apply_updates(state["params"], updates)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+    state = {
+        "params": keep(new_params, state["params"]),
+        "optimizer": {"opt_state": keep(new_opt_state, opt["opt_state"]),
+                      "step": opt["step"] + 1, "rng": opt["rng"],
+                      "nan_streak": jnp.where(finite, 0, opt["nan_streak"] + 1),
+                      "skipped": opt["skipped"] + (~finite).astype(jnp.int32)}}
+    out = {"loss": loss, "grad_norm": grad_norm, "finite": finite,
+           "lr": self.schedule(opt["step"]), **metrics}
+    return state, out
+
+  def _eval(self, params, batch):
+    return self._loss(params, batch, None, deterministic=True)[1]
+
+
+# ------------------------------------------------------------------------- metrics
+
+
+def summarize(metrics: dict[str, Any]) -> dict[str, float]:
+  """Device metrics of one or more steps (summed) -> flat scalars for logging."""
+  out = {}
+  for name in ("ar", "nar"):
+    if name not in metrics:
+      continue
+    m = jax.tree.map(np.asarray, metrics[name])
+    count = max(float(m["count"]), 1.0)
+    out[f"{name}/loss"] = float(m["loss_sum"]) / count
+    out[f"{name}/top10_acc"] = float(m["top10_correct"]) / count
+    out[f"{name}/tokens"] = float(m["count"])
+    if "count_per_codebook" in m:
+      for q, (c, l, a) in enumerate(zip(m["count_per_codebook"], m["loss_sum_per_codebook"],
+                                         m["top10_correct_per_codebook"])):
+        if c > 0:
+          out[f"{name}/loss_codebook{q + 1}"] = float(l) / float(c)
+          out[f"{name}/top10_acc_codebook{q + 1}"] = float(a) / float(c)
+  return out
+
+
+class MetricLogger:
+  """Console (with rate and ETA), TensorBoard and JSON-lines output; process 0 only."""
+
+  def __init__(self, workdir: str, total_steps: int, start_step: int):
+    self.active = jax.process_index() == 0
+    self.total_steps = total_steps
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.writer = None
+    if self.active:
+      _truncate_jsonl(self.path, start_step)       # drop steps a killed run logged past it
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self.writer = SummaryWriter(os.path.join(workdir, "tb"))
+    self.start_time, self.start_step = time.time(), start_step
+
+  def write(self, step: int, values: dict[str, Any], *, console: bool, prefix: str = "train"):
+    if not self.active:
+      return
+    with open(self.path, "a", encoding="utf-8") as f:
+      f.write(json.dumps({"step": step, "split": prefix, **values}) + "\n")
+    for key, value in values.items():
+      if isinstance(value, (int, float)):
+        self.writer.add_scalar(f"{prefix}/{key}", value, step)
+    if console:
+      done = step - self.start_step
+      elapsed = time.time() - self.start_time
+      rate = done / elapsed if elapsed > 0 else 0.0
+      eta = (self.total_steps - step) / rate if rate > 0 else float("nan")
+      shown = {k: v for k, v in values.items() if isinstance(v, float) and "codebook" not in k}
+      text = " ".join(f"{k}={v:.4g}" for k, v in shown.items())
+      print(f"[{prefix}] step {step}/{self.total_steps} {text} | {rate:.2f} steps/s, "
+            f"ETA {_duration(eta)}", flush=True)
+
+  def close(self):
+    if self.writer is not None:
+      self.writer.close()
+
+
+def _truncate_jsonl(path: str, last_step: int):
+  if not os.path.isfile(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    kept = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
+  with open(path, "w", encoding="utf-8") as f:
+    f.writelines(kept)
+
+
+def _duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(seconds)
+  return f"{seconds // 3600}h{seconds // 60 % 60:02d}m{seconds % 60:02d}s"
+
+
+# ------------------------------------------------------------------------- the loop
+
+
+class _StopSignal:
+  """Turns SIGTERM/SIGINT into a flag the loop checks after each step."""
+
+  def __init__(self):
+    self.received = None
+    self._previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame):
+    del frame
+    self.received = signal.Signals(signum).name
+
+  def restore(self):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Runs (or resumes) training; returns a summary with the final step and last metrics."""
+  maybe_initialize_distributed(cfg)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  if not cfg.data.dataset:
+    raise UserError("config.data.dataset is empty; set --config.data.dataset to a dataset "
+                    "written by `valle-jax prepare`.")
+  dataset = data_lib.open_dataset(cfg.data.dataset)
+  with open(dataset.symbols_path, encoding="utf-8") as f:
+    symbols = json.load(f)
+  num_symbols = len(symbols["symbols"]) if isinstance(symbols, dict) else len(symbols)
+  if num_symbols > cfg.model.phoneme_vocab_size:
+    raise UserError(f"the dataset has {num_symbols} phoneme symbols but "
+                    f"model.phoneme_vocab_size is {cfg.model.phoneme_vocab_size}; raise it.")
+  codec = dataset.codec_description
+  for key, expected in (("num_codebooks", cfg.model.num_codebooks),
+                        ("codebook_size", cfg.model.codebook_size)):
+    if key in codec and int(codec[key]) != expected:
+      raise UserError(f"the dataset's codec has {key}={codec[key]} but the model expects "
+                      f"{expected}; set --config.model.{key}={codec[key]}.")
+  frame_rate = float(codec.get("frame_rate", 75.0))
+
+  mesh = sharding.make_mesh(cfg.mesh)
+  trainer = Trainer(cfg, mesh)
+  data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
+  multiple = data_parallel * cfg.train.grad_accum_steps
+  if multiple % jax.process_count():
+    raise UserError(f"the global batch must split evenly over {jax.process_count()} "
+                    f"processes; use a data x fsdp mesh size that is a multiple of it.")
+  source = dataset.split(cfg.data.train_split)
+  lengths = data_lib.scan_lengths(
+      source, os.path.join(workdir, f"lengths-{cfg.data.train_split}.npz"),
+      progress=jax.process_index() == 0)
+  plan = data_lib.BatchPlan(lengths, cfg.data, seed=cfg.seed, batch_multiple=multiple)
+  loader = data_lib.BatchLoader(source, plan, cfg.data, kind=cfg.train.model,
+                                num_codebooks=cfg.model.num_codebooks, frame_rate=frame_rate,
+                                process_index=jax.process_index(),
+                                process_count=jax.process_count())
+  data_iter = data_lib.batch_iterator(loader, cfg.train.steps, num_threads=cfg.data.num_threads,
+                                      prefetch=cfg.data.prefetch)
+
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                       every=cfg.checkpoint.every, keep=cfg.checkpoint.keep,
+                                       async_save=cfg.checkpoint.async_save)
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    abstract = trainer.abstract_for_restore()
+    restored = checkpointer.restore(latest, abstract_params=abstract["params"],
+                                    abstract_optimizer=abstract["optimizer"])
+    state = {"params": restored["params"], "optimizer": restored["optimizer"]}
+    data_iter.set_state(restored["data"])
+    start = latest
+  else:
+    state = trainer.init_state()
+    start = 0
+  log = print if jax.process_index() == 0 else (lambda *a, **k: None)
+  log(f"[train] {cfg.train.model} on mesh {dict(mesh.shape)} "
+      f"({jax.process_count()} process(es), {jax.device_count()} devices); "
+      f"{'resuming from step ' + str(start) if start else 'starting'}; {plan.describe()}",
+      flush=True)
+  params_count = {n: sharding.param_count(p) for n, p in state["params"].items()}
+  log(f"[train] parameters: {', '.join(f'{n} {c:,}' for n, c in params_count.items())}",
+      flush=True)
+
+  eval_batches = _eval_batches(cfg, dataset, workdir, frame_rate=frame_rate, multiple=multiple)
+  logger = MetricLogger(workdir, cfg.train.steps, start)
+  stop = _StopSignal()
+  save = functools.partial(_save, checkpointer, cfg=cfg, symbols=symbols, codec=codec)
+  step, window, window_start, last = start, [], time.time(), {}
+  try:
+    while step < cfg.train.steps:
+      batch = next(data_iter)
+      examples = batch.pop("index")
+      batch = sharding.shard_batch(batch, mesh)
+      state, metrics = trainer.train_step(state, batch)
+      step += 1
+      window.append(metrics)
+      if cfg.debug.log_examples:
+        logger.write(step, {"examples": examples.tolist()}, console=False, prefix="data")
+      if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+        last = _log_window(logger, step, window, time.time() - window_start)
+        window, window_start = [], time.time()
+        streak = int(state["optimizer"]["nan_streak"])
+        if streak >= cfg.train.nan_max_consecutive:
+          save(step, state, data_iter, force=True)
+          raise UserError(f"{streak} steps in a row had a non-finite loss or gradient; "
+                          "stopping (last checkpoint saved). Lower optim.peak_lr or use "
+                          "compute_dtype=float32.")
+      save(step, state, data_iter)
+      if eval_batches and cfg.train.eval_every and step % cfg.train.eval_every == 0:
+        logger.write(step, _evaluate(trainer, state, eval_batches, mesh), console=True,
+                     prefix="eval")
+      if cfg.debug.kill_at_step == step:      # fault injection for the preemption tests
+        checkpointer.wait()
+        os.kill(os.getpid(), signal.SIGKILL)
+      if stop.received:
+        log(f"[train] {stop.received} received: saving step {step} and stopping.", flush=True)
+        break
+    save(step, state, data_iter, force=True)
+  finally:
+    stop.restore()
+    checkpointer.close()
+    logger.close()
+  return {"step": step, "metrics": last, "state": state}
+
+
+def _save(checkpointer, step, state, data_iter, *, cfg, symbols, codec, force=False):
+  if checkpointer.latest_step() == step:
+    return
+  checkpointer.save(step, params=state["params"], optimizer=state["optimizer"],
+                    data=data_iter.get_state(), config=cfg, symbols=symbols, codec=codec,
+                    force=force)
+
+
+def _log_window(logger: MetricLogger, step: int, window: list, seconds: float):
+  metrics = jax.device_get(window)
+  summed = jax.tree.map(lambda *xs: np.sum(xs, axis=0), *metrics)
+  values = summarize(summed)
+  values["loss"] = float(np.mean([m["loss"] for m in metrics]))
+  values["grad_norm"] = float(np.mean([m["grad_norm"] for m in metrics]))
+  values["lr"] = float(metrics[-1]["lr"])
+  values["skipped_steps"] = int(np.sum([not m["finite"] for m in metrics]))
+  tokens = sum(values.get(f"{n}/tokens", 0.0) for n in ("ar", "nar"))
+  values["step_time_s"] = seconds / len(window)
+  values["tokens_per_s"] = tokens / seconds if seconds > 0 else 0.0
+  logger.write(step, values, console=True)
+  return values
+
+
+def _eval_batches(cfg, dataset, workdir, *, frame_rate: float, multiple: int):
+  """A fixed list of held-out batches (same batching rules, own plan), or []."""
+  split = cfg.data.eval_split
+  if not split or not cfg.train.eval_every:
+    return []
+  source = dataset.split(split)
+  lengths = data_lib.scan_lengths(source, os.path.join(workdir, f"lengths-{split}.npz"),
+                                  progress=False)
+  plan = data_lib.BatchPlan(lengths, cfg.data, seed=cfg.seed + 1, batch_multiple=multiple)
+  loader = data_lib.BatchLoader(source, plan, cfg.data, kind=cfg.train.model,
+                                num_codebooks=cfg.model.num_codebooks, frame_rate=frame_rate,
+                                process_index=jax.process_index(),
+                                process_count=jax.process_count())
+  return [loader(i) for i in range(min(cfg.train.eval_batches, plan.batches_per_epoch))]
+
+
+def _evaluate(trainer, state, eval_batches, mesh) -> dict[str, float]:
+  totals = None
+  for batch in eval_batches:
+    batch = dict(batch)
+    batch.pop("index")
+    m = jax.device_get(trainer.eval_step(state["params"], sharding.shard_batch(batch, mesh)))
+    totals = m if totals is None else jax.tree.map(np.add, totals, m)
+  return summarize(totals)
+
+
+# ------------------------------------------------------------------------- CLI
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Experiment config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs). Re-using "
+                               "it resumes the run.")
+
+
+def main(argv):
+  del argv
+  if not _WORKDIR.value:
+    raise UserError("--workdir is required (where checkpoints and logs go).")
+  summary = train(_CONFIG.value, _WORKDIR.value)
+  if jax.process_index() == 0:
+    print(f"[train] done at step {summary['step']}; checkpoints in "
+          f"{os.path.join(os.path.abspath(_WORKDIR.value), 'checkpoints')}", file=sys.stderr)
