@@ -15,6 +15,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("valle_jax.info", "build the AR and NAR models of a config, run a forward pass, print sizes"),
     "train": ("valle_jax.train", "train the AR and/or NAR model on a prepared dataset (resumes from --workdir)"),
+    "synthesize": ("valle_jax.synthesize", "text + a voice prompt -> speech (zero-shot or --continual; TSV batches)"),
     "prepare": ("data_prep.prepare", "build a dataset (phonemes + codec codes, ArrayRecord) from a corpus"),
 }
 

@@ -1,0 +1,311 @@
+"""The AR sampler and NAR decoding: exactness against full forwards, token choice (top-k,
+top-p, repetition-aware sampling), stopping, grouped codes, determinism, recompiles.
+
+Compiles are the cost here (seconds each on CPU), so each compiled sampler is built once in
+a module-scoped fixture and shared by the tests that read it."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import tiny, valle2
+from valle_jax import models, sampling
+
+PHONEME_LENS = (7, 5, 3)
+PROMPT_FRAMES = (5, 3, 1)           # ragged; with G = 2 the groups used are 2, 1 and 0
+BUCKETS = {"phoneme_buckets": (16, 32), "prompt_buckets": (8,)}
+V = 1024
+EOS = V
+
+
+def _model(group_size, eos_bias):
+  """A tiny AR model whose EOS logits are shifted by `eos_bias` (in every group frame)."""
+  cfg = tiny.get_config().model
+  cfg.ar_group_size = group_size
+  model = models.ARModel(cfg, rngs=nnx.Rngs(group_size))
+  eos_columns = np.arange(group_size) * (V + 1) + EOS
+  model.head_bias[...] = model.head_bias[...].at[eos_columns].add(eos_bias)
+  return model
+
+
+def _inputs(seed=0, phoneme_lens=PHONEME_LENS, prompt_frames=PROMPT_FRAMES):
+  rng = np.random.default_rng(seed)
+  phonemes = [rng.integers(1, 128, n) for n in phoneme_lens]
+  prompts = [rng.integers(0, V, (n, 8)) for n in prompt_frames]
+  return phonemes, prompts
+
+
+def _sample(model, options, key=0, inputs=None, return_logits=False):
+  phonemes, prompts = inputs or _inputs()
+  batch = sampling.prepare_batch(phonemes, prompts, model.group_size, options, **BUCKETS)
+  out = sampling.sample_ar(*nnx.split(model), batch.phonemes, batch.phoneme_lens,
+                           batch.prompt[..., 0], batch.prompt_lens, jax.random.key(key),
+                           options=options, max_steps=batch.max_steps,
+                           return_logits=return_logits)
+  return batch, jax.tree.map(np.asarray, out)
+
+
+def _full_forward(model, phonemes, phoneme_lens, audio, audio_lens):
+  return nnx.jit(lambda m, *a: m(*a))(model, phonemes, phoneme_lens, audio, audio_lens)
+
+
+# EOS at ~13% a frame: sequences end at different steps; RAS + top-p exercise every path.
+SAMPLED = sampling.SampleOptions(top_p=0.9, ras=True, max_frames_per_phoneme=6.0)
+
+
+@pytest.fixture(scope="module", params=[(1, 6.5, 2), (2, 4.0, 0)], ids=["G1", "G2"])
+def sampled(request):
+  """(model, batch, output) with EOS biased so that, for this key, the three sequences end
+  at different steps (with G = 2, inside a group too)."""
+  group_size, eos_bias, key = request.param
+  model = _model(group_size, eos_bias)
+  batch, out = _sample(model, SAMPLED, key=key, return_logits=True)
+  return model, batch, out, key
+
+
+def _groups_made(out, g):
+  """Groups each sequence chose while active: up to and including its EOS group."""
+  return np.where(out.hit_limit, out.lengths // g, out.lengths // g + 1)
+
+
+def test_cached_logits_equal_full_forward(sampled):
+  """At every step of every sequence (ragged prompts), the logits the sampler saw equal a
+  full forward over phonemes + BOS + prompt + the groups generated so far."""
+  model, batch, out, _ = sampled
+  g = model.group_size
+  groups = batch.prompt_lens // g
+  made = _groups_made(out, g)
+  b = len(PHONEME_LENS)
+  audio = np.full((b, 1 + int(groups.max()) + int(made.max()), g), EOS, np.int32)
+  audio[:, 0] = models.bos_id(V)
+  for i in range(b):
+    audio[i, 1:1 + groups[i]] = batch.prompt[i, :groups[i] * g, 0].reshape(-1, g)
+    stream = np.full(made[i] * g, EOS)           # codes, then EOS to the end of the group
+    stream[:out.lengths[i]] = out.codes[i, :out.lengths[i]]
+    audio[i, 1 + groups[i]:1 + groups[i] + made[i]] = stream.reshape(-1, g)
+  full = _full_forward(model, batch.phonemes[:b], batch.phoneme_lens[:b], audio,
+                       1 + groups + made)
+  for i in range(b):
+    np.testing.assert_allclose(out.logits[i, :made[i]],
+                               full[i, groups[i]:groups[i] + made[i]], atol=2e-5, rtol=1e-5)
+
+
+def test_eos_stops_each_sequence_independently(sampled):
+  model, batch, out, _ = sampled
+  g = model.group_size
+  assert not out.hit_limit.any()
+  assert len(set(out.lengths.tolist())) == len(PHONEME_LENS), out.lengths  # ends differ
+  for i, n in enumerate(out.lengths):
+    assert (out.codes[i, :n] < EOS).all()          # no EOS inside the output
+    assert (out.codes[i, n:] == 0).all()           # padding after it
+  # Every sequence stopped before its own limit (6 frames a phoneme), the loop ran on for
+  # the longest, and the shorter ones took no frames after their EOS.
+  assert (out.lengths < 6 * np.array(PHONEME_LENS)).all()
+
+
+def test_same_key_same_output_other_key_other_output(sampled):
+  model, _, out, key = sampled
+  _, again = _sample(model, SAMPLED, key=key, return_logits=True)
+  np.testing.assert_array_equal(again.codes, out.codes)
+  np.testing.assert_array_equal(again.lengths, out.lengths)
+  others = [_sample(model, SAMPLED, key=k, return_logits=True)[1] for k in (key + 1, key + 2)]
+  for other in others:
+    assert not np.array_equal(other.codes, out.codes)
+  assert not np.array_equal(others[0].codes, others[1].codes)
+
+
+def test_no_retrace_when_only_the_text_changes(sampled):
+  """Texts and prompts of other lengths within the buckets reuse the compiled sampler;
+  a text past the phoneme bucket traces anew (checked by lowering only)."""
+  model = sampled[0]
+  traces = []
+
+  def listener(event, duration, **kwargs):
+    del duration
+    if event == "/jax/core/compile/jaxpr_trace_duration" and kwargs.get("fun_name") == "sample_ar":
+      traces.append(1)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    for seed, lens, frames in ((1, (9, 2, 16), (8, 2, 4)), (2, (1, 12, 4), (1, 6, 7))):
+      _sample(model, SAMPLED, inputs=_inputs(seed, lens, frames), return_logits=True)
+    assert not traces
+    phonemes, prompts = _inputs(3, (20, 2, 2))      # 20 > 16: the next phoneme bucket
+    batch = sampling.prepare_batch(phonemes, prompts, model.group_size, SAMPLED, **BUCKETS)
+    sampling.sample_ar.lower(*nnx.split(model), batch.phonemes, batch.phoneme_lens,
+                             batch.prompt[..., 0], batch.prompt_lens, jax.random.key(0),
+                             options=SAMPLED, max_steps=batch.max_steps, return_logits=True)
+    assert len(traces) == 1
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def test_repetition_aware_sampling_in_the_loop_counts_the_prompt(sampled):
+  """A model that always prefers token 3 (and never EOS): each frame whose previous 10
+  frames, prompt included, hold 3 more than once is redrawn. The used prompts (whole
+  groups) end in [.., 3, 3]: every frame is redrawn; in no 3: the first two frames are
+  not; in [3] (G = 1; with G = 2 that prompt is empty): the first one (two) are not.
+  The same compiled sampler as above: only parameter values change."""
+  model = nnx.clone(sampled[0])
+  g = model.group_size
+  columns = np.arange(g) * (V + 1)
+  model.head_bias[...] = model.head_bias[...].at[columns + EOS].set(-1e9).at[columns + 3].add(30.0)
+  phonemes, prompts = _inputs(7)
+  used = [len(p) // g * g for p in prompts]                           # 5, 3, 1 -> G = 2: 4, 2, 0
+  for p in prompts:
+    p[:, 0] = np.where(p[:, 0] == 3, 4, p[:, 0])
+  prompts[0][used[0] - 2:used[0], 0] = 3
+  if used[2]:
+    prompts[2][used[2] - 1, 0] = 3
+  _, out = _sample(model, SAMPLED, inputs=(phonemes, prompts), return_logits=True)
+  limits = 6 * np.array(PHONEME_LENS)
+  np.testing.assert_array_equal(out.lengths, limits)
+  assert out.hit_limit.all()
+  for i, n in enumerate(limits):
+    assert (out.codes[i, :n] == 3).all()
+  not_redrawn = {1: [0, 2, 1], 2: [0, 2, 2]}[g]
+  np.testing.assert_array_equal(out.ras_fallbacks, limits - not_redrawn)
+
+
+# ------------------------------------------------------------- greedy and length limit
+
+GREEDY = sampling.SampleOptions(top_k=1, max_frames_per_phoneme=2.0)
+
+
+@pytest.fixture(scope="module")
+def never_eos():
+  return _model(1, eos_bias=-1e9)
+
+
+def _greedy_by_full_forwards(model, batch, num_frames):
+  """Greedy decoding with no cache: a full forward over the sequence so far each step."""
+  b, g = batch.phonemes.shape[0], model.group_size
+  groups = batch.prompt_lens // g
+  audio = np.zeros((b, 1 + int(groups.max()) + num_frames, g), np.int32)
+  audio[:, 0] = models.bos_id(V)
+  for i in range(b):
+    audio[i, 1:1 + groups[i], 0] = batch.prompt[i, :groups[i], 0]
+  lens = 1 + groups
+  made = np.zeros((b, num_frames), np.int32)
+  forward = nnx.jit(lambda m, *a: m(*a))
+  for step in range(num_frames):
+    logits = np.asarray(forward(model, batch.phonemes, batch.phoneme_lens, audio, lens))
+    tokens = logits[np.arange(b), lens - 1, 0].argmax(-1)
+    made[:, step] = tokens
+    audio[np.arange(b), lens, 0] = tokens
+    lens = lens + 1
+  return made
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no_cache"])
+def test_top_k_1_is_greedy_and_the_length_limit_stops_a_model_without_eos(never_eos,
+                                                                        use_cache):
+  options = dataclasses.replace(GREEDY, use_cache=use_cache)
+  batch, out = _sample(never_eos, options)
+  limits = np.ceil(2.0 * np.array(PHONEME_LENS)).astype(int)         # 14, 10, 6 frames
+  np.testing.assert_array_equal(out.lengths, limits)
+  assert out.hit_limit.all()
+  expected = _greedy_by_full_forwards(never_eos, batch, int(limits.max()))
+  for i, n in enumerate(limits):
+    np.testing.assert_array_equal(out.codes[i, :n], expected[i, :n])
+    assert (out.codes[i, n:] == 0).all()
+  # Greedy decoding repeats itself (what RAS would redraw), but RAS is off here.
+  assert any(np.sum(out.codes[i, max(0, t - 10):t] == out.codes[i, t]) > 1
+             for i, n in enumerate(limits) for t in range(n))
+  assert not out.ras_fallbacks.any()
+
+
+# ------------------------------------------------------------------------ token choice
+
+
+def test_filter_logits_top_k_and_top_p():
+  logits = jnp.log(jnp.array([[0.5, 0.05, 0.3, 0.15]]))
+  kept = lambda k, p: np.isfinite(np.asarray(sampling.filter_logits(logits, k, p)))[0]
+  np.testing.assert_array_equal(kept(2, 1.0), [1, 0, 1, 0])
+  np.testing.assert_array_equal(kept(0, 0.5), [1, 0, 0, 0])    # 0.5 alone reaches 0.5
+  np.testing.assert_array_equal(kept(0, 0.6), [1, 0, 1, 0])
+  np.testing.assert_array_equal(kept(0, 0.9), [1, 0, 1, 1])
+  np.testing.assert_array_equal(kept(3, 0.99), [1, 0, 1, 1])   # top-k first, then top-p
+  np.testing.assert_array_equal(kept(0, 1.0), [1, 1, 1, 1])
+
+
+def test_repetition_aware_sampling_falls_back_exactly_when_r_exceeds_threshold():
+  """Token 7 holds 90% of the mass, so top-p (0.5) always picks it. Row n's window holds
+  n copies of 7 among K = 10 frames: r = n / 10 > t_r = 0.1 exactly for n >= 2. A window
+  full of another token never triggers the fallback (RAS switched off: see the greedy test)."""
+  num_tokens, k = 50, 10
+  probs = np.full(num_tokens, 0.1 / (num_tokens - 1))
+  probs[7] = 0.9
+  copies = np.arange(k + 1)                                          # rows: n = 0..10
+  recent = np.where(np.arange(k)[None] < copies[:, None], 7, 3)      # [11, K]
+  recent = np.concatenate([recent, np.full((1, k), 3), np.full((1, k), -1)])  # + 2 rows
+  recent = np.tile(recent, (400, 1))                                 # 400 draws per row
+  logits = jnp.broadcast_to(jnp.log(probs), (len(recent), num_tokens))
+  choose = jax.jit(sampling.choose_tokens, static_argnames="options")
+  options = sampling.SampleOptions(top_p=0.5, ras=True, ras_window=k, ras_threshold=0.1)
+  tokens, fell_back = map(np.asarray, choose(logits, recent, jax.random.key(0), options=options))
+  expected = np.tile(np.concatenate([copies > 1, [False, False]]), 400)
+  np.testing.assert_array_equal(fell_back, expected)
+  assert (tokens[~expected] == 7).all()                       # nucleus sample kept
+  redrawn = tokens[expected]                                  # from the full distribution
+  assert 0.05 < np.mean(redrawn != 7) < 0.16, np.mean(redrawn != 7)
+
+
+def test_options_validation_and_config():
+  with pytest.raises(ValueError, match="temperature"):
+    sampling.SampleOptions(temperature=0.0)
+  with pytest.raises(ValueError, match="top_p"):
+    sampling.SampleOptions(top_p=1.5)
+  with pytest.raises(ValueError, match="unknown sample options"):
+    sampling.SampleOptions.from_config({"topp": 0.5})
+  options = sampling.SampleOptions.from_config(valle2.get_config().sample)
+  assert (options.ras, options.ras_window, options.ras_threshold) == (True, 10, 0.1)
+  assert valle2.get_config().model.ar_group_size == 2
+  assert sampling.SampleOptions.from_config(None) == sampling.SampleOptions()
+
+
+def test_prepare_batch_buckets_groups_and_padding():
+  phonemes, prompts = _inputs(0, (7, 20), (5, 3))
+  options = sampling.SampleOptions(max_frames_per_phoneme=3.0)
+  batch = sampling.prepare_batch(phonemes, prompts, 2, options, batch_size=4, **BUCKETS)
+  assert batch.phonemes.shape == (4, 32) and batch.prompt.shape == (4, 8, 8)
+  np.testing.assert_array_equal(batch.phoneme_lens, [7, 20, 20, 20])
+  np.testing.assert_array_equal(batch.prompt_lens, [4, 2, 2, 2])   # whole groups of 2
+  np.testing.assert_array_equal(batch.prompt[0, :4], prompts[0][:4])
+  assert (batch.prompt[0, 4:] == 0).all() and (batch.phonemes[0, 7:] == 0).all()
+  assert batch.max_steps == 3 * 32 // 2
+  with pytest.raises(ValueError, match="phoneme count is 40"):
+    sampling.prepare_batch(*_inputs(0, (40,), (3,)), 1, options, **BUCKETS)
+  with pytest.raises(ValueError, match="prompt length in frames is 9"):
+    sampling.prepare_batch(*_inputs(0, (4,), (9,)), 1, options, **BUCKETS)
+
+
+# --------------------------------------------------------------------------------- NAR
+
+
+def test_nar_decoding_is_greedy_stage_by_stage():
+  """decode_nar equals Q - 1 greedy full forwards, each reading the codebooks before it;
+  padding frames stay 0."""
+  cfg = tiny.get_config().model
+  nar = models.NARModel(cfg, rngs=nnx.Rngs(5))
+  phonemes, prompts = _inputs(4)
+  batch = sampling.prepare_batch(phonemes, prompts, 1, sampling.SampleOptions(), **BUCKETS)
+  rng = np.random.default_rng(1)
+  t, b = 12, len(phonemes)
+  first = rng.integers(0, V, (b, t))
+  target_lens = np.array([12, 7, 4])
+  out = np.asarray(sampling.decode_nar(*nnx.split(nar), batch.phonemes, batch.phoneme_lens,
+                                       batch.prompt, batch.prompt_lens, first, target_lens))
+  forward = nnx.jit(lambda m, *a: m(*a))
+  codes = np.zeros((b, t, 8), np.int32)
+  codes[..., 0] = first
+  for stage in range(1, 8):
+    logits = forward(nar, batch.phonemes, batch.phoneme_lens, batch.prompt,
+                     batch.prompt_lens, codes, target_lens, np.full((b,), stage))
+    codes[..., stage] = np.argmax(np.asarray(logits), -1)
+  for i, n in enumerate(target_lens):
+    np.testing.assert_array_equal(out[i, :n], codes[i, :n])
+    assert (out[i, n:] == 0).all()

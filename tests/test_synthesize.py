@@ -1,0 +1,111 @@
+"""`synthesize`: zero-shot and continual end to end with tiny models, a random-weight
+EnCodec and the default symbol table; batch TSV input; one-sentence errors for bad input."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+from flax import nnx
+
+from configs import tiny
+from valle_jax import models, sampling, synthesize, text
+from valle_jax.codec import get_codec
+from valle_jax.errors import UserError
+
+OPTIONS = sampling.SampleOptions(top_k=20, max_frames_per_phoneme=1.0)
+
+
+@pytest.fixture(scope="module")
+def kit():
+  cfg = tiny.get_config().model
+  return dict(ar=models.ARModel(cfg, rngs=nnx.Rngs(0)), nar=models.NARModel(cfg, rngs=nnx.Rngs(1)),
+              symbols=text.SymbolTable.default(),
+              codec=get_codec({"name": "encodec", "weights": "random"}))
+
+
+@pytest.fixture(scope="module")
+def wavs(tmp_path_factory):
+  """Prompt files: a 1.5 s voice-like tone at 24 kHz mono and at 44.1 kHz stereo, a 0.5 s
+  one, a silent one."""
+  root = tmp_path_factory.mktemp("prompts")
+
+  def tone(seconds, rate, amplitude=0.3):
+    t = np.arange(int(seconds * rate)) / rate
+    return (amplitude * np.sin(2 * np.pi * (120 + 30 * np.sin(3 * t)) * t)).astype(np.float32)
+
+  files = {"mono": (tone(1.5, 24_000), 24_000),
+           "stereo": (np.stack([tone(1.5, 44_100), tone(1.5, 44_100, 0.2)], 1), 44_100),
+           "short": (tone(0.5, 24_000), 24_000), "silent": (np.zeros(36_000, np.float32), 24_000)}
+  paths = {}
+  for name, (wav, rate) in files.items():
+    paths[name] = str(root / f"{name}.wav")
+    sf.write(paths[name], wav, rate)
+  return paths
+
+
+def _run(kit, requests, **kw):
+  return synthesize.synthesize(kit["ar"], kit["nar"], kit["symbols"], kit["codec"], requests,
+                               OPTIONS, **kw)
+
+
+def test_zero_shot_and_continual(kit, wavs):
+  """Two requests in one batch (a mono 24 kHz and a stereo 44.1 kHz prompt); each output
+  is whole codec frames, at most 1 frame a phoneme of the limit; the same seed gives the
+  same speech; continual output starts with the prompt's frames."""
+  requests = [synthesize.Request("Hello there, my friend.", wavs["mono"], "A quiet tone."),
+              synthesize.Request("Good morning.", wavs["stereo"], "Another tone.")]
+  out = _run(kit, requests, batch_size=2)
+  hop = kit["codec"].sample_rate // 75
+  assert len(out) == 2
+  for wav, r in zip(out, requests):
+    phonemes = len(text.text_to_ids(r.prompt_text, kit["symbols"])) + 1 + len(
+        text.text_to_ids(r.text, kit["symbols"]))
+    assert len(wav) % hop == 0 and 0 < len(wav) // hop <= phonemes
+    assert np.isfinite(wav).all()
+  again = _run(kit, requests, batch_size=2)
+  for a, b in zip(out, again):
+    np.testing.assert_array_equal(a, b)
+  (cont,) = _run(kit, [synthesize.Request("Hello there, my friend.", wavs["mono"])],
+                 continual=True, batch_size=2)
+  assert len(cont) // hop >= 113                   # 1.5 s of prompt (113 frames) + more
+
+
+@pytest.mark.parametrize("request_kw, message", [
+    (dict(text="  "), "text of the request is empty"),
+    (dict(text="... !"), "nothing to pronounce"),
+    (dict(prompt_text=""), "prompt text of the request is empty"),
+    (dict(prompt="short"), "lasts 0.50 s"),
+    (dict(prompt="silent"), "is silent"),
+    (dict(prompt="missing"), "(missing)"),
+])
+def test_bad_input_is_one_sentence(kit, wavs, request_kw, message):
+  kw = {"text": "Hello.", "prompt": "mono", "prompt_text": "A tone.", **request_kw}
+  kw["prompt"] = wavs.get(kw["prompt"], "/nonexistent/prompt.wav")
+  with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")) as e:
+    _run(kit, [synthesize.Request(**kw)])
+  assert "\n" not in str(e.value)
+
+
+def test_read_tsv(tmp_path):
+  tsv = tmp_path / "list.tsv"
+  tsv.write_text("Hello.\tp.wav\tA tone.\tout/a.wav\nMore words.\tq.wav\n\n", encoding="utf-8")
+  a, b = synthesize.read_tsv(str(tsv))
+  assert (a.text, a.prompt, a.prompt_text, a.out) == (
+      "Hello.", str(tmp_path / "p.wav"), "A tone.", str(tmp_path / "out/a.wav"))
+  assert (b.prompt_text, b.out) == ("", "2.wav")
+  (tmp_path / "bad.tsv").write_text("only text\n", encoding="utf-8")
+  with pytest.raises(UserError, match="line 1 has 1 fields"):
+    synthesize.read_tsv(str(tmp_path / "bad.tsv"))
+
+
+def test_cli_errors_are_one_line(tmp_path):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  result = subprocess.run(
+      [sys.executable, "-m", "valle_jax.cli", "synthesize", f"--checkpoint={tmp_path}/none",
+       "--text=Hello.", f"--prompt={tmp_path}/p.wav"],
+      capture_output=True, text=True, env=env, timeout=120)
+  assert result.returncode == 2, result.stderr
+  lines = [l for l in result.stderr.splitlines() if "error" in l]
+  assert len(lines) == 1 and "no checkpoint at" in lines[0], result.stderr

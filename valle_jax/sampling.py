@@ -1,0 +1,396 @@
+"""Decoding the AR and NAR models: pure functions under `jax.jit`.
+
+    graphdef, state = nnx.split(ar_model)
+    batch = sampling.prepare_batch(phoneme_ids, prompt_codes, ar_model.group_size, options)
+    out = sampling.sample_ar(graphdef, state, batch.phonemes, batch.phoneme_lens,
+                             batch.prompt[..., 0], batch.prompt_lens, rng,
+                             options=options, max_steps=batch.max_steps)
+    codes = sampling.decode_nar(*nnx.split(nar_model), batch.phonemes, batch.phoneme_lens,
+                                batch.prompt, batch.prompt_lens, out.codes, out.lengths)
+
+**AR** (`sample_ar`): prefill over phonemes + BOS + the prompt's codebook-1 groups, then a
+`lax.while_loop` whose carry holds the step, the next logits, the KV cache, which
+sequences have finished, the last K chosen frames (for repetition-aware sampling) and the
+rng. Each step picks one group of G frames per sequence (VALL-E 2 grouped code modeling;
+G = 1 is plain VALL-E) and appends it to the cache with `ARModel.decode_step`. A sequence
+stops at the first EOS (a group ends at its first EOS frame) or at its length limit,
+`max_frames_per_phoneme` x its phoneme count (prompt transcript included), capped by the
+`max_steps` groups the cache was sized for. The batch decodes in lockstep until every
+sequence has stopped; each prompt may have its own length.
+
+**Token choice** (`choose_tokens`): temperature, then top-k, then top-p (nucleus); with
+repetition-aware sampling (VALL-E 2 §3.4.1) the nucleus sample is kept unless the fraction
+r of the previous K frames (prompt included) equal to it exceeds t_r, in which case that
+frame is drawn again from the full (temperature-scaled) distribution.
+
+**Shapes and recompiles**: `prepare_batch` pads phonemes and prompts to a few bucket sizes
+and derives `max_steps` from the phoneme bucket, so a new text rarely changes a shape
+and `sample_ar` compiles once per (batch, bucket) pair.
+
+**NAR** (`decode_nar`): Q - 1 greedy passes (codebooks 2..Q) over the whole target, one
+`lax.fori_loop` over the stages inside one compiled function.
+
+With `use_cache=False` the AR re-runs the full forward over the whole (padded) sequence at
+every step instead of using the cache, as the PyTorch implementations do; it exists as the
+benchmark's baseline and gives the same logits.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from valle_jax import models
+
+Array = jax.Array
+
+# Phonemes per example (prompt transcript + target text) and prompt frames (75 = 1 s).
+PHONEME_BUCKETS = (64, 128, 256, 512)
+PROMPT_BUCKETS = (128, 256, 512, 1024)
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleOptions:
+  """How the AR picks tokens and when it stops. Hashable: a static argument of the jit.
+
+  Attributes:
+    temperature: logits are divided by it (> 0).
+    top_k: keep the k most likely tokens (0: all).
+    top_p: keep the smallest set of most likely tokens whose mass reaches p (1.0: all).
+    ras: repetition-aware sampling (VALL-E 2 §3.4.1).
+    ras_window: K, the previous frames (prompt included) r is measured over.
+    ras_threshold: t_r; a nucleus sample with r > t_r is redrawn from the full distribution.
+    max_frames_per_phoneme: a sequence stops after this many frames per phoneme (the
+      prompt transcript's phonemes included) even without EOS.
+    max_frames: cap on the frames one sequence may generate (sizes the KV cache).
+    use_cache: False re-runs the full forward each step (the no-cache baseline).
+  """
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  ras: bool = False
+  ras_window: int = 10
+  ras_threshold: float = 0.1
+  max_frames_per_phoneme: float = 12.0
+  max_frames: int = 3000
+  use_cache: bool = True
+
+  def __post_init__(self):
+    problems = []
+    if not self.temperature > 0:
+      problems.append(f"temperature must be > 0, got {self.temperature}")
+    if self.top_k < 0:
+      problems.append(f"top_k must be >= 0 (0: off), got {self.top_k}")
+    if not 0 < self.top_p <= 1:
+      problems.append(f"top_p must be in (0, 1], got {self.top_p}")
+    if self.ras_window < 1:
+      problems.append(f"ras_window must be >= 1, got {self.ras_window}")
+    if not 0 <= self.ras_threshold < 1:
+      problems.append(f"ras_threshold must be in [0, 1), got {self.ras_threshold}")
+    if not self.max_frames_per_phoneme > 0 or self.max_frames < 1:
+      problems.append("max_frames_per_phoneme and max_frames must be positive")
+    if problems:
+      raise ValueError("; ".join(problems) + ".")
+
+  @classmethod
+  def from_config(cls, cfg: Any | None, **overrides) -> "SampleOptions":
+    """Options from a config's `sample` section (missing fields keep their defaults)."""
+    values = {} if cfg is None else dict(cfg.items() if hasattr(cfg, "items") else cfg)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+      raise ValueError(f"unknown sample options {sorted(unknown)}; known: {sorted(names)}.")
+    return cls(**{**values, **overrides})
+
+
+# ------------------------------------------------------------------------- token choice
+
+
+def filter_logits(logits: Array, top_k: int, top_p: float) -> Array:
+  """Sets logits outside the top-k and then the top-p nucleus to -inf. logits [B, V]."""
+  if top_k and top_k < logits.shape[-1]:
+    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]                    # [B, 1]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if top_p < 1.0:
+    ordered = jnp.sort(logits, axis=-1)[:, ::-1]                    # [B, V] descending
+    probs = jax.nn.softmax(ordered, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    num_kept = jnp.sum(mass_before < top_p, axis=-1, keepdims=True)  # >= 1
+    threshold = jnp.take_along_axis(ordered, num_kept - 1, axis=-1)  # [B, 1]
+    logits = jnp.where(logits < threshold, -jnp.inf, logits)
+  return logits
+
+
+def choose_tokens(logits: Array, recent: Array, rng: Array, options: SampleOptions
+                  ) -> tuple[Array, Array]:
+  """Picks one token per row.
+
+  Args:
+    logits: float [B, V] (model output for one frame).
+    recent: int [B, K] the previous K frames, oldest first (-1 where there are none yet).
+    rng: PRNG key.
+  Returns:
+    tokens int32 [B], and fell_back bool [B]: whether repetition-aware sampling replaced
+    the nucleus sample with a draw from the full distribution.
+  """
+  scaled = logits.astype(jnp.float32) / options.temperature
+  nucleus_rng, full_rng = jax.random.split(rng)
+  tokens = jax.random.categorical(
+      nucleus_rng, filter_logits(scaled, options.top_k, options.top_p)).astype(jnp.int32)
+  if not options.ras:
+    return tokens, jnp.zeros(tokens.shape, bool)
+  repeat_ratio = jnp.mean(recent == tokens[:, None], axis=-1)       # r [B]
+  fell_back = repeat_ratio > options.ras_threshold
+  resampled = jax.random.categorical(full_rng, scaled).astype(jnp.int32)
+  return jnp.where(fell_back, resampled, tokens), fell_back
+
+
+def _choose_group(logits: Array, recent: Array, rng: Array, options: SampleOptions
+                  ) -> tuple[Array, Array, Array]:
+  """Picks a group frame by frame, each frame seeing the ones before it in `recent`.
+
+  logits [B, G, V + 1], recent [B, K] -> tokens int32 [B, G], fell_back [B, G], recent.
+  """
+  tokens, fell_back = [], []
+  for g, key in enumerate(jax.random.split(rng, logits.shape[1])):
+    token, fell = choose_tokens(logits[:, g], recent, key, options)
+    recent = jnp.concatenate([recent[:, 1:], token[:, None]], axis=1)
+    tokens.append(token)
+    fell_back.append(fell)
+  return jnp.stack(tokens, 1), jnp.stack(fell_back, 1), recent
+
+
+# ----------------------------------------------------------------------------------- AR
+
+
+class ARSample(NamedTuple):
+  """What `sample_ar` returns.
+
+  codes: int32 [B, max_steps * G] new codebook-1 frames; 0 past `lengths`.
+  lengths: int32 [B] frames before the sequence's EOS (or all it made, at the limit).
+  hit_limit: bool [B] the sequence stopped at its length limit without emitting EOS.
+  ras_fallbacks: int32 [B] frames that repetition-aware sampling redrew.
+  logits: float32 [B, max_steps, G, V + 1] the model's logits at each step (rows past a
+    sequence's end are whatever the lockstep loop computed), or None unless asked for.
+  """
+  codes: Array
+  lengths: Array
+  hit_limit: Array
+  ras_fallbacks: Array
+  logits: Array | None
+
+
+class _Loop(NamedTuple):
+  """The while-loop carry."""
+  step: Array            # int32 []: groups chosen so far
+  logits: Array          # [B, G, V + 1] for the group chosen next
+  decoder: Any           # the KV cache (or, without cache, the token buffer and lengths)
+  finished: Array        # bool [B]
+  recent: Array          # int32 [B, K] the last K frames, oldest first
+  rng: Array
+  codes: Array           # int32 [B, max_steps, G]
+  lengths: Array         # int32 [B] frames so far
+  hit_limit: Array       # bool [B]
+  ras_fallbacks: Array   # int32 [B]
+  all_logits: Array | None  # [B, max_steps, G, V + 1] or None
+
+
+def _cached_decoder(model, phonemes, phoneme_lens, audio, audio_lens, max_steps):
+  """(first logits [B, G, V + 1], cache) and the step function, with the KV cache."""
+  num_slots = phonemes.shape[1] + audio.shape[1] + max_steps
+  cache = model.init_cache(phonemes.shape[0], num_slots)
+  return model.prefill(phonemes, phoneme_lens, audio, audio_lens, cache), model.decode_step
+
+
+def _full_forward_decoder(model, phonemes, phoneme_lens, audio, audio_lens, max_steps):
+  """Like `_cached_decoder`, re-running the full forward over a fixed-size token buffer."""
+  rows = jnp.arange(audio.shape[0])
+
+  def forward(buffer, lens):                   # logits at each example's last valid group
+    return model(phonemes, phoneme_lens, buffer, lens)[rows, lens - 1]
+
+  def step(tokens, state):
+    buffer, lens = state
+    buffer = buffer.at[rows, lens].set(tokens)
+    return forward(buffer, lens + 1), (buffer, lens + 1)
+
+  buffer = jnp.pad(audio, [(0, 0), (0, max_steps), (0, 0)])          # [B, A + steps, G]
+  return (forward(buffer, audio_lens), (buffer, audio_lens)), step
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "options", "max_steps",
+                                             "return_logits"))
+def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme_lens: Array,
+              prompt: Array, prompt_lens: Array, rng: Array, *, options: SampleOptions,
+              max_steps: int, return_logits: bool = False) -> ARSample:
+  """Samples codebook-1 continuations of the prompts (see the module docstring).
+
+  Args:
+    graphdef, state: `nnx.split(ar_model)`.
+    phonemes: int [B, L] prompt transcript + target text ids; phoneme_lens: int [B].
+    prompt: int [B, P] codebook-1 frames of the acoustic prompts (P a multiple of G);
+      prompt_lens: int [B] valid frames; frames past the last whole group are not used.
+    rng: PRNG key; the same key gives the same output.
+    options: `SampleOptions` (static).
+    max_steps: groups to make room for (static; the cache has L + 1 + P/G + max_steps slots).
+    return_logits: also return every step's logits (for tests and analysis).
+  Returns:
+    `ARSample`.
+  """
+  model = nnx.merge(graphdef, state)
+  g, eos = model.group_size, models.eos_id(model.codebook_size)
+  b, p = prompt.shape
+  if p % g:
+    raise ValueError(f"prompt frames ({p}) must be a multiple of the group size {g}.")
+  groups = prompt_lens // g                                           # [B]
+  used = groups * g
+  prompt = jnp.where(jnp.arange(p)[None] < used[:, None], prompt, 0).astype(jnp.int32)
+  bos = jnp.full((b, 1, g), models.bos_id(model.codebook_size), jnp.int32)
+  audio = jnp.concatenate([bos, prompt.reshape(b, p // g, g)], axis=1)  # [B, 1 + P/G, G]
+  start = _cached_decoder if options.use_cache else _full_forward_decoder
+  (logits, decoder), step_fn = start(model, phonemes, phoneme_lens, audio, 1 + groups,
+                                     max_steps)
+
+  # The last K prompt frames, oldest first; -1 where the prompt is shorter than K.
+  k = options.ras_window
+  window = used[:, None] - k + jnp.arange(k)[None]                    # [B, K]
+  recent = jnp.where(window >= 0, jnp.take_along_axis(prompt, jnp.maximum(window, 0), 1), -1)
+  frame_limit = jnp.ceil(options.max_frames_per_phoneme * phoneme_lens).astype(jnp.int32)
+  group_limit = jnp.minimum((frame_limit + g - 1) // g, max_steps)   # [B] groups
+
+  def body(s: _Loop) -> _Loop:
+    rng, step_rng = jax.random.split(s.rng)
+    tokens, fell_back, recent = _choose_group(s.logits, s.recent, step_rng, options)
+    is_eos = tokens == eos                                            # [B, G]
+    tokens = jnp.where(jnp.cumsum(is_eos, axis=1) > 0, eos, tokens)  # EOS ends the group
+    ended = jnp.any(is_eos, axis=1)
+    active = ~s.finished
+    at_limit = s.step + 1 >= group_limit
+    new_frames = jnp.where(ended, jnp.argmax(is_eos, axis=1), g)
+    all_logits = (None if s.all_logits is None
+                  else s.all_logits.at[:, s.step].set(s.logits))
+    logits, decoder = step_fn(tokens, s.decoder)
+    return _Loop(
+        step=s.step + 1, logits=logits, decoder=decoder,
+        finished=s.finished | ended | at_limit, recent=recent, rng=rng,
+        codes=s.codes.at[:, s.step].set(jnp.where(active[:, None], tokens, 0)),
+        lengths=s.lengths + jnp.where(active, new_frames, 0),
+        hit_limit=s.hit_limit | (active & ~ended & at_limit),
+        ras_fallbacks=s.ras_fallbacks + jnp.where(active, jnp.sum(fell_back, axis=1), 0),
+        all_logits=all_logits)
+
+  def cond(s: _Loop) -> Array:
+    return (s.step < max_steps) & ~jnp.all(s.finished)
+
+  zeros = jnp.zeros((b,), jnp.int32)
+  init = _Loop(
+      step=jnp.zeros((), jnp.int32), logits=logits, decoder=decoder,
+      finished=jnp.zeros((b,), bool), recent=recent.astype(jnp.int32), rng=rng,
+      codes=jnp.zeros((b, max_steps, g), jnp.int32), lengths=zeros,
+      hit_limit=jnp.zeros((b,), bool), ras_fallbacks=zeros,
+      all_logits=jnp.zeros((b, max_steps) + logits.shape[1:], jnp.float32)
+      if return_logits else None)
+  s = jax.lax.while_loop(cond, body, init)
+  codes = s.codes.reshape(b, max_steps * g)
+  codes = jnp.where(jnp.arange(max_steps * g)[None] < s.lengths[:, None], codes, 0)
+  return ARSample(codes, s.lengths, s.hit_limit, s.ras_fallbacks, s.all_logits)
+
+
+# ---------------------------------------------------------------------------------- NAR
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def decode_nar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array,
+               phoneme_lens: Array, prompt: Array, prompt_lens: Array, first: Array,
+               target_lens: Array) -> Array:
+  """Greedy NAR decoding of codebooks 2..Q, one pass per codebook over the whole target.
+
+  Args:
+    graphdef, state: `nnx.split(nar_model)`.
+    phonemes: int [B, L]; phoneme_lens: int [B].
+    prompt: int [B, P, Q] acoustic prompt codes; prompt_lens: int [B].
+    first: int [B, T] codebook-1 codes of the target (the AR's output).
+    target_lens: int [B] valid target frames.
+  Returns:
+    int32 codes [B, T, Q]; 0 past `target_lens`.
+  """
+  model = nnx.merge(graphdef, state)
+  b, t = first.shape
+  q = model.num_codebooks
+  valid = jnp.arange(t)[None] < target_lens[:, None]                  # [B, T]
+  codes = jnp.zeros((b, t, q), jnp.int32).at[..., 0].set(jnp.where(valid, first, 0))
+
+  def stage(j, codes):
+    logits = model(phonemes, phoneme_lens, prompt, prompt_lens, codes, target_lens,
+                   jnp.full((b,), j, jnp.int32))                      # [B, T, V]
+    predicted = jnp.where(valid, jnp.argmax(logits, axis=-1), 0).astype(jnp.int32)
+    return jax.lax.dynamic_update_index_in_dim(codes, predicted[..., None], j, axis=2)
+
+  return jax.lax.fori_loop(1, q, stage, codes)
+
+
+# ------------------------------------------------------------------------------ batching
+
+
+class Batch(NamedTuple):
+  """A padded synthesis batch (numpy), shapes fixed by the buckets.
+
+  phonemes int32 [B, L]; phoneme_lens int32 [B]; prompt int32 [B, P, Q] (codes, 0-padded);
+  prompt_lens int32 [B] frames (whole AR groups); max_steps: AR groups to allow.
+  """
+  phonemes: np.ndarray
+  phoneme_lens: np.ndarray
+  prompt: np.ndarray
+  prompt_lens: np.ndarray
+  max_steps: int
+
+
+def bucket(size: int, buckets: Sequence[int], what: str) -> int:
+  """The smallest bucket >= size; ValueError naming `what` when none is large enough."""
+  for b in buckets:
+    if size <= b:
+      return b
+  raise ValueError(f"{what} is {size}, more than the largest bucket ({max(buckets)}).")
+
+
+def prepare_batch(phonemes: Sequence[np.ndarray], prompts: Sequence[np.ndarray],
+                  group_size: int, options: SampleOptions, *, batch_size: int | None = None,
+                  phoneme_buckets: Sequence[int] = PHONEME_BUCKETS,
+                  prompt_buckets: Sequence[int] = PROMPT_BUCKETS) -> Batch:
+  """Pads examples to bucket sizes so that `sample_ar` rarely recompiles.
+
+  Args:
+    phonemes: per example, int [L_i] ids (prompt transcript + target text).
+    prompts: per example, int [P_i, Q] codes of the acoustic prompt; each is cut to a
+      whole number of AR groups (at most G - 1 frames dropped from its end).
+    batch_size: pad the batch to this many rows (copies of the last example) so that
+      batches of different sizes share one compiled function.
+  Raises:
+    ValueError: a text or prompt longer than the largest bucket.
+  """
+  n = len(phonemes)
+  if n == 0 or n != len(prompts):
+    raise ValueError(f"need as many prompts as texts (>= 1), got {n} and {len(prompts)}.")
+  rows = max(n, batch_size or n)
+  phoneme_lens = np.array([len(p) for p in phonemes], np.int32)
+  prompt_lens = np.array([len(p) // group_size * group_size for p in prompts], np.int32)
+  num_phon = bucket(int(phoneme_lens.max()), phoneme_buckets, "the phoneme count")
+  num_prompt = bucket(int(prompt_lens.max()), prompt_buckets, "the prompt length in frames")
+  num_prompt = -(-num_prompt // group_size) * group_size
+  q = prompts[0].shape[1]
+  out_phon = np.zeros((rows, num_phon), np.int32)
+  out_prompt = np.zeros((rows, num_prompt, q), np.int32)
+  for i in range(rows):
+    j = min(i, n - 1)
+    out_phon[i, :phoneme_lens[j]] = phonemes[j]
+    out_prompt[i, :prompt_lens[j]] = prompts[j][:prompt_lens[j]]
+  lens = np.concatenate([phoneme_lens, np.repeat(phoneme_lens[-1:], rows - n)])
+  plens = np.concatenate([prompt_lens, np.repeat(prompt_lens[-1:], rows - n)])
+  max_frames = min(options.max_frames, math.ceil(options.max_frames_per_phoneme * num_phon))
+  return Batch(out_phon, lens, out_prompt, plens, -(-max_frames // group_size))

@@ -1,0 +1,242 @@
+"""`valle-jax synthesize`: text + an acoustic prompt -> speech, with a trained AR and NAR.
+
+    valle-jax synthesize --checkpoint=runs/x --text="Hello there." \\
+        --prompt=speaker.wav --prompt_text="What the speaker says in it." --out=out.wav
+    valle-jax synthesize --checkpoint=runs/x --continual --text="The whole utterance." \\
+        --prompt=utterance.wav --out=out.wav
+    valle-jax synthesize --checkpoint=runs/x --tsv=list.tsv --out_dir=out/
+
+Modes (VALL-E §4): **zero-shot**: the phonemes are the prompt's transcript followed by the
+text, the acoustic prompt is the whole enrolled utterance, and the output is what comes
+after it. **continual**: the phonemes are the text of the whole utterance, the acoustic
+prompt is its first `--continual_seconds` (3 s), and the output is the whole utterance
+(prompt included). A TSV has one request a line: `text<TAB>prompt.wav<TAB>prompt
+text<TAB>out.wav` (zero-shot) or `text<TAB>prompt.wav<TAB><TAB>out.wav` (continual);
+relative paths are relative to the TSV, and `out.wav` defaults to `<line number>.wav` in
+`--out_dir`.
+
+The core is `synthesize(...)`: requests in, waveforms out, batched through
+`sampling.prepare_batch` (a fixed batch size and bucketed lengths, so a new text rarely
+recompiles), `sampling.sample_ar` and `sampling.decode_nar`. Every user mistake (empty or
+unpronounceable text, a missing, silent, too short or too long prompt, a checkpoint without
+the models) is a `UserError` with one sentence saying what to do.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+from typing import Sequence
+
+import jax
+import numpy as np
+from absl import flags, logging
+from flax import nnx
+
+from valle_jax import audio, sampling, text
+from valle_jax.errors import UserError
+
+MIN_PROMPT_SECONDS = 1.0
+SILENCE_RMS = 1e-3           # a prompt quieter than this (full scale = 1) is called silent
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+  """One utterance to make.
+
+  text: what to say (continual mode: the whole utterance's transcript).
+  prompt: path of the acoustic prompt (any libsndfile format, any rate, mono or not).
+  prompt_text: the prompt's transcript (zero-shot mode; unused in continual mode).
+  out: where to write the wav (used by the CLI only).
+  """
+  text: str
+  prompt: str
+  prompt_text: str = ""
+  out: str = ""
+
+
+def _phoneme_ids(words: str, what: str, symbols: text.SymbolTable, lang: str) -> np.ndarray:
+  """Text -> phoneme ids [L], or a `UserError` for an empty, unpronounceable or long text."""
+  if not words.strip():
+    raise UserError(f"{what} is empty; give some words to say.")
+  phones = text.phonemize(words, lang)
+  if all(s in text.PUNCTUATION or s == text.WORD for s in phones):
+    raise UserError(f"{what} {words!r} has nothing to pronounce; give it some words.")
+  ids = symbols.encode(phones, text=words)
+  if len(ids) > sampling.PHONEME_BUCKETS[-1]:
+    raise UserError(f"{what} has {len(ids)} phonemes, more than the "
+                    f"{sampling.PHONEME_BUCKETS[-1]} the sampler takes; split it.")
+  return ids
+
+
+def _prompt_codes(path: str, codec, seconds: float | None) -> np.ndarray:
+  """Prompt file -> codes [T, Q] (mixed to mono, resampled, cut to `seconds` if given)."""
+  try:
+    wav = audio.load_audio(path, codec.sample_rate)
+  except audio.AudioError as e:
+    raise UserError(f"cannot use the prompt {e.path!r} ({e.reason.replace('_', ' ')}); "
+                    "give a readable audio file.") from None
+  if seconds is not None:
+    wav = wav[:int(seconds * codec.sample_rate)]
+  duration = len(wav) / codec.sample_rate
+  longest = sampling.PROMPT_BUCKETS[-1] / codec.frame_rate
+  if not MIN_PROMPT_SECONDS <= duration <= longest:
+    raise UserError(f"the prompt {path!r} lasts {duration:.2f} s; give one of "
+                    f"{MIN_PROMPT_SECONDS:g} to {longest:.1f} s.")
+  if float(np.sqrt(np.mean(np.square(wav)))) < SILENCE_RMS:
+    raise UserError(f"the prompt {path!r} is silent; give a recording of the voice to clone.")
+  return np.asarray(codec.encode(wav, codec.sample_rate), np.int32)
+
+
+def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Request],
+               options: sampling.SampleOptions, *, continual: bool = False,
+               continual_seconds: float = 3.0, lang: str = "en-us", seed: int = 0,
+               batch_size: int = 1) -> list[np.ndarray]:
+  """Makes each request's speech.
+
+  Args:
+    ar, nar: `models.ARModel` and `models.NARModel` (same codec and symbols).
+    symbols: the symbol table the models were trained with.
+    codec: a `valle_jax.codec.Codec` (the one the training data was made with).
+    requests: what to say, and in whose voice.
+    options: AR sampling options.
+    continual: continual mode (see the module docstring) instead of zero-shot.
+    seed: the AR's sampling seed (the same seed gives the same speech).
+    batch_size: requests per compiled call (the last batch is padded to it).
+  Returns:
+    float32 waveforms at `codec.sample_rate`, one per request (empty when the AR ended at
+    once). Logs a warning for each that stopped at the length limit instead of EOS.
+  """
+  g = ar.group_size
+  examples = []
+  for n, r in enumerate(requests, 1):
+    where = f"request {n}" if len(requests) > 1 else "the request"
+    words = _phoneme_ids(r.text, f"the text of {where}", symbols, lang)
+    if not continual:
+      heard = _phoneme_ids(r.prompt_text, f"the prompt text of {where}", symbols, lang)
+      words = np.concatenate([heard, [symbols.word_id], words]).astype(np.int32)
+    prompt = _prompt_codes(r.prompt, codec, continual_seconds if continual else None)
+    examples.append((words, prompt))
+  ar_def, ar_state = nnx.split(ar)
+  nar_def, nar_state = nnx.split(nar)
+  key = jax.random.key(seed)
+  wavs = []
+  for start in range(0, len(examples), batch_size):
+    chunk = examples[start:start + batch_size]
+    batch = sampling.prepare_batch([w for w, _ in chunk], [p for _, p in chunk], g, options,
+                                   batch_size=batch_size)
+    out = sampling.sample_ar(ar_def, ar_state, batch.phonemes, batch.phoneme_lens,
+                             batch.prompt[..., 0], batch.prompt_lens,
+                             jax.random.fold_in(key, start), options=options,
+                             max_steps=batch.max_steps)
+    codes = sampling.decode_nar(nar_def, nar_state, batch.phonemes, batch.phoneme_lens,
+                                batch.prompt, batch.prompt_lens, out.codes, out.lengths)
+    codes, lengths, hit_limit = jax.device_get((codes, out.lengths, out.hit_limit))
+    for i in range(len(chunk)):
+      if hit_limit[i]:
+        logging.warning("request %d reached the length limit (%d frames) without ending.",
+                        start + i + 1, lengths[i])
+      made = codes[i, :lengths[i]]
+      if continual:
+        made = np.concatenate([batch.prompt[i, :batch.prompt_lens[i]], made])
+      wavs.append(np.asarray(codec.decode(made), np.float32) if len(made) else
+                  np.zeros((0,), np.float32))
+  return wavs
+
+
+def read_tsv(path: str) -> list[Request]:
+  """Requests from a TSV (see the module docstring); paths relative to the TSV's folder."""
+  try:
+    with open(path, encoding="utf-8", newline="") as f:
+      rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+  except FileNotFoundError:
+    raise UserError(f"the TSV {path!r} does not exist.") from None
+  base = os.path.dirname(os.path.abspath(path))
+  requests = []
+  for n, row in enumerate(rows, 1):
+    if not row or not "".join(row).strip():
+      continue
+    if len(row) < 2 or len(row) > 4:
+      raise UserError(f"{path} line {n} has {len(row)} fields; write text<TAB>prompt.wav"
+                      "<TAB>prompt text<TAB>out.wav (the last two may be empty).")
+    row = row + [""] * (4 - len(row))
+    out = os.path.join(base, row[3]) if row[3] else f"{n}.wav"
+    requests.append(Request(row[0], os.path.join(base, row[1]), row[2], out))
+  if not requests:
+    raise UserError(f"the TSV {path!r} holds no request.")
+  return requests
+
+
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Training workdir (or a checkpoint "
+                                  "step folder) holding the AR model, and the NAR unless "
+                                  "--nar_checkpoint is given.")
+_NAR_CHECKPOINT = flags.DEFINE_string("nar_checkpoint", None,
+                                      "Workdir holding the NAR model, when trained apart.")
+_TEXT = flags.DEFINE_string("text", None, "What to say.")
+_PROMPT = flags.DEFINE_string("prompt", None, "Acoustic prompt: a recording of the voice.")
+_PROMPT_TEXT = flags.DEFINE_string("prompt_text", "", "The prompt's transcript (zero-shot).")
+_OUT = flags.DEFINE_string("out", "out.wav", "Output wav (with --text).")
+_TSV = flags.DEFINE_string("tsv", None, "Batch input: text, prompt, prompt text, out wav.")
+_OUT_DIR = flags.DEFINE_string("out_dir", ".", "Folder for TSV outputs without a path.")
+_CONTINUAL = flags.DEFINE_bool("continual", False, "Continue the prompt's first seconds "
+                               "(--text is then the whole utterance's transcript).")
+_CONTINUAL_SECONDS = flags.DEFINE_float("continual_seconds", 3.0, "Prompt length, continual.")
+_LANG = flags.DEFINE_string("lang", "en-us", "espeak-ng language of the texts.")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_BATCH = flags.DEFINE_integer("batch_size", 1, "Requests per batch (TSV input).")
+_TEMPERATURE = flags.DEFINE_float("temperature", None, "AR sampling temperature.")
+_TOP_K = flags.DEFINE_integer("top_k", None, "AR top-k (0: off).")
+_TOP_P = flags.DEFINE_float("top_p", None, "AR top-p (1: off).")
+_RAS = flags.DEFINE_bool("ras", None, "Repetition-aware sampling (VALL-E 2).")
+
+
+def _load_models(path: str, nar_path: str | None):
+  from valle_jax import checkpoint, codec as codec_lib  # pylint: disable=g-import-not-at-top
+  bundle = checkpoint.load_inference_bundle(path)
+  nar_bundle = checkpoint.load_inference_bundle(nar_path) if nar_path else bundle
+  if bundle.ar is None:
+    raise UserError(f"the checkpoint {path} holds no AR model (it was trained with "
+                    f"train.model={bundle.config.train.model!r}); pass an AR or 'both' run.")
+  if nar_bundle.nar is None:
+    raise UserError(f"the checkpoint {nar_path or path} holds no NAR model; pass the NAR "
+                    "run with --nar_checkpoint.")
+  if nar_bundle is not bundle:
+    if nar_bundle.symbols != bundle.symbols:
+      raise UserError("the AR and NAR checkpoints were trained with different symbol "
+                      "tables; use runs on the same dataset.")
+    codec_lib.check_same_codec(bundle.codec_description, nar_bundle.codec_description,
+                               f"the NAR checkpoint {nar_path}")
+  symbols = text.SymbolTable(bundle.symbols["symbols"])
+  return bundle, nar_bundle.nar, symbols, codec_lib.get_codec(bundle.codec_description)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise UserError(f"unexpected arguments {argv[1:]}; pass everything as --flags.")
+  if not _CHECKPOINT.value:
+    raise UserError("--checkpoint is required: a training workdir with the AR model.")
+  if bool(_TEXT.value) == bool(_TSV.value):
+    raise UserError("give either --text (with --prompt) or --tsv.")
+  if _TSV.value:
+    requests = [dataclasses.replace(r, out=os.path.join(_OUT_DIR.value, r.out))
+                for r in read_tsv(_TSV.value)]
+  else:
+    if not _PROMPT.value:
+      raise UserError("--prompt is required: a recording of the voice to use.")
+    requests = [Request(_TEXT.value, _PROMPT.value, _PROMPT_TEXT.value, _OUT.value)]
+  bundle, nar, symbols, codec = _load_models(_CHECKPOINT.value, _NAR_CHECKPOINT.value)
+  overrides = {name: flag.value for name, flag in (
+      ("temperature", _TEMPERATURE), ("top_k", _TOP_K), ("top_p", _TOP_P), ("ras", _RAS))
+               if flag.value is not None}
+  try:
+    options = sampling.SampleOptions.from_config(bundle.config.get("sample"), **overrides)
+  except ValueError as e:
+    raise UserError(str(e)) from None
+  wavs = synthesize(bundle.ar, nar, symbols, codec, requests, options,
+                    continual=_CONTINUAL.value, continual_seconds=_CONTINUAL_SECONDS.value,
+                    lang=_LANG.value, seed=_SEED.value, batch_size=_BATCH.value)
+  import soundfile as sf  # pylint: disable=g-import-not-at-top
+  for request, wav in zip(requests, wavs):
+    os.makedirs(os.path.dirname(os.path.abspath(request.out)), exist_ok=True)
+    sf.write(request.out, wav, codec.sample_rate)
+    print(f"{request.out}: {len(wav) / codec.sample_rate:.2f} s")
