@@ -46,3 +46,20 @@ def tiny_dataset(tmp_path_factory) -> str:
   cfg.output = str(root / "prepared")
   cfg.codec.weights = "random"
   return pipeline.prepare(cfg)["dataset"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_dataset, tmp_path_factory) -> str:
+  """A real training run (tiny AR + NAR, 40 steps on `tiny_dataset`, 8 devices): its workdir,
+  with metrics.jsonl and a final checkpoint."""
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from valle_jax import train  # pylint: disable=g-import-not-at-top
+  cfg = tiny.get_config()
+  cfg.data.dataset = tiny_dataset
+  cfg.train.model = "both"
+  cfg.data.frame_buckets, cfg.data.phoneme_buckets = (200,), (64,)
+  cfg.data.max_tokens = 1600
+  cfg.train.steps, cfg.train.log_every, cfg.checkpoint.every = 40, 5, 100
+  workdir = str(tmp_path_factory.mktemp("trained_run"))
+  train.train(cfg, workdir)
+  return workdir

@@ -101,14 +101,14 @@ class InferenceBundle:
   config: ml_collections.ConfigDict
   ar: Any          # models.ARModel | None
   nar: Any         # models.NARModel | None
-  symbols: dict[str, Any]          # symbols.json content (text.SymbolTable.from_json)
+  symbols: Any                     # text.SymbolTable the model was trained with
   codec_description: dict[str, Any]
   step: int
 
 
 def load_inference_bundle(path: str) -> InferenceBundle:
   """Loads the models of a run (workdir, checkpoints dir or step dir) onto one device."""
-  from valle_jax import models  # pylint: disable=g-import-not-at-top
+  from valle_jax import models, text  # pylint: disable=g-import-not-at-top
 
   directory, step = checkpoint_dir(path)
   if not os.path.isdir(directory):
@@ -128,7 +128,7 @@ def load_inference_bundle(path: str) -> InferenceBundle:
   for name, cls in (("ar", models.ARModel), ("nar", models.NARModel)):
     if config.train.model in (name, "both"):
       built[name] = nnx.eval_shape(lambda cls=cls: cls(config.model, rngs=nnx.Rngs(0)))
-  abstract = {name: nnx.state(m, nnx.Param) for name, m in built.items()}
+  abstract = {name: nnx.to_pure_dict(nnx.state(m, nnx.Param)) for name, m in built.items()}
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                           abstract)
@@ -138,4 +138,5 @@ def load_inference_bundle(path: str) -> InferenceBundle:
   for name, model in built.items():
     nnx.update(model, params[name])
   return InferenceBundle(config=config, ar=built.get("ar"), nar=built.get("nar"),
-                         symbols=meta["symbols"], codec_description=meta["codec"], step=step)
+                         symbols=text.SymbolTable(meta["symbols"]["symbols"]),
+                         codec_description=meta["codec"], step=step)

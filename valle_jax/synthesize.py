@@ -206,8 +206,7 @@ def _load_models(path: str, nar_path: str | None):
                       "tables; use runs on the same dataset.")
     codec_lib.check_same_codec(bundle.codec_description, nar_bundle.codec_description,
                                f"the NAR checkpoint {nar_path}")
-  symbols = text.SymbolTable(bundle.symbols["symbols"])
-  return bundle, nar_bundle.nar, symbols, codec_lib.get_codec(bundle.codec_description)
+  return bundle, nar_bundle.nar, bundle.symbols, codec_lib.get_codec(bundle.codec_description)
 
 
 def main(argv):

@@ -44,7 +44,9 @@ from flax import nnx
 from ml_collections import config_flags
 
 from valle_jax import checkpoint as ckpt_lib
+from valle_jax import codec as codec_lib
 from valle_jax import data as data_lib
+from valle_jax import text as text_lib
 from valle_jax import models, sharding
 from valle_jax.errors import UserError
 
@@ -311,9 +313,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     raise UserError("config.data.dataset is empty; set --config.data.dataset to a dataset "
                     "written by `valle-jax prepare`.")
   dataset = data_lib.open_dataset(cfg.data.dataset)
-  with open(dataset.symbols_path, encoding="utf-8") as f:
-    symbols = json.load(f)
-  num_symbols = len(symbols["symbols"]) if isinstance(symbols, dict) else len(symbols)
+  table = text_lib.SymbolTable.load(dataset.symbols_path)
+  symbols = json.loads(table.to_json())
+  num_symbols = len(table)
   if num_symbols > cfg.model.phoneme_vocab_size:
     raise UserError(f"the dataset has {num_symbols} phoneme symbols but "
                     f"model.phoneme_vocab_size is {cfg.model.phoneme_vocab_size}; raise it.")
@@ -352,6 +354,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     abstract = trainer.abstract_for_restore()
     restored = checkpointer.restore(latest, abstract_params=abstract["params"],
                                     abstract_optimizer=abstract["optimizer"])
+    codec_lib.check_same_codec(restored["codec"], codec, f"the checkpoint in {workdir}")
+    if restored["symbols"]["symbols"] != symbols["symbols"]:
+      raise UserError(f"the checkpoint in {workdir} was trained with another symbol table "
+                      f"than {dataset.symbols_path}; use a new --workdir for this dataset.")
     state = {"params": restored["params"], "optimizer": restored["optimizer"]}
     data_iter.set_state(restored["data"])
     start = latest

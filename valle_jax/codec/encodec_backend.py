@@ -225,8 +225,32 @@ class EncodecCodec:
     return [wav[row, :c.shape[0] * HOP].copy() for row, c in enumerate(codes)]
 
 
+# Keys `describe()` adds that are fixed properties of EnCodec 24 kHz, not options.
+_DESCRIBED = {"model": "encodec_24khz", "sample_rate": 24_000, "frame_rate": 75.0,
+              "codebook_size": 1024, "hop_length": HOP}
+
+
+def _options_from_description(config: Mapping[str, Any]) -> dict[str, Any]:
+  """A saved `describe()` dict -> build options (weights id -> weights/seed/checksum)."""
+  for key, value in _DESCRIBED.items():
+    if key in config and config[key] != value:
+      raise UserError(f"the saved codec has {key}={config[key]!r}, but EnCodec 24 kHz has "
+                      f"{value!r}; the data was made with another codec.")
+  options = {k: v for k, v in config.items() if k not in _DESCRIBED and k != "num_codebooks"}
+  weights = str(options.get("weights", ""))
+  if weights.startswith("random:seed="):
+    options.update(weights="random", seed=int(weights.split("=", 1)[1]))
+  elif weights.startswith("sha256:"):
+    options.update(weights="pretrained", checksum=weights.split(":", 1)[1])
+  return options
+
+
 def build(config: Mapping[str, Any]) -> EncodecCodec:
-  """`get_codec` entry point: the `codec` config section -> EncodecCodec."""
+  """`get_codec` entry point: the `codec` config section, or a saved `describe()` dict
+  (the pretrained weights then come from the package's download, checked against the
+  saved checksum) -> EncodecCodec."""
+  if "model" in config:
+    config = _options_from_description(config)
   known = {"name", "bandwidth", "weights", "checkpoint", "checksum", "seed", "device"}
   unknown = set(config) - known
   if unknown:
