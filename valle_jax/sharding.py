@@ -115,13 +115,6 @@ def create_sharded_model(make_model: Callable[[], nnx.Module], mesh: Mesh) -> nn
   return nnx.merge(graphdef, state)
 
 
-def shard_model(model: nnx.Module, mesh: Mesh) -> nnx.Module:
-  """Places an existing model's state on the mesh by its logical axes (in place)."""
-  state = nnx.state(model)
-  nnx.update(model, jax.device_put(state, state_shardings(state, mesh)))
-  return model
-
-
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, BATCH_SPEC)
 
@@ -149,4 +142,4 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 __all__ = ["BATCH_SPEC", "LOGICAL_RULES", "MESH_AXES", "batch_sharding", "create_sharded_model",
            "logical_to_spec", "make_mesh", "param_count", "replicated", "shard_batch",
-           "shard_model", "state_shardings", "state_specs"]
+           "state_shardings", "state_specs"]
