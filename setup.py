@@ -14,6 +14,7 @@ CORE = [
     "absl-py>=2.1,<3",
     "numpy>=1.26,<3",
     "tqdm>=4.66,<5",
+    "tensorboardX>=2.6,<3",
 ]
 # Data preparation (Beam job as TFDS builders, phonemizer, audio I/O).
 DATA = [
@@ -33,6 +34,21 @@ ENCODEC = [
     "torch>=2.4,<=2.14.1",
     "einops>=0.7,<1",
 ]
+# Offline codec (WORLD) and offline scorers (PocketSphinx WER, resemblyzer SIM; resemblyzer
+# itself is installed with --no-deps by scripts/install.sh because it requires `webrtcvad`,
+# which needs a compiler: webrtcvad-wheels provides the same module prebuilt; its torch comes
+# from ENCODEC). pyworld 0.3.x imports pkg_resources, which setuptools 81 removed.
+EVAL = [
+    "pyworld>=0.3.4,<0.4",
+    "setuptools<81",
+    "pocketsphinx>=5,<6",
+    "jiwer>=3,<5",
+    "webrtcvad-wheels>=2.0.11,<3",
+    "librosa>=0.10,<0.12",
+    "matplotlib>=3.7,<4",
+    "soundfile>=0.12,<1",
+    "soxr>=0.5,<2",
+]
 TEST = [
     "pytest>=8,<10",
     "pytest-xdist>=3.5,<4",
@@ -50,8 +66,9 @@ setup(
     extras_require={
         "data": DATA,
         "encodec": ENCODEC,
+        "eval": EVAL,
         "test": TEST,
-        "all": DATA + ENCODEC + TEST,
+        "all": DATA + ENCODEC + EVAL + TEST,
     },
     entry_points={"console_scripts": ["valle-jax=valle_jax.cli:main"]},
     license="Apache-2.0",

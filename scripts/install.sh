@@ -7,7 +7,10 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
 # --- System packages (Debian main) ---------------------------------------------------
-APT_PACKAGES=(espeak-ng)
+# espeak-ng: phonemes and voices; flite, festival + festvox voices and the KJV Bible text
+# (bible-kjv pulls bible-kjv-text): the built-in synthetic corpus (`valle-jax make-corpus`).
+APT_PACKAGES=(espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
+              bible-kjv)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -28,4 +31,7 @@ fi
 $PY -m pip install -q -e ".[all]"
 # `encodec` without its declared deps (torchaudio would pull a second, CUDA torch).
 $PY -m pip install -q --no-deps "encodec>=0.1.1,<0.2"
+# `resemblyzer` without its declared deps (its `webrtcvad` needs a compiler; the EVAL extra
+# installs webrtcvad-wheels, the same module prebuilt).
+$PY -m pip install -q --no-deps "resemblyzer>=0.1.3,<0.2"
 echo "[install] done: $($PY -c 'import jax, flax; print("jax", jax.__version__, "flax", flax.__version__)')"

@@ -1,0 +1,1 @@
+"""Corpus generator configs (`valle-jax make-corpus --config=configs/corpus/x.py`)."""

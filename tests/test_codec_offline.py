@@ -1,0 +1,139 @@
+"""The offline codec: token format, round trip, fitting, codebook use, identity checks."""
+import shutil
+
+import numpy as np
+import pytest
+
+from valle_jax import codec as codec_registry
+from valle_jax.codec import offline
+from valle_jax.codec.base import Codec
+from valle_jax.errors import UserError
+
+pytestmark = pytest.mark.skipif(not (shutil.which("espeak-ng") and shutil.which("flite")),
+                                reason="needs espeak-ng and flite (scripts/install.sh)")
+
+TRAIN_VOICES = ("espeak-ng:en-us", "espeak-ng:en-us+f3", "espeak-ng:en-us+Storm", "flite:kal")
+HELDOUT_VOICE = "flite:slt"
+FIT = offline.FitConfig(seed=0, iters=3, workers=1)
+
+
+def _speech(voice, n):
+  from data_prep.synthetic import Voice, kjv_sentences, synthesize
+  sentences = kjv_sentences(8, 14)[::401][:n]
+  return synthesize(Voice.parse(voice), sentences, offline.SAMPLE_RATE)
+
+
+@pytest.fixture(scope="module")
+def train_feats():
+  """Features of ~2 min of four training voices (~9.5k frames; the minimum is 8192)."""
+  feat = FIT.features
+  return [offline.analyze(w, feat) for v in TRAIN_VOICES for w in _speech(v, 9)]
+
+
+@pytest.fixture(scope="module")
+def codec(train_feats):
+  return offline.fit_features(train_feats, FIT, progress=False)
+
+
+@pytest.fixture(scope="module")
+def other_codec(train_feats):
+  """The same training data, another seed."""
+  return offline.fit_features(train_feats, offline.FitConfig(seed=1, iters=3), progress=False)
+
+
+@pytest.fixture(scope="module")
+def heldout():
+  return _speech(HELDOUT_VOICE, 2)
+
+
+def test_is_a_codec_with_encodec_token_format(codec):
+  assert isinstance(codec, Codec)
+  assert (codec.sample_rate, codec.frame_rate) == (24000, 75.0)
+  assert (codec.num_codebooks, codec.codebook_size) == (8, 1024)
+  assert codec.codebooks.shape == (8, 1024, FIT.features.dim)
+
+
+@pytest.mark.parametrize("n", [1, 319, 320, 321, 24000 + 17])
+def test_frame_count_and_round_trip_shapes(codec, heldout, n):
+  wav = np.resize(heldout[0], n)
+  codes = codec.encode(wav, 24000)
+  assert codes.shape == (-(-n // 320), 8) and codes.dtype == np.int16
+  assert codes.min() >= 0 and codes.max() < 1024
+  out = codec.decode(codes)
+  assert out.dtype == np.float32 and out.shape == (codes.shape[0] * 320,)
+  assert np.all(np.isfinite(out))
+
+
+def test_other_sample_rates_are_resampled(codec, heldout):
+  from valle_jax.audio import resample
+  wav16 = resample(heldout[0], 24000, 16000)
+  codes = codec.encode(wav16, 16000)
+  assert codes.shape[0] == -(-round(len(wav16) * 1.5) // 320)
+  assert np.mean(codes == codec.encode(heldout[0], 24000)[:len(codes)]) > 0.5
+
+
+def test_batch_equals_one_by_one(codec, heldout):
+  codes = codec.encode_batch(heldout, 24000)
+  for w, c in zip(heldout, codes):
+    np.testing.assert_array_equal(c, codec.encode(w, 24000))
+  for c, w in zip(codes, codec.decode_batch(codes)):
+    np.testing.assert_array_equal(w, codec.decode(c))
+
+
+def test_codes_use_most_of_each_codebook(codec, train_feats):
+  codes = codec.quantize(np.concatenate(train_feats))
+  used = [len(np.unique(codes[:, q])) for q in range(8)]
+  assert min(used) > 0.8 * 1024, used
+
+
+def test_more_codebooks_reconstruct_heldout_voice_better(codec, heldout):
+  feats = codec.analyze(heldout[0], 24000)
+  z = (feats - codec.mean) / codec.scale
+  errs = [float(np.mean(((codec.dequantize(codec.quantize(feats, q)) - codec.mean) / codec.scale
+                          - z) ** 2)) for q in range(1, 9)]
+  assert all(a > b for a, b in zip(errs, errs[1:])), errs
+  assert errs[-1] < 0.5 * errs[0]
+
+
+def test_round_trip_keeps_the_spectrum(codec, heldout):
+  from valle_jax.evaluate import spectral_distortion
+  wav = heldout[1]
+  codes = codec.encode(wav, 24000)
+  one = spectral_distortion(wav, codec.decode(codes[:, :1])[:len(wav)], 24000)
+  eight = spectral_distortion(wav, codec.decode(codes)[:len(wav)], 24000)
+  # (a codec fitted on 2 minutes of 4 voices; the real one is measured in the README)
+  assert eight < min(one - 1.0, 10.0), (one, eight)
+
+
+def test_fitting_is_deterministic(codec, other_codec, train_feats):
+  again = offline.fit_features(train_feats, FIT, progress=False)
+  assert again.checksum() == codec.checksum()
+  np.testing.assert_array_equal(again.codebooks, codec.codebooks)
+  assert other_codec.checksum() != codec.checksum()
+
+
+def test_save_load_and_registry(codec, heldout, tmp_path):
+  codec.save(str(tmp_path / "c"))
+  loaded = codec_registry.get_codec({"name": "offline", "path": str(tmp_path / "c")})
+  assert loaded.describe() == codec.describe()
+  np.testing.assert_array_equal(loaded.encode(heldout[0], 24000), codec.encode(heldout[0], 24000))
+  saved = codec_registry.load_description(str(tmp_path / "c" / "codec.json"))
+  codec_registry.check_same_codec(saved, loaded.describe(), "dataset d")
+  with pytest.raises(UserError, match="codec.path"):
+    codec_registry.get_codec({"name": "offline"})
+  with pytest.raises(UserError, match="no offline codec"):
+    codec_registry.get_codec({"name": "offline", "path": str(tmp_path / "missing")})
+
+
+def test_a_dataset_made_with_one_codec_refuses_another(codec, other_codec):
+  with pytest.raises(UserError, match="weights"):
+    codec_registry.check_same_codec(codec.describe(), other_codec.describe(), "dataset d")
+  encodec_like = {"name": "encodec", "sample_rate": 24000, "frame_rate": 75.0,
+                  "num_codebooks": 8, "codebook_size": 1024, "weights": "sha256:0"}
+  with pytest.raises(UserError, match="name"):
+    codec_registry.check_same_codec(codec.describe(), encodec_like, "dataset d")
+
+
+def test_too_little_training_audio_is_a_user_error(train_feats):
+  with pytest.raises(UserError, match="at least 8192"):
+    offline.fit_features(train_feats[:1], FIT, progress=False)

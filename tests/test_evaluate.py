@@ -1,0 +1,82 @@
+"""The offline scorers: text normalisation + WER (jiwer), PocketSphinx ASR, resemblyzer SIM."""
+import shutil
+
+import numpy as np
+import pytest
+
+from valle_jax import evaluate
+from valle_jax.errors import UserError
+
+
+def test_normalize_text():
+  assert evaluate.normalize_text("  The LORD's  word, said he: \"Go!\" ") == "the lord's word said he go"
+  assert evaluate.normalize_text("well-known 'quoted' rock’n’roll") == "well known quoted rock'n'roll"
+
+
+def test_wer_identical_is_zero_and_known_edits():
+  assert evaluate.wer(["And God said, Let there be light."],
+                      ["and god said let there be light"]) == 0.0
+  # one substitution in six words
+  assert evaluate.utterance_wer("the cat sat on the mat", "the cat sat on a mat") == pytest.approx(1 / 6)
+  # one deletion + one insertion over two utterances of 3 + 5 words
+  assert evaluate.wer(["a b c", "d e f g h"], ["a c", "d e f g h i"]) == pytest.approx(2 / 8)
+  assert evaluate.utterance_wer("one two", "") == 1.0
+  with pytest.raises(ValueError):
+    evaluate.wer(["a"], ["a", "b"])
+
+
+def test_similarity_and_registry():
+  assert evaluate.similarity(np.array([1.0, 0.0]), np.array([2.0, 0.0])) == pytest.approx(1.0)
+  assert evaluate.similarity(np.array([1.0, 0.0]), np.array([0.0, 3.0])) == pytest.approx(0.0)
+  with pytest.raises(UserError):
+    evaluate.get_asr("no-such-asr")
+  with pytest.raises(UserError):
+    evaluate.get_speaker_encoder("no-such-encoder")
+
+
+def test_spectral_distortion():
+  sr = 24000
+  t = np.arange(sr) / sr
+  rng = np.random.default_rng(0)
+  wav = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.01 * rng.normal(size=sr)).astype(np.float32)
+  assert evaluate.spectral_distortion(wav, wav, sr) == pytest.approx(0.0, abs=1e-6)
+  noisy = wav + 0.05 * rng.normal(size=sr).astype(np.float32)
+  louder = wav * 2.0
+  assert evaluate.spectral_distortion(wav, noisy, sr) > 3.0
+  assert evaluate.spectral_distortion(wav, louder, sr) == pytest.approx(
+      20 * np.log10(2.0), rel=0.05)
+
+
+needs_tts = pytest.mark.skipif(not (shutil.which("espeak-ng") and shutil.which("flite")),
+                               reason="needs espeak-ng and flite (scripts/install.sh)")
+TEXTS = ["And God called the light Day, and the darkness he called Night.",
+         "Then Moses severed three cities on this side Jordan toward the sunrising."]
+
+
+@pytest.fixture(scope="module")
+def clips():
+  from data_prep.synthetic import Voice, synthesize
+  return {v: synthesize(Voice.parse(v), TEXTS, 16000) for v in ("flite:slt", "espeak-ng:en-us")}
+
+
+@needs_tts
+def test_pocketsphinx_recognises_clear_speech(clips):
+  asr = evaluate.get_asr("pocketsphinx")
+  hyp = asr.transcribe(clips["flite:slt"][0], 16000)
+  assert evaluate.utterance_wer(TEXTS[0], hyp) < 0.5, hyp
+  # the same audio at another rate gives the same words
+  from valle_jax.audio import resample
+  assert asr.transcribe(resample(clips["flite:slt"][0], 16000, 24000), 24000).split() == hyp.split()
+
+
+@needs_tts
+def test_speaker_similarity(clips):
+  spk = evaluate.get_speaker_encoder("resemblyzer")
+  slt = [spk.embed(w, 16000) for w in clips["flite:slt"]]
+  en = [spk.embed(w, 16000) for w in clips["espeak-ng:en-us"]]
+  assert slt[0].shape == (256,)
+  same_clip = evaluate.similarity(slt[0], spk.embed(clips["flite:slt"][0], 16000))
+  same_voice = evaluate.similarity(slt[0], slt[1])
+  other_voice = evaluate.similarity(slt[0], en[0])
+  assert same_clip > 0.999
+  assert same_voice > other_voice + 0.15, (same_voice, other_voice)
