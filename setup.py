@@ -44,6 +44,7 @@ EVAL = [
     "pocketsphinx>=5,<6",
     "jiwer>=3,<5",
     "webrtcvad-wheels>=2.0.11,<3",
+    "transformers>=4.40,<6",       # the paper's scorers (HuBERT CTC, WavLM), weights by path
     "librosa>=0.10,<0.12",
     "matplotlib>=3.7,<4",
     "soundfile>=0.12,<1",

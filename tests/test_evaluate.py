@@ -80,3 +80,68 @@ def test_speaker_similarity(clips):
   other_voice = evaluate.similarity(slt[0], en[0])
   assert same_clip > 0.999
   assert same_voice > other_voice + 0.15, (same_voice, other_voice)
+
+
+# --------------------------------------------------------------- the paper's scorers
+
+
+@pytest.fixture(scope="module")
+def random_hubert(tmp_path_factory):
+  """A randomly initialised tiny HuBERT CTC model + processor, saved as a local folder."""
+  import json
+  transformers = pytest.importorskip("transformers")
+  folder = tmp_path_factory.mktemp("hubert")
+  vocab = {"<pad>": 0, "|": 1, "A": 2, "B": 3, "C": 4}
+  (folder / "vocab.json").write_text(json.dumps(vocab))
+  tokenizer = transformers.Wav2Vec2CTCTokenizer(str(folder / "vocab.json"), pad_token="<pad>",
+                                                word_delimiter_token="|")
+  features = transformers.Wav2Vec2FeatureExtractor(sampling_rate=16000)
+  processor = transformers.Wav2Vec2Processor(feature_extractor=features, tokenizer=tokenizer)
+  config = transformers.HubertConfig(
+      vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+      intermediate_size=64, conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2),
+      num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, pad_token_id=0)
+  transformers.set_seed(0)
+  network = transformers.HubertForCTC(config)
+  processor.save_pretrained(str(folder))
+  network.save_pretrained(str(folder))
+  return str(folder), processor, network
+
+
+def test_hubert_ctc_scorer_plumbing(random_hubert):
+  """Random weights, real plumbing: resampling, CTC greedy decoding, loading a folder."""
+  import torch
+  folder, processor, network = random_hubert
+  asr = evaluate.get_asr("hubert", model=folder)
+  wav = np.sin(np.linspace(0, 800, 24000)).astype(np.float32)
+  text = asr.transcribe(wav, 24000)
+  assert set(text) <= set("ABC ") and text == asr.transcribe(wav, 24000)
+  with torch.no_grad():                       # make "B" win every frame: CTC collapses to "B"
+    network.lm_head.weight.zero_()
+    network.lm_head.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 5.0, 0.0]))
+  forced = evaluate.HubertCtcAsr(processor=processor, network=network)
+  assert forced.transcribe(wav, 16000) == "B"
+  with pytest.raises(UserError, match="--asr_model"):
+    evaluate.get_asr("hubert", model=folder + "/missing")
+
+
+def test_wavlm_speaker_scorer_plumbing(tmp_path):
+  transformers = pytest.importorskip("transformers")
+  config = transformers.WavLMConfig(
+      hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+      conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=16,
+      num_conv_pos_embedding_groups=2, tdnn_dim=(16, 16), tdnn_kernel=(3, 1),
+      tdnn_dilation=(1, 1), xvector_output_dim=8)
+  transformers.set_seed(0)
+  transformers.WavLMForXVector(config).save_pretrained(str(tmp_path))
+  transformers.Wav2Vec2FeatureExtractor(sampling_rate=16000).save_pretrained(str(tmp_path))
+  spk = evaluate.get_speaker_encoder("wavlm", model=str(tmp_path))
+  rng = np.random.default_rng(0)
+  a = (0.1 * rng.standard_normal(16000)).astype(np.float32)
+  b = np.sin(np.linspace(0, 3000, 16000)).astype(np.float32)
+  ea = spk.embed(a, 16000)
+  assert ea.shape == (8,) and abs(np.linalg.norm(ea) - 1) < 1e-5
+  assert evaluate.similarity(ea, spk.embed(a, 16000)) > 0.9999
+  assert evaluate.similarity(ea, spk.embed(b, 16000)) < 0.9999
+  with pytest.raises(UserError, match="--speaker_model"):
+    evaluate.get_speaker_encoder("wavlm", model=str(tmp_path / "missing"))

@@ -153,8 +153,87 @@ class ResemblyzerSpeaker:
     return np.asarray(self._encoder.embed_utterance(trimmed), dtype=np.float32)
 
 
-ASR_SCORERS: dict[str, Callable[..., AsrScorer]] = {"pocketsphinx": PocketSphinxAsr}
-SPEAKER_SCORERS: dict[str, Callable[..., SpeakerEncoder]] = {"resemblyzer": ResemblyzerSpeaker}
+def _load_pretrained(cls, model: str, what: str, flag: str):
+  """`cls.from_pretrained(model)` with a one-sentence error when it can't be had."""
+  try:
+    return cls.from_pretrained(model)
+  except ImportError:
+    raise UserError("the paper's scorers need `transformers`; `pip install "
+                    "'transformers>=4.40'`.") from None
+  except (OSError, ValueError) as e:
+    raise UserError(f"could not load the {what} {model!r} ({str(e).splitlines()[0]}); "
+                    f"download it where there is a network and pass its folder with "
+                    f"{flag}.") from None
+
+
+class HubertCtcAsr:
+  """The paper's ASR: HuBERT-Large fine-tuned with CTC on LibriSpeech 960 h (greedy CTC
+  decoding), through `transformers`, from the hub or a local folder (`model=`).
+
+  `processor` and `network` may also be given directly (e.g. randomly initialised ones in
+  tests); `model` is then unused.
+  """
+  name = "hubert"
+  sample_rate = 16000
+
+  def __init__(self, model: str = "facebook/hubert-large-ls960-ft", device: str = "cpu",
+               processor=None, network=None):
+    import torch  # pylint: disable=g-import-not-at-top
+    from transformers import HubertForCTC, Wav2Vec2Processor  # pylint: disable=g-import-not-at-top
+    self._torch = torch
+    self._processor = processor or _load_pretrained(Wav2Vec2Processor, model,
+                                                    "HuBERT processor", "--asr_model")
+    network = network or _load_pretrained(HubertForCTC, model, "HuBERT CTC model",
+                                          "--asr_model")
+    self._network = network.to(device).eval()
+    self._device = device
+
+  def transcribe(self, wav: np.ndarray, sr: int) -> str:
+    from valle_jax.audio import resample  # pylint: disable=g-import-not-at-top
+    wav = resample(_as_mono(wav), sr, self.sample_rate)
+    inputs = self._processor(wav, sampling_rate=self.sample_rate, return_tensors="pt")
+    with self._torch.no_grad():
+      logits = self._network(inputs.input_values.to(self._device)).logits   # [1, T, V]
+    return self._processor.batch_decode(logits.argmax(-1).cpu())[0]
+
+
+class WavLMSpeaker:
+  """A WavLM speaker-verification model (x-vector head) through `transformers`.
+
+  The paper scored with WavLM-Large + ECAPA-TDNN from the UniSpeech repository, which
+  `transformers` does not ship; `microsoft/wavlm-base-plus-sv` is the closest model it
+  does, so absolute numbers differ from the paper's while the protocol is the same.
+  `feature_extractor` and `network` may be given directly (tests).
+  """
+  name = "wavlm"
+  sample_rate = 16000
+
+  def __init__(self, model: str = "microsoft/wavlm-base-plus-sv", device: str = "cpu",
+               feature_extractor=None, network=None):
+    import torch  # pylint: disable=g-import-not-at-top
+    from transformers import AutoFeatureExtractor, WavLMForXVector  # pylint: disable=g-import-not-at-top
+    self._torch = torch
+    self._features = feature_extractor or _load_pretrained(
+        AutoFeatureExtractor, model, "WavLM feature extractor", "--speaker_model")
+    network = network or _load_pretrained(WavLMForXVector, model, "WavLM speaker model",
+                                          "--speaker_model")
+    self._network = network.to(device).eval()
+    self._device = device
+
+  def embed(self, wav: np.ndarray, sr: int) -> np.ndarray:
+    from valle_jax.audio import resample  # pylint: disable=g-import-not-at-top
+    wav = resample(_as_mono(wav), sr, self.sample_rate)
+    inputs = self._features(wav, sampling_rate=self.sample_rate, return_tensors="pt")
+    with self._torch.no_grad():
+      emb = self._network(input_values=inputs.input_values.to(self._device)).embeddings[0]
+    emb = emb.cpu().numpy().astype(np.float32)
+    return emb / (np.linalg.norm(emb) + 1e-12)
+
+
+ASR_SCORERS: dict[str, Callable[..., AsrScorer]] = {"pocketsphinx": PocketSphinxAsr,
+                                                    "hubert": HubertCtcAsr}
+SPEAKER_SCORERS: dict[str, Callable[..., SpeakerEncoder]] = {"resemblyzer": ResemblyzerSpeaker,
+                                                             "wavlm": WavLMSpeaker}
 
 
 def get_asr(name: str = "pocketsphinx", **options) -> AsrScorer:
