@@ -50,8 +50,8 @@ def tiny_dataset(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def trained_run(tiny_dataset, tmp_path_factory) -> str:
-  """A real training run (tiny AR + NAR, 40 steps on `tiny_dataset`, 8 devices): its workdir,
-  with metrics.jsonl and a final checkpoint."""
+  """A real training run (tiny AR + NAR, 40 steps on `tiny_dataset`, 8 devices, evaluated
+  every 20 steps): its workdir, with metrics.jsonl and a final checkpoint."""
   from configs import tiny  # pylint: disable=g-import-not-at-top
   from valle_jax import train  # pylint: disable=g-import-not-at-top
   cfg = tiny.get_config()
@@ -60,6 +60,7 @@ def trained_run(tiny_dataset, tmp_path_factory) -> str:
   cfg.data.frame_buckets, cfg.data.phoneme_buckets = (200,), (64,)
   cfg.data.max_tokens = 1600
   cfg.train.steps, cfg.train.log_every, cfg.checkpoint.every = 40, 5, 100
+  cfg.data.eval_split, cfg.train.eval_every, cfg.train.eval_batches = "train", 20, 1
   workdir = str(tmp_path_factory.mktemp("trained_run"))
   train.train(cfg, workdir)
   return workdir

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -70,7 +71,12 @@ def _final_params(workdir, step):
 
 
 def test_loss_falls_and_nan_free(trained_run):
-  """Overfit 8 utterances: both losses fall clearly within 40 steps (8 devices, mesh 8x1x1)."""
+  """Overfit 8 utterances: both losses fall clearly within 40 steps (8 devices, mesh 8x1x1),
+  on the training metrics and on the periodic evaluation."""
+  evals = _metrics(trained_run, "eval")
+  assert sorted(evals) == [20, 40]
+  assert evals[40]["ar/loss"] < evals[20]["ar/loss"]
+  assert evals[40]["nar/loss"] < evals[20]["nar/loss"]
   rows = _metrics(trained_run)
   first, last = rows[5], rows[40]
   assert last["ar/loss"] < first["ar/loss"] - 2.0, (first["ar/loss"], last["ar/loss"])
@@ -135,25 +141,45 @@ def test_restore_onto_another_mesh(tiny_dataset, tmp_path):
 class _PoisonableTrainer(train.Trainer):
   """The real trainer, whose loss turns NaN on a batch marked poisoned (phoneme id -1)."""
 
-  def _loss(self, params, batch, rng, deterministic=False):
-    loss, metrics = super()._loss(params, batch, rng, deterministic)
+  def _loss_sums(self, params, batch, rng, deterministic=False):
+    total, metrics = super()._loss_sums(params, batch, rng, deterministic)
     poisoned = jnp.any(batch["ar"]["phonemes"] < 0)
-    return jnp.where(poisoned, jnp.nan, loss), metrics
+    return total * jnp.where(poisoned, jnp.nan, 1.0), metrics
+
+
+def _first_batch(dataset_path, cfg, kind):
+  from valle_jax import data  # pylint: disable=g-import-not-at-top
+  source = data.open_dataset(dataset_path).split("train")
+  plan = data.BatchPlan(data.scan_lengths(source, progress=False), cfg.data, seed=0,
+                        batch_multiple=8)
+  batch = data.BatchLoader(source, plan, cfg.data, kind=kind, num_codebooks=8,
+                           frame_rate=75.0)(0)
+  batch.pop("index")
+  return batch
+
+
+def test_grad_accumulation_equals_whole_batch(tiny_dataset):
+  """2 token-weighted micro-batches give the whole batch's gradients and loss."""
+  cfg = _cfg(tiny_dataset)
+  mesh = sharding.make_mesh(cfg.mesh)
+  batch = sharding.shard_batch(_first_batch(tiny_dataset, cfg, "both"), mesh)
+  whole = train.Trainer(cfg, mesh)
+  params = whole.init_state()["params"]
+  accumulated = train.Trainer(_cfg(tiny_dataset, **{"train.grad_accum_steps": 2}), mesh)
+  rng = jax.random.key(0)
+  g1, loss1, m1 = jax.jit(whole._grads)(params, batch, rng)
+  g2, loss2, m2 = jax.jit(accumulated._grads)(params, batch, rng)
+  np.testing.assert_allclose(float(loss2), float(loss1), rtol=1e-6)
+  assert float(m2["nar"]["count"]) == float(m1["nar"]["count"])
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=2e-4, atol=1e-7)
 
 
 def test_nan_guard_skips_poisoned_batch_and_continues(tiny_dataset):
-  from valle_jax import data  # pylint: disable=g-import-not-at-top
   cfg = _cfg(tiny_dataset, **{"train.model": "ar"})
   mesh = sharding.make_mesh(cfg.mesh)
   trainer = _PoisonableTrainer(cfg, mesh)
-  dataset = data.open_dataset(tiny_dataset)
-  source = dataset.split("train")
-  plan = data.BatchPlan(data.scan_lengths(source, progress=False), cfg.data, seed=0,
-                        batch_multiple=8)
-  loader = data.BatchLoader(source, plan, cfg.data, kind="ar", num_codebooks=8,
-                            frame_rate=75.0)
-  batch = loader(0)
-  batch.pop("index")
+  batch = _first_batch(tiny_dataset, cfg, "ar")
   poisoned = jax.tree.map(np.copy, batch)
   poisoned["ar"]["phonemes"][0, 0] = -1
   state = trainer.init_state()
@@ -199,3 +225,26 @@ def test_two_processes_agree_with_one(tiny_dataset, tmp_path):
   want, got = _metrics(single), _metrics(multi)
   for step in (1, 2, 3):
     np.testing.assert_allclose(got[step]["ar/loss"], want[step]["ar/loss"], rtol=1e-5)
+
+
+def test_sigterm_saves_and_stops(tiny_dataset, tmp_path):
+  """Preemption: SIGTERM mid-run saves a checkpoint at the current step and exits 0."""
+  workdir = str(tmp_path)
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "2",
+         "JAX_COMPILATION_CACHE_DIR": os.path.join(REPO, ".jax_cache")}
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "valle_jax.cli", "train", *FLAGS, "--config.train.model=ar",
+       f"--config.data.dataset={tiny_dataset}", f"--workdir={workdir}",
+       "--config.train.steps=100000", "--config.checkpoint.every=100000"],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.isfile(os.path.join(workdir, "metrics.jsonl")) and len(_metrics(workdir)) >= 3:
+      break
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-3000:]
+  assert "SIGTERM received" in out
+  saved = int(sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-1])
+  assert saved == max(_metrics(workdir)) >= 3

@@ -157,37 +157,46 @@ class Trainer:
 
   # -- pure step functions --------------------------------------------------------------
 
-  def _loss(self, params, batch, rng, deterministic: bool = False):
+  def _loss_sums(self, params, batch, rng, deterministic: bool = False):
+    """Sum over models of their summed token losses, and the models' metrics.
+
+    Each model's loss depends on its own params only, so the gradient of this sum for
+    params[m] is model m's summed-loss gradient; `_step` divides it by m's token count.
+    """
     total, metrics = 0.0, {}
     for i, name in enumerate(self.names):
       model = nnx.merge(self.graphdefs[name], params[name])
       dropout_rng = None if deterministic else jax.random.fold_in(rng, i)
-      loss, m = LOSSES[name](model, batch[name], dropout_rng)
-      total += loss
+      _, m = LOSSES[name](model, batch[name], dropout_rng)
+      total += m["loss_sum"]
       metrics[name] = m
     return total, metrics
 
+  def _grads(self, params, batch, rng):
+    """Per-token mean gradients of each model over the whole batch, its loss and metrics."""
+    grad_fn = jax.grad(self._loss_sums, has_aux=True)
+    # Micro-batches [accum, B / accum, ...]; token-weighted, so accumulating k micro-batches
+    # gives the gradient of the whole batch (to float rounding).
+    accum = self.cfg.train.grad_accum_steps
+    micro = jax.tree.map(lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]),
+                         batch)
+
+    def body(carry, xs):
+      micro_batch, i = xs
+      grads, metrics = grad_fn(params, micro_batch, jax.random.fold_in(rng, i))
+      return jax.tree.map(jnp.add, carry, (grads, metrics)), None
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(
+        grad_fn, params, jax.tree.map(lambda x: x[0], micro), rng))
+    (grads, metrics), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
+    counts = {m: jnp.maximum(metrics[m]["count"], 1.0) for m in self.names}
+    grads = {m: jax.tree.map(lambda g, m=m: g / counts[m], grads[m]) for m in self.names}
+    loss = sum(metrics[m]["loss_sum"] / counts[m] for m in self.names)
+    return grads, loss, metrics
+
   def _step(self, state, batch):
-    cfg = self.cfg
     opt = state["optimizer"]
     rng = jax.random.fold_in(jax.random.wrap_key_data(opt["rng"]), opt["step"])
-    grad_fn = jax.value_and_grad(self._loss, has_aux=True)
-    accum = cfg.train.grad_accum_steps
-    if accum == 1:
-      (loss, metrics), grads = grad_fn(state["params"], batch, rng)
-    else:
-      micro = jax.tree.map(lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]),
-                           batch)
-
-      def body(carry, xs):
-        micro_batch, i = xs
-        (l, m), g = grad_fn(state["params"], micro_batch, jax.random.fold_in(rng, i))
-        return jax.tree.map(jnp.add, carry, (l, m, g)), None
-      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-          lambda: grad_fn(state["params"], jax.tree.map(lambda x: x[0], micro), rng)))
-      zeros = (zeros[0][0], zeros[0][1], zeros[1])
-      (loss, metrics, grads), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
-      loss, grads = loss / accum, jax.tree.map(lambda g: g / accum, grads)
+    grads, loss, metrics = self._grads(state["params"], batch, rng)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, new_opt_state = self.tx.update(grads, opt["opt_state"], state["params"])
@@ -204,7 +213,7 @@ class Trainer:
     return state, out
 
   def _eval(self, params, batch):
-    return self._loss(params, batch, None, deterministic=True)[1]
+    return self._loss_sums(params, batch, None, deterministic=True)[1]
 
 
 # ------------------------------------------------------------------------- metrics
