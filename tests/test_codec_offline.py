@@ -137,3 +137,14 @@ def test_a_dataset_made_with_one_codec_refuses_another(codec, other_codec):
 def test_too_little_training_audio_is_a_user_error(train_feats):
   with pytest.raises(UserError, match="at least 8192"):
     offline.fit_features(train_feats[:1], FIT, progress=False)
+
+
+def test_rebuilds_from_its_saved_description(codec, tmp_path):
+  """A dataset's / checkpoint's codec.json is enough to load the codec again."""
+  from valle_jax.codec import get_codec
+  codec.save(str(tmp_path / "codec"))
+  again = get_codec(codec.describe())
+  assert again.checksum() == codec.checksum() and again.path == str(tmp_path / "codec")
+  wrong = {**codec.describe(), "weights": "sha256:" + "0" * 32}
+  with pytest.raises(UserError, match="not the one the data was made with"):
+    get_codec(wrong)

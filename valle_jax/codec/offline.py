@@ -207,6 +207,7 @@ class OfflineCodec:
     self.scale = np.asarray(scale, dtype=np.float32)
     self.features = features
     self.fit_info = dict(fit_info or {})
+    self.path = ""   # the directory it was saved to / loaded from (where to find it again)
 
   # -- Codec protocol --------------------------------------------------------------------
   def encode(self, wav: np.ndarray, sr: int) -> np.ndarray:
@@ -232,6 +233,7 @@ class OfflineCodec:
         "features": dataclasses.asdict(self.features),
         "weights": self.checksum(),
         "fit": self.fit_info,
+        "path": self.path,   # not part of the identity: `get_codec` reloads from here
     }
 
   # -- pieces ------------------------------------------------------------------------------
@@ -273,6 +275,7 @@ class OfflineCodec:
   def save(self, directory: str) -> str:
     """Writes DIR/offline_codec.npz and DIR/codec.json (the `describe()` dict); returns DIR."""
     os.makedirs(directory, exist_ok=True)
+    self.path = os.path.abspath(directory)
     buf = io.BytesIO()
     np.savez(buf, codebooks=self.codebooks, mean=self.mean, scale=self.scale,
              features=json.dumps(dataclasses.asdict(self.features)),
@@ -292,8 +295,10 @@ class OfflineCodec:
                       "`python -m valle_jax.codec.offline --corpus=DIR --out=DIR`.")
     with np.load(path) as z:
       features = Features(**json.loads(str(z["features"])))
-      return cls(z["codebooks"], z["mean"], z["scale"], features,
-                 json.loads(str(z["fit_info"])))
+      codec = cls(z["codebooks"], z["mean"], z["scale"], features,
+                  json.loads(str(z["fit_info"])))
+    codec.path = os.path.dirname(os.path.abspath(path))
+    return codec
 
 
 def _atomic_write(path: str, data: bytes) -> None:
@@ -304,11 +309,19 @@ def _atomic_write(path: str, data: bytes) -> None:
 
 
 def build(config: Mapping[str, Any]) -> OfflineCodec:
-  """Registry entry point: `{"name": "offline", "path": DIR}` loads the codec fitted in DIR."""
+  """Registry entry point: `{"name": "offline", "path": DIR}` loads the codec fitted in DIR.
+
+  A saved `describe()` dict works too (it carries the path); the loaded codebooks must then
+  have the described checksum."""
   path = config.get("path")
   if not path:
     raise UserError("the offline codec needs codec.path: the directory it was fitted into.")
-  return OfflineCodec.load(path)
+  codec = OfflineCodec.load(path)
+  if config.get("weights") and config["weights"] != codec.checksum():
+    raise UserError(f"the offline codec in {path} is not the one the data was made with "
+                    f"(checksum {codec.checksum()} vs {config['weights']}); point to the "
+                    "codec the dataset was prepared with.")
+  return codec
 
 
 # ----------------------------------------------------------------------------------------
