@@ -9,8 +9,9 @@ PY=${PYTHON:-python3}
 # --- System packages (Debian main) ---------------------------------------------------
 # espeak-ng: phonemes and voices; flite, festival + festvox voices and the KJV Bible text
 # (bible-kjv pulls bible-kjv-text): the built-in synthetic corpus (`valle-jax make-corpus`).
+# chromium: the headless-browser check of report.html (tests/test_report.py).
 APT_PACKAGES=(espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
-              bible-kjv)
+              bible-kjv chromium)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

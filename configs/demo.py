@@ -1,0 +1,94 @@
+"""`valle-jax demo`: every stage's settings (`get_config()` the full demo, `get_config(quick=True)`
+the CI-sized one). See valle_jax/demo.py.
+
+The full demo is sized for about an hour on a 2-core CPU: the built-in corpus (1000 training
+utterances of 11 voices, 60 held-out utterances of 3 unseen voices), the offline codec fitted
+on the training split, and a small AR + NAR (4 layers, width 256) trained together for
+`train.train.steps` steps. `--budget=MINUTES` scales the training steps linearly
+(`budget_minutes` is the budget the steps were sized for).
+"""
+import ml_collections
+
+from configs import tiny
+from configs.base import base
+from configs.corpus import synthetic
+
+
+def _model(quick: bool) -> ml_collections.ConfigDict:
+  """The training config (configs/base.py fields); `data.dataset` is set by the demo."""
+  if quick:
+    c = tiny.get_config()
+    c.data.frame_buckets = (600,)   # one shape: one compilation
+    c.data.phoneme_buckets = (128,)
+    c.train.steps = 30
+    c.train.log_every = 5
+    c.checkpoint.every = 15
+  else:
+    c = base()
+    c.model.num_layers = 4
+    c.model.num_heads = 4
+    c.model.width = 256
+    c.model.mlp_dim = 1024
+    c.model.dropout = 0.1
+    c.optim.peak_lr = 1e-3
+    c.optim.warmup_steps = 300
+    c.data.frame_buckets = (150, 300, 450, 600, 900)
+    c.data.phoneme_buckets = (64, 128, 256)
+    c.data.max_tokens = 2400
+    c.data.max_batch_size = 16
+    c.train.steps = 3000
+    c.train.log_every = 50
+    c.checkpoint.every = 250
+  c.train.model = "both"
+  c.train.eval_every = 0
+  c.checkpoint.keep = 2
+  return c
+
+
+def get_config(quick: bool = False) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.quick = quick
+  c.seed = 0
+  c.budget_minutes = 60.0          # the wall time train.train.steps is sized for (whole demo)
+
+  # Stage 1: the built-in synthetic corpus (configs/corpus/synthetic.py) with held-out voices.
+  c.corpus = synthetic.get_config()
+  if quick:
+    # The offline codec needs >= 110 s of training audio: ~40 sentences of 8+ words.
+    c.corpus.voices = ["espeak-ng:en-us", "flite:kal", "flite:slt", "flite:rms", "flite:awb"]
+    c.corpus.heldout_voices = ["flite:rms", "flite:awb"]
+    c.corpus.num_utterances = 40
+    c.corpus.num_heldout_utterances = 4
+    c.corpus.min_words = 8
+    c.corpus.max_words = 14
+
+  # Stage 2: the offline codec (valle_jax/codec/offline.py FitConfig), training split only.
+  c.codec = ml_collections.ConfigDict()
+  c.codec.iters = 3 if quick else 10
+  c.codec.max_frames = 200_000
+
+  # Stage 4: training (AR and NAR together, train.model = "both").
+  c.train = _model(quick)
+
+  # Stage 5: zero-shot synthesis for the held-out voices (the paper's protocol: the prompt is
+  # another utterance of the same speaker, the one whose length is closest to 3 s, whole,
+  # with its transcript).
+  c.synthesis = ml_collections.ConfigDict()
+  c.synthesis.prompt_seconds = 3.0
+  c.synthesis.max_utterances = 0   # 0 = every held-out utterance
+  c.synthesis.batch_size = 1
+  c.synthesis.seed = 0
+  c.synthesis.sample = ml_collections.ConfigDict()   # sampling.SampleOptions fields
+  c.synthesis.sample.top_k = 50
+  c.synthesis.sample.max_frames_per_phoneme = 4.0 if quick else 12.0
+  c.synthesis.sample.max_frames = 150 if quick else 1500
+
+  # Stage 6: evaluation (valle_jax/evaluate.py scorers).
+  c.evaluate = ml_collections.ConfigDict()
+  c.evaluate.asr = "pocketsphinx"
+  c.evaluate.speaker = "resemblyzer"
+
+  # Stage 7: report.html.
+  c.report = ml_collections.ConfigDict()
+  c.report.max_samples = 12        # utterances with players and spectrograms
+  return c
