@@ -94,8 +94,7 @@ def test_cached_logits_equal_full_forward(sampled):
 
 
 def test_eos_stops_each_sequence_independently(sampled):
-  model, batch, out, _ = sampled
-  g = model.group_size
+  _, batch, out, _ = sampled
   assert not out.hit_limit.any()
   assert len(set(out.lengths.tolist())) == len(PHONEME_LENS), out.lengths  # ends differ
   for i, n in enumerate(out.lengths):

@@ -158,13 +158,13 @@ def heldout_pairs(rows: list[dict[str, str]], prompt_seconds: float
   return pairs
 
 
-def _synthesize(cfg, workdir: str, corpus: str, codec_dir: str, run: str) -> dict[str, Any]:
+def _synthesize(cfg, workdir: str, corpus: str, run: str) -> dict[str, Any]:
   import soundfile as sf  # pylint: disable=g-import-not-at-top
 
   from data_prep.synthetic import read_manifest  # pylint: disable=g-import-not-at-top
   from valle_jax import audio, checkpoint, sampling  # pylint: disable=g-import-not-at-top
   from valle_jax import synthesize as synth_lib  # pylint: disable=g-import-not-at-top
-  from valle_jax.codec import check_same_codec  # pylint: disable=g-import-not-at-top
+  from valle_jax.codec import get_codec  # pylint: disable=g-import-not-at-top
 
   pairs = heldout_pairs(read_manifest(corpus, "test"), cfg.synthesis.prompt_seconds)
   if not pairs:
@@ -173,8 +173,7 @@ def _synthesize(cfg, workdir: str, corpus: str, codec_dir: str, run: str) -> dic
   if cfg.synthesis.max_utterances:
     pairs = pairs[:cfg.synthesis.max_utterances]
   bundle = checkpoint.load_inference_bundle(run)
-  codec = _load_codec(codec_dir)
-  check_same_codec(bundle.codec_description, codec.describe(), f"the run in {run}")
+  codec = get_codec(bundle.codec_description)   # the run's own codec, checksum checked
   options = sampling.SampleOptions.from_config(cfg.synthesis.sample)
   out_dir = os.path.join(workdir, "samples")
   os.makedirs(out_dir, exist_ok=True)
@@ -341,7 +340,7 @@ def run_demo(workdir: str, quick: bool = False, budget: float | None = None) -> 
   dataset = stage("prepare", lambda: _prepare(workdir, corpus, codec_dir))["dataset"]
   run = stage("train", lambda: _train(cfg, workdir, dataset))["run"]
   samples = stage("synthesize",
-                  lambda: _synthesize(cfg, workdir, corpus, codec_dir, run))["samples"]
+                  lambda: _synthesize(cfg, workdir, corpus, run))["samples"]
   table = stage("evaluate", lambda: _evaluate(cfg, workdir, samples))["table"]
   seconds = {k: v["seconds"] for k, v in markers.items()}
   report = stage("report", lambda: _report(cfg, workdir, samples, table, run, seconds))
