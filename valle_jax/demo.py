@@ -26,21 +26,17 @@ error (use a new --workdir).
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import time
 from typing import Any, Callable
 
-import numpy as np
 from absl import flags
-from tqdm import tqdm
 
+from valle_jax import evaluate
 from valle_jax.errors import UserError
 
 STAGES = ("corpus", "codec", "prepare", "train", "synthesize", "evaluate", "report")
-SYSTEMS = (("ground_truth", "ground truth"), ("resynthesis", "codec resynthesis"),
-           ("valle", "valle-jax"))
 
 # valle_jax.train (imported by the train stage, after flag parsing) defines its own
 # --workdir at import; allow_override lets it replace this flag then. main() reads the value
@@ -70,13 +66,6 @@ def _duration(seconds: float) -> str:
   return f"{seconds // 3600}h{seconds // 60 % 60:02d}m{seconds % 60:02d}s"
 
 
-def _write_json(path: str, obj: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
-
-
 def _check_config(workdir: str, cfg) -> None:
   """Saves the config on the first run; refuses a different one in the same workdir."""
   path = os.path.join(workdir, "demo_config.json")
@@ -89,7 +78,7 @@ def _check_config(workdir: str, cfg) -> None:
       raise UserError(f"{workdir} holds a demo made with other settings (differing: "
                       f"{', '.join(diff)}); re-run with the same flags or use a new --workdir.")
   else:
-    _write_json(path, current)
+    evaluate.write_json(path, current)
 
 
 # ----------------------------------------------------------------------------------------
@@ -143,30 +132,12 @@ def _train(cfg, workdir: str, dataset: str) -> dict[str, Any]:
   return {"run": run, "step": summary["step"], "metrics": summary["metrics"]}
 
 
-def heldout_pairs(rows: list[dict[str, str]], prompt_seconds: float
-                  ) -> list[tuple[dict[str, str], dict[str, str]]]:
-  """(target, prompt) for each test row: the prompt is another utterance of the same speaker,
-  the one whose duration is closest to `prompt_seconds` (ties: the first in the manifest).
-  Rows of speakers with a single test utterance are left out."""
-  import soundfile as sf  # pylint: disable=g-import-not-at-top
-  seconds = {r["id"]: sf.info(r["audio"]).duration for r in rows}
-  pairs = []
-  for r in rows:
-    others = [o for o in rows if o["speaker"] == r["speaker"] and o["id"] != r["id"]]
-    if others:
-      pairs.append((r, min(others, key=lambda o: abs(seconds[o["id"]] - prompt_seconds))))
-  return pairs
-
-
 def _synthesize(cfg, workdir: str, corpus: str, run: str) -> dict[str, Any]:
-  import soundfile as sf  # pylint: disable=g-import-not-at-top
-
   from data_prep.synthetic import read_manifest  # pylint: disable=g-import-not-at-top
-  from valle_jax import audio, checkpoint, sampling  # pylint: disable=g-import-not-at-top
-  from valle_jax import synthesize as synth_lib  # pylint: disable=g-import-not-at-top
+  from valle_jax import checkpoint, sampling  # pylint: disable=g-import-not-at-top
   from valle_jax.codec import get_codec  # pylint: disable=g-import-not-at-top
 
-  pairs = heldout_pairs(read_manifest(corpus, "test"), cfg.synthesis.prompt_seconds)
+  pairs = evaluate.heldout_pairs(read_manifest(corpus, "test"), cfg.synthesis.prompt_seconds)
   if not pairs:
     raise UserError(f"the corpus in {corpus} has no held-out speaker with two test "
                     "utterances; raise corpus.num_heldout_utterances.")
@@ -176,105 +147,21 @@ def _synthesize(cfg, workdir: str, corpus: str, run: str) -> dict[str, Any]:
   codec = get_codec(bundle.codec_description)   # the run's own codec, checksum checked
   options = sampling.SampleOptions.from_config(cfg.synthesis.sample)
   out_dir = os.path.join(workdir, "samples")
-  os.makedirs(out_dir, exist_ok=True)
-  sr = codec.sample_rate
-  samples = []
-  size = cfg.synthesis.batch_size
-  with tqdm(total=len(pairs), desc="synthesize", unit="utt") as bar:
-    for start in range(0, len(pairs), size):
-      chunk = pairs[start:start + size]
-      requests = [synth_lib.Request(t["text"], p["audio"], p["text"]) for t, p in chunk]
-      wavs = synth_lib.synthesize(bundle.ar, bundle.nar, bundle.symbols, codec, requests,
-                                  options, seed=cfg.synthesis.seed + start, batch_size=size)
-      for (target, prompt), wav in zip(chunk, wavs):
-        truth = audio.load_audio(target["audio"], sr)
-        files = {"prompt": prompt["audio"], "ground_truth": target["audio"],
-                 "resynthesis": os.path.join(out_dir, f"{target['id']}_resynthesis.wav"),
-                 "valle": os.path.join(out_dir, f"{target['id']}_valle.wav")}
-        sf.write(files["resynthesis"], codec.decode(codec.encode(truth, sr)), sr)
-        sf.write(files["valle"], wav, sr)
-        samples.append({"id": target["id"], "speaker": target["speaker"],
-                        "text": target["text"], "prompt_id": prompt["id"],
-                        "prompt_text": prompt["text"],
-                        "prompt_seconds": round(sf.info(prompt["audio"]).duration, 2),
-                        "valle_seconds": round(len(wav) / sr, 2), "audio": files})
-      bar.update(len(chunk))
-  _write_json(os.path.join(out_dir, "samples.json"), samples)
+  samples = evaluate.synthesize_samples(bundle.ar, bundle.nar, bundle.symbols, codec, pairs,
+                                        options, out_dir, seed=cfg.synthesis.seed,
+                                        batch_size=cfg.synthesis.batch_size)
   return {"samples": os.path.join(out_dir, "samples.json"), "count": len(samples),
           "checkpoint_step": bundle.step, "sample_options": cfg.synthesis.sample.to_dict()}
 
 
-def _score_rows(samples: list[dict[str, Any]], asr, speaker) -> list[dict[str, Any]]:
-  """Per utterance and system: the ASR hypothesis, WER and similarities (NaN when the system
-  produced no audio)."""
-  from valle_jax import audio, evaluate  # pylint: disable=g-import-not-at-top
-  sr = 16000
-  embed = {}
-  for s in tqdm(samples, desc="embed prompts", unit="utt"):
-    embed[s["id"]] = speaker.embed(audio.load_audio(s["audio"]["prompt"], sr), sr)
-  rows = []
-  with tqdm(total=len(samples) * len(SYSTEMS), desc="evaluate", unit="clip") as bar:
-    for s in samples:
-      others = [embed[o["id"]] for o in samples if o["speaker"] != s["speaker"]]
-      truth = speaker.embed(audio.load_audio(s["audio"]["ground_truth"], sr), sr)
-      for key, _ in SYSTEMS:
-        try:
-          wav = audio.load_audio(s["audio"][key], sr)
-        except audio.AudioError as e:
-          if e.reason != audio.NO_SAMPLES:
-            raise
-          wav = None
-        row = {"id": s["id"], "speaker": s["speaker"], "system": key, "text": s["text"],
-               "seconds": 0.0 if wav is None else round(len(wav) / sr, 2)}
-        if wav is None:
-          row.update(hypothesis="", wer=evaluate.utterance_wer(s["text"], ""),
-                     sim_prompt=float("nan"), sim_original=float("nan"),
-                     sim_other=float("nan"))
-        else:
-          hyp = asr.transcribe(wav, sr)
-          e = speaker.embed(wav, sr)
-          row.update(hypothesis=hyp, wer=evaluate.utterance_wer(s["text"], hyp),
-                     sim_prompt=evaluate.similarity(e, embed[s["id"]]),
-                     sim_original=evaluate.similarity(e, truth),
-                     sim_other=float(np.mean([evaluate.similarity(e, o) for o in others]))
-                     if others else float("nan"))
-        rows.append(row)
-        bar.update(1)
-  return rows
-
-
-def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """Per-utterance rows -> one row per system: corpus WER and mean similarities."""
-  from valle_jax import evaluate  # pylint: disable=g-import-not-at-top
-  table = []
-  for key, name in SYSTEMS:
-    mine = [r for r in rows if r["system"] == key]
-    if not mine:
-      continue
-    row = {"system": name, "n": len(mine),
-           "wer": evaluate.wer([r["text"] for r in mine], [r["hypothesis"] for r in mine])}
-    for col in ("sim_prompt", "sim_original", "sim_other"):
-      values = [r[col] for r in mine if np.isfinite(r[col])]
-      row[col] = float(np.mean(values)) if values else float("nan")
-    table.append(row)
-  return table
-
-
 def _evaluate(cfg, workdir: str, samples_path: str) -> dict[str, Any]:
-  from valle_jax import evaluate  # pylint: disable=g-import-not-at-top
   with open(samples_path, encoding="utf-8") as f:
     samples = json.load(f)
-  rows = _score_rows(samples, evaluate.get_asr(cfg.evaluate.asr),
-                     evaluate.get_speaker_encoder(cfg.evaluate.speaker))
-  csv_path = os.path.join(workdir, "results.csv")
-  with open(csv_path, "w", encoding="utf-8", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-  table = summarize(rows)
-  json_path = os.path.join(workdir, "results.json")
-  _write_json(json_path, {"asr": cfg.evaluate.asr, "speaker": cfg.evaluate.speaker,
-                          "table": table})
+  rows = evaluate.score_samples(samples, evaluate.get_asr(cfg.evaluate.asr),
+                                evaluate.get_speaker_encoder(cfg.evaluate.speaker))
+  table = evaluate.summarize(rows)
+  csv_path, json_path = evaluate.write_results(
+      workdir, rows, table, {"asr": cfg.evaluate.asr, "speaker": cfg.evaluate.speaker})
   return {"csv": csv_path, "json": json_path, "table": table}
 
 
@@ -282,8 +169,8 @@ def _report(cfg, workdir: str, samples_path: str, table, run: str, seconds) -> d
   from valle_jax import report  # pylint: disable=g-import-not-at-top
   with open(samples_path, encoding="utf-8") as f:
     samples = json.load(f)
-  labels = {"prompt": "prompt", **dict(SYSTEMS)}
-  shown = [{**s, "audio": {labels[k]: s["audio"][k] for k in ("prompt", *dict(SYSTEMS))}}
+  labels = {"prompt": "prompt", **dict(evaluate.SYSTEMS)}
+  shown = [{**s, "audio": {labels[k]: s["audio"][k] for k in labels}}
            for s in samples[:cfg.report.max_samples]]
   notes = [
       f"{'Quick (CI) demo' if cfg.quick else 'Demo'}: zero-shot TTS for {len(samples)} "
@@ -330,7 +217,7 @@ def run_demo(workdir: str, quick: bool = False, budget: float | None = None) -> 
     t0 = time.time()
     outputs = fn()
     markers[name] = {"stage": name, "seconds": round(time.time() - t0, 1), "outputs": outputs}
-    _write_json(path, markers[name])
+    evaluate.write_json(path, markers[name])
     print(f"[demo] {n}/{len(STAGES)} {name}: done in {markers[name]['seconds']:.1f} s",
           flush=True)
     return outputs

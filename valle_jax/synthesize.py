@@ -26,7 +26,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -177,20 +177,39 @@ _PROMPT = flags.DEFINE_string("prompt", None, "Acoustic prompt: a recording of t
 _PROMPT_TEXT = flags.DEFINE_string("prompt_text", "", "The prompt's transcript (zero-shot).")
 _OUT = flags.DEFINE_string("out", "out.wav", "Output wav (with --text).")
 _TSV = flags.DEFINE_string("tsv", None, "Batch input: text, prompt, prompt text, out wav.")
-_OUT_DIR = flags.DEFINE_string("out_dir", ".", "Folder for TSV outputs without a path.")
+_OUT_DIR = flags.DEFINE_string("out_dir", ".", "Folder for TSV outputs without a path "
+                               "(`valle-jax evaluate`: for its samples and results).")
 _CONTINUAL = flags.DEFINE_bool("continual", False, "Continue the prompt's first seconds "
                                "(--text is then the whole utterance's transcript).")
 _CONTINUAL_SECONDS = flags.DEFINE_float("continual_seconds", 3.0, "Prompt length, continual.")
 _LANG = flags.DEFINE_string("lang", "en-us", "espeak-ng language of the texts.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
-_BATCH = flags.DEFINE_integer("batch_size", 1, "Requests per batch (TSV input).")
+_BATCH = flags.DEFINE_integer("batch_size", 1, "Requests per compiled batch.")
 _TEMPERATURE = flags.DEFINE_float("temperature", None, "AR sampling temperature.")
 _TOP_K = flags.DEFINE_integer("top_k", None, "AR top-k (0: off).")
 _TOP_P = flags.DEFINE_float("top_p", None, "AR top-p (1: off).")
 _RAS = flags.DEFINE_bool("ras", None, "Repetition-aware sampling (VALL-E 2).")
 
 
-def _load_models(path: str, nar_path: str | None):
+def sample_flags() -> dict[str, Any]:
+  """The AR sampling options given on the command line (--temperature, --top_k, --top_p,
+  --ras), as `SampleOptions` overrides."""
+  return {name: flag.value for name, flag in (
+      ("temperature", _TEMPERATURE), ("top_k", _TOP_K), ("top_p", _TOP_P), ("ras", _RAS))
+          if flag.value is not None}
+
+
+def sample_options(config, overrides: dict[str, Any]) -> sampling.SampleOptions:
+  """A run's sampling options (its config's `sample` section) with `overrides`."""
+  try:
+    return sampling.SampleOptions.from_config(config.get("sample"), **overrides)
+  except ValueError as e:
+    raise UserError(str(e)) from None
+
+
+def load_models(path: str, nar_path: str | None = None):
+  """(bundle, NAR model, symbols, codec) of a run, the NAR from `nar_path` when given; a
+  `UserError` for a checkpoint without the models or runs that don't match."""
   from valle_jax import checkpoint, codec as codec_lib  # pylint: disable=g-import-not-at-top
   bundle = checkpoint.load_inference_bundle(path)
   nar_bundle = checkpoint.load_inference_bundle(nar_path) if nar_path else bundle
@@ -223,14 +242,8 @@ def main(argv):
     if not _PROMPT.value:
       raise UserError("--prompt is required: a recording of the voice to use.")
     requests = [Request(_TEXT.value, _PROMPT.value, _PROMPT_TEXT.value, _OUT.value)]
-  bundle, nar, symbols, codec = _load_models(_CHECKPOINT.value, _NAR_CHECKPOINT.value)
-  overrides = {name: flag.value for name, flag in (
-      ("temperature", _TEMPERATURE), ("top_k", _TOP_K), ("top_p", _TOP_P), ("ras", _RAS))
-               if flag.value is not None}
-  try:
-    options = sampling.SampleOptions.from_config(bundle.config.get("sample"), **overrides)
-  except ValueError as e:
-    raise UserError(str(e)) from None
+  bundle, nar, symbols, codec = load_models(_CHECKPOINT.value, _NAR_CHECKPOINT.value)
+  options = sample_options(bundle.config, sample_flags())
   wavs = synthesize(bundle.ar, nar, symbols, codec, requests, options,
                     continual=_CONTINUAL.value, continual_seconds=_CONTINUAL_SECONDS.value,
                     lang=_LANG.value, seed=_SEED.value, batch_size=_BATCH.value)
