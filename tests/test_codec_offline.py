@@ -81,7 +81,11 @@ def test_batch_equals_one_by_one(codec, heldout):
 
 
 def test_codes_use_most_of_each_codebook(codec, train_feats):
-  codes = codec.quantize(np.concatenate(train_feats))
+  # The frames it was fitted on: the training voices and their augmented copies (on the
+  # 4 training voices alone, the first codebook's entries for other voices go unused).
+  fitted_on = offline.augment(train_feats, FIT, progress=False)
+  assert len(fitted_on) == (1 + FIT.augment) * len(train_feats)
+  codes = codec.quantize(np.concatenate(fitted_on))
   used = [len(np.unique(codes[:, q])) for q in range(8)]
   assert min(used) > 0.8 * 1024, used
 
@@ -103,6 +107,24 @@ def test_round_trip_keeps_the_spectrum(codec, heldout):
   eight = spectral_distortion(wav, codec.decode(codes)[:len(wav)], 24000)
   # (a codec fitted on 2 minutes of 4 voices; the real one is measured in the README)
   assert eight < min(one - 1.0, 10.0), (one, eight)
+
+
+def test_augmentation_makes_new_voices_of_the_same_frames(train_feats):
+  cfg = offline.FitConfig(augment=2)
+  out = offline.augment(train_feats[:3], cfg, progress=False)
+  assert len(out) == 9 and all(o is f for o, f in zip(out, train_feats[:3]))
+  sp = cfg.features.blocks()[2][1]
+  for k, copy in enumerate(out[3:]):
+    f = train_feats[k // 2]
+    assert copy.shape == f.shape and copy.dtype == np.float32
+    np.testing.assert_array_equal(copy[:, 1], f[:, 1])             # voicing kept
+    shift = copy[:, 0] - f[:, 0]                                     # one F0 shift, <= 5 st
+    assert np.ptp(shift) < 1e-4 and abs(shift[0]) <= 5 * np.log(2) / 12 + 1e-6
+    assert np.abs(copy[:, sp] - f[:, sp]).mean() > 0.01              # another envelope
+  again = offline.augment(train_feats[:3], cfg, progress=False)
+  for a, b in zip(out, again):
+    np.testing.assert_array_equal(a, b)
+  assert offline.augment(train_feats[:3], offline.FitConfig(augment=0)) == train_feats[:3]
 
 
 def test_fitting_is_deterministic(codec, other_codec, train_feats):

@@ -305,17 +305,6 @@ def tone_list(tmp_path_factory):
 
 
 @pytest.fixture
-def one_torch_thread():
-  """EnCodec and resemblyzer on one torch thread: on 2 busy cores, 2 OpenMP threads make their
-  LSTMs about 7x slower."""
-  import torch
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
-
-
-@pytest.fixture
 def fake_scorers(monkeypatch):
   """Registers the cheap fake scorers as 'fake' (the real ones cost seconds a clip here)."""
   monkeypatch.setitem(evaluate.ASR_SCORERS, "fake", _FakeAsr)
@@ -324,8 +313,7 @@ def fake_scorers(monkeypatch):
 
 
 def test_evaluate_cross_then_rerun_reuses_the_wavs(trained_run, tone_list, tmp_path,
-                                                    monkeypatch, fake_scorers,
-                                                    one_torch_thread):
+                                                    monkeypatch, fake_scorers):
   """Cross mode with PocketSphinx and resemblyzer; a re-run (scored with other scorers)
   synthesises nothing; other synthesis settings in the same folder are refused."""
   import csv
@@ -369,7 +357,7 @@ def test_evaluate_cross_then_rerun_reuses_the_wavs(trained_run, tone_list, tmp_p
     evaluate_cli.run(trained_run, out, **kw, **fake_scorers, seed=1)
 
 
-def test_evaluate_continual(trained_run, tone_list, tmp_path, fake_scorers, one_torch_thread):
+def test_evaluate_continual(trained_run, tone_list, tmp_path, fake_scorers):
   import soundfile as sf
 
   from valle_jax import evaluate_cli

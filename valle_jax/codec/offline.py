@@ -15,8 +15,13 @@ T = ceil(samples / 320)), Q = 8 residual codebooks of 1024 entries, codebook 0 t
 **Analysis** (per frame, centred on sample t * 320; WORLD through `pyworld`): log F0 from
 DIO + StoneMask (or Harvest), linearly interpolated through unvoiced frames, a voicing flag,
 the spectral envelope (CheapTrick) coded as `sp_dims` mel-cepstral coefficients, and band
-aperiodicity (D4C, 3 bands at 24 kHz). **Quantisation**: each block is scaled by one number
-learnt from the training frames (the cepstral block by one scale for all coefficients, so
+aperiodicity (D4C, 3 bands at 24 kHz). **Fitting data**: the training utterances plus
+`FitConfig.augment` (3) copies of each as new voices (`augment`: frequency-warped envelope,
+shifted F0, a random spectral colour), so the codebooks cover voices outside the training
+split: on 30 utterances of 3 held-out voices of the demo corpus, similarity to the original
+rose from 0.888 to 0.908 and the envelope's quantisation error fell by a third.
+**Quantisation**: each block is scaled by one number
+learnt from the (augmented) training frames (the cepstral block by one scale for all coefficients, so
 Euclidean distance there is a log-spectral distance) and weighted; codebook q is k-means on
 what codebooks 0..q-1 left over (Lloyd iterations on up to `max_frames` frames, empty
 clusters re-seeded from the worst-coded frames; numpy, deterministic from the seed).
@@ -332,9 +337,16 @@ def build(config: Mapping[str, Any]) -> OfflineCodec:
 class FitConfig:
   seed: int = 0
   iters: int = 10              # Lloyd iterations per codebook
-  max_frames: int = 200_000    # frames sampled from the training audio for k-means (44 min)
+  max_frames: int = 200_000    # frames sampled (after augmentation) for k-means
   workers: int = 0             # processes for feature analysis; 0 = one per core
   features: Features = Features()
+  # Voice augmentation (see `augment`): extra copies of each training utterance with a
+  # warped frequency axis, a shifted F0 and a random spectral colour, so the codebooks also
+  # cover voices that are not in the training split. 0 turns it off.
+  augment: int = 3
+  warp: tuple[float, float] = (0.85, 1.18)   # frequency-axis scale range (log-uniform)
+  f0_shift: float = 5.0                      # F0 shift range, +- semitones (uniform)
+  colour: float = 1.0                        # spectral colour, x the spread of utterance means
 
 
 def _analyze_file(args) -> np.ndarray:
@@ -353,13 +365,49 @@ def analyze_files(paths: Sequence[str], feat: Features, workers: int = 0,
                      desc="codec features", unit="utt", disable=not progress))
 
 
+def augment(feats: Sequence[np.ndarray], cfg: FitConfig, progress: bool = True
+            ) -> list[np.ndarray]:
+  """`cfg.augment` new voices per utterance: features [T, D] -> the originals followed by
+  the copies. Each copy keeps the frames' timing and content but has (1) its spectral
+  envelope's frequency axis scaled by a factor from `cfg.warp` (vocal tract length),
+  (2) its F0 shifted by up to `cfg.f0_shift` semitones, (3) one random offset added to every
+  frame's cepstrum (a fixed filter: another voice's timbre), drawn per coefficient from a
+  normal with `cfg.colour` x the spread of the utterances' mean cepstra. Deterministic in
+  `cfg.seed`."""
+  if cfg.augment <= 0:
+    return list(feats)
+  pw = _pyworld()
+  feat = cfg.features
+  sp_cols = feat.blocks()[2][1]
+  rng = np.random.default_rng([cfg.seed, 1])
+  colour = cfg.colour * np.std([f[:, sp_cols].mean(axis=0) for f in feats], axis=0)
+  freqs = np.linspace(0.0, SAMPLE_RATE / 2, _FFT_SIZE // 2 + 1)
+  lo, hi = np.log(cfg.warp[0]), np.log(cfg.warp[1])
+  out = list(feats)
+  for f in tqdm(feats, desc="codec augmentation", unit="utt", disable=not progress):
+    log_sp = np.log(pw.decode_spectral_envelope(
+        np.ascontiguousarray(f[:, sp_cols], dtype=np.float64), SAMPLE_RATE, _FFT_SIZE))
+    for _ in range(cfg.augment):
+      source = np.clip(freqs / np.exp(rng.uniform(lo, hi)), 0.0, SAMPLE_RATE / 2)
+      warped = np.stack([np.interp(source, freqs, row) for row in log_sp])
+      g = f.copy()
+      g[:, sp_cols] = pw.code_spectral_envelope(np.exp(warped), SAMPLE_RATE, feat.sp_dims)
+      g[:, sp_cols] += rng.standard_normal(feat.sp_dims) * colour
+      g[:, 0] += rng.uniform(-cfg.f0_shift, cfg.f0_shift) * np.log(2.0) / 12.0
+      out.append(g.astype(np.float32))
+  return out
+
+
 def fit_features(feats: Iterable[np.ndarray], cfg: FitConfig = FitConfig(),
                  progress: bool = True) -> OfflineCodec:
-  """Fits scales and the 8 residual codebooks to training features [T_i, D]."""
-  x = np.concatenate(list(feats), axis=0).astype(np.float32)
-  if len(x) < MIN_FRAMES:
+  """Fits scales and the 8 residual codebooks to training features [T_i, D] (augmented
+  with `cfg.augment` new voices per utterance first)."""
+  feats = list(feats)
+  frames = sum(len(f) for f in feats)
+  if frames < MIN_FRAMES:
     raise UserError(f"the offline codec needs at least {MIN_FRAMES} training frames "
-                    f"({MIN_FRAMES / 75:.0f} s of audio), got {len(x)}; fit it on more audio.")
+                    f"({MIN_FRAMES / 75:.0f} s of audio), got {frames}; fit it on more audio.")
+  x = np.concatenate(augment(feats, cfg, progress), axis=0).astype(np.float32)
   feat = cfg.features
   mean = x.mean(axis=0)
   scale = np.ones(feat.dim, dtype=np.float32)
@@ -376,7 +424,8 @@ def fit_features(feats: Iterable[np.ndarray], cfg: FitConfig = FitConfig(),
     c = kmeans(residual, CODEBOOK_SIZE, cfg.iters, rng)
     residual = residual - c[_nearest(residual, c)]
     codebooks.append(c)
-  info = {"seed": cfg.seed, "iters": cfg.iters, "frames": int(len(x))}
+  info = {"seed": cfg.seed, "iters": cfg.iters, "frames": frames, "augment": cfg.augment,
+          "warp": list(cfg.warp), "f0_shift": cfg.f0_shift, "colour": cfg.colour}
   return OfflineCodec(np.stack(codebooks), mean, scale, feat, info)
 
 
