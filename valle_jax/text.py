@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import threading
@@ -278,9 +279,14 @@ def _backend(lang: str):
       if not EspeakBackend.is_supported_language(lang):
         raise UserError(f"espeak-ng does not support language {lang!r}; pick one of "
                         "`espeak-ng --voices`.")
+      # espeak-ng joins or splits some words ("of the"); phonemizer warns about each such
+      # line, which is expected here and would flood a data-prep log: errors only.
+      quiet = logging.getLogger("valle_jax.phonemizer")
+      quiet.setLevel(logging.ERROR)
       _BACKENDS[lang] = (EspeakBackend(lang, preserve_punctuation=True, with_stress=True,
                                        punctuation_marks="".join(PUNCTUATION),
-                                       language_switch="remove-flags"), threading.Lock())
+                                       language_switch="remove-flags", logger=quiet),
+                         threading.Lock())
     return _BACKENDS[lang]
 
 

@@ -398,7 +398,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       if cfg.debug.log_examples:
         logger.write(step, {"examples": examples.tolist()}, console=False, prefix="data")
       if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-        last = _log_window(logger, step, window, time.time() - window_start)
+        last = _log_window(logger, step, window, window_start)
         window, window_start = [], time.time()
         streak = int(state["optimizer"]["nan_streak"])
         if streak >= cfg.train.nan_max_consecutive:
@@ -432,8 +432,9 @@ def _save(checkpointer, step, state, data_iter, *, cfg, symbols, codec, force=Fa
                     force=force)
 
 
-def _log_window(logger: MetricLogger, step: int, window: list, seconds: float):
-  metrics = jax.device_get(window)
+def _log_window(logger: MetricLogger, step: int, window: list, window_start: float):
+  metrics = jax.device_get(window)   # waits for the window's steps (dispatch is async)
+  seconds = time.time() - window_start
   summed = jax.tree.map(lambda *xs: np.sum(xs, axis=0), *metrics)
   values = summarize(summed)
   values["loss"] = float(np.mean([m["loss"] for m in metrics]))
