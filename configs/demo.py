@@ -1,7 +1,7 @@
 """`valle-jax demo`: every stage's settings (`get_config()` the full demo, `get_config(quick=True)`
 the CI-sized one). See valle_jax/demo.py.
 
-The full demo is sized for about an hour on a 2-core CPU: the built-in corpus (1000 training
+The full demo is sized for about 70 minutes on a 2-core CPU: the built-in corpus (1000 training
 utterances of 11 voices, 60 held-out utterances of 3 unseen voices), the offline codec fitted
 on the training split, and a small AR + NAR (4 layers, width 192) trained together for
 `train.train.steps` steps. `--budget=MINUTES` scales the training steps linearly
@@ -24,10 +24,10 @@ def _model(quick: bool) -> ml_collections.ConfigDict:
     c.train.log_every = 5
     c.checkpoint.every = 15
   else:
-    # Sized by measurement on an idle 2-core CPU: a train step (2400 frames, AR + NAR) takes
-    # 2.1 s at width 192 (2.8 s at 256), so 1100 steps are ~40 min, the rest of the demo
-    # ~20 min. In so few steps a narrower model with no dropout and a high learning rate
-    # learns faster than a wider one.
+    # Sized by measurement on a 2-core CPU: a train step (<= 2400 frames, AR + NAR) took
+    # 2.6 s in the demo (2.1 s in `bench train` at width 192, 2.8 s at 256), so training is
+    # ~50 min with its compilations, the rest of the demo ~20 min. In so few steps a narrower
+    # model with no dropout and a high learning rate learns faster than a wider one.
     c = base()
     c.model.num_layers = 4
     c.model.num_heads = 4
@@ -53,7 +53,7 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.quick = quick
   c.seed = 0
-  c.budget_minutes = 60.0          # the wall time train.train.steps is sized for (whole demo)
+  c.budget_minutes = 70.0          # the wall time train.train.steps is sized for (whole demo)
 
   # Stage 1: the built-in synthetic corpus (configs/corpus/synthetic.py) with held-out voices.
   c.corpus = synthetic.get_config()

@@ -123,3 +123,14 @@ def test_cli_with_a_trained_checkpoint(trained_run, wavs, tmp_path):
   assert exit_info.value.code in (0, None)
   wav, rate = sf.read(out)
   assert rate == 24_000 and len(wav) > 0 and np.isfinite(wav).all()
+
+
+def test_prompt_transcript_runs_on_without_its_final_punctuation():
+  """A zero-shot prompt's transcript loses the "." it ends with (a model trained on single
+  sentences has only seen it right before EOS); the text keeps its own."""
+  symbols = text.SymbolTable.default()
+  full = synthesize._phoneme_ids("Go home, now.", "t", symbols, "en-us")
+  cut = synthesize._phoneme_ids("Go home, now.", "t", symbols, "en-us", final_punctuation=False)
+  assert symbols.symbols[full[-1]] == "."
+  np.testing.assert_array_equal(cut, full[:-1])
+  assert "," in [symbols.symbols[i] for i in cut]   # punctuation inside is kept

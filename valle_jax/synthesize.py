@@ -55,13 +55,20 @@ class Request:
   out: str = ""
 
 
-def _phoneme_ids(words: str, what: str, symbols: text.SymbolTable, lang: str) -> np.ndarray:
-  """Text -> phoneme ids [L], or a `UserError` for an empty, unpronounceable or long text."""
+def _phoneme_ids(words: str, what: str, symbols: text.SymbolTable, lang: str,
+                 final_punctuation: bool = True) -> np.ndarray:
+  """Text -> phoneme ids [L], or a `UserError` for an empty, unpronounceable or long text.
+
+  `final_punctuation=False` drops the punctuation it ends with: a zero-shot prompt's
+  transcript runs on into the text, and a model trained on single sentences has only ever
+  seen a final "." just before EOS (with it, the demo's model stopped at once)."""
   if not words.strip():
     raise UserError(f"{what} is empty; give some words to say.")
   phones = text.phonemize(words, lang)
   if all(s in text.PUNCTUATION or s == text.WORD for s in phones):
     raise UserError(f"{what} {words!r} has nothing to pronounce; give it some words.")
+  while not final_punctuation and phones[-1] in text.PUNCTUATION:
+    phones = phones[:-1]
   ids = symbols.encode(phones, text=words)
   if len(ids) > sampling.PHONEME_BUCKETS[-1]:
     raise UserError(f"{what} has {len(ids)} phonemes, more than the "
@@ -113,7 +120,8 @@ def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Req
     where = f"request {n}" if len(requests) > 1 else "the request"
     words = _phoneme_ids(r.text, f"the text of {where}", symbols, lang)
     if not continual:
-      heard = _phoneme_ids(r.prompt_text, f"the prompt text of {where}", symbols, lang)
+      heard = _phoneme_ids(r.prompt_text, f"the prompt text of {where}", symbols, lang,
+                           final_punctuation=False)
       words = np.concatenate([heard, [symbols.word_id], words]).astype(np.int32)
     prompt = _prompt_codes(r.prompt, codec, continual_seconds if continual else None)
     examples.append((words, prompt))
