@@ -113,7 +113,7 @@ def test_augmentation_makes_new_voices_of_the_same_frames(train_feats):
   cfg = offline.FitConfig(augment=2)
   out = offline.augment(train_feats[:3], cfg, progress=False)
   assert len(out) == 9 and all(o is f for o, f in zip(out, train_feats[:3]))
-  sp = cfg.features.blocks()[2][1]
+  sp = cfg.features.columns("sp")
   for k, copy in enumerate(out[3:]):
     f = train_feats[k // 2]
     assert copy.shape == f.shape and copy.dtype == np.float32

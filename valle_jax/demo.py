@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 from absl import flags
 
-from valle_jax import evaluate
+from valle_jax import evaluate, report
 from valle_jax.errors import UserError
 
 STAGES = ("corpus", "codec", "prepare", "train", "synthesize", "evaluate", "report")
@@ -59,26 +59,6 @@ def demo_config(quick: bool = False, budget: float | None = None):
     cfg.train.train.steps = max(1, round(cfg.train.train.steps * budget / cfg.budget_minutes))
     cfg.budget_minutes = float(budget)
   return cfg
-
-
-def _duration(seconds: float) -> str:
-  seconds = int(seconds)
-  return f"{seconds // 3600}h{seconds // 60 % 60:02d}m{seconds % 60:02d}s"
-
-
-def _check_config(workdir: str, cfg) -> None:
-  """Saves the config on the first run; refuses a different one in the same workdir."""
-  path = os.path.join(workdir, "demo_config.json")
-  current = json.loads(cfg.to_json())
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      saved = json.load(f)
-    if saved != current:
-      diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-      raise UserError(f"{workdir} holds a demo made with other settings (differing: "
-                      f"{', '.join(diff)}); re-run with the same flags or use a new --workdir.")
-  else:
-    evaluate.write_json(path, current)
 
 
 # ----------------------------------------------------------------------------------------
@@ -115,9 +95,9 @@ def _prepare(workdir: str, corpus: str, codec_dir: str) -> dict[str, Any]:
   pcfg.manifest = os.path.join(corpus, "manifest.tsv")
   pcfg.output = os.path.join(workdir, "data")
   pcfg.overwrite = True  # only a run killed between writing and marking leaves one
-  report = pipeline.prepare(pcfg, codec=_load_codec(codec_dir))
-  return {"dataset": report["dataset"], "records": report["records"],
-          "skipped": report["skipped"]}
+  made = pipeline.prepare(pcfg, codec=_load_codec(codec_dir))
+  return {"dataset": made["dataset"], "records": made["records"],
+          "skipped": made["skipped"]}
 
 
 def _train(cfg, workdir: str, dataset: str) -> dict[str, Any]:
@@ -166,7 +146,6 @@ def _evaluate(cfg, workdir: str, samples_path: str) -> dict[str, Any]:
 
 
 def _report(cfg, workdir: str, samples_path: str, table, run: str, seconds) -> dict[str, Any]:
-  from valle_jax import report  # pylint: disable=g-import-not-at-top
   with open(samples_path, encoding="utf-8") as f:
     samples = json.load(f)
   labels = {"prompt": "prompt", **dict(evaluate.SYSTEMS)}
@@ -199,7 +178,8 @@ def run_demo(workdir: str, quick: bool = False, budget: float | None = None) -> 
   workdir = os.path.abspath(workdir)
   os.makedirs(os.path.join(workdir, "stages"), exist_ok=True)
   cfg = demo_config(quick, budget)
-  _check_config(workdir, cfg)
+  evaluate.check_settings(os.path.join(workdir, "demo_config.json"),
+                          json.loads(cfg.to_json()), "a demo", "--workdir")
   t_start = time.time()
   markers: dict[str, dict[str, Any]] = {}
 
@@ -213,7 +193,7 @@ def run_demo(workdir: str, quick: bool = False, budget: float | None = None) -> 
             "when it ran)", flush=True)
       return markers[name]["outputs"]
     print(f"[demo] {n}/{len(STAGES)} {name}: running (demo elapsed "
-          f"{_duration(time.time() - t_start)})", flush=True)
+          f"{report.duration(time.time() - t_start)})", flush=True)
     t0 = time.time()
     outputs = fn()
     markers[name] = {"stage": name, "seconds": round(time.time() - t0, 1), "outputs": outputs}
@@ -230,8 +210,8 @@ def run_demo(workdir: str, quick: bool = False, budget: float | None = None) -> 
                   lambda: _synthesize(cfg, workdir, corpus, run))["samples"]
   table = stage("evaluate", lambda: _evaluate(cfg, workdir, samples))["table"]
   seconds = {k: v["seconds"] for k, v in markers.items()}
-  report = stage("report", lambda: _report(cfg, workdir, samples, table, run, seconds))
-  return {"stages": markers, "table": table, "report": report["report"]}
+  written = stage("report", lambda: _report(cfg, workdir, samples, table, run, seconds))
+  return {"stages": markers, "table": table, "report": written["report"]}
 
 
 def main(argv):
@@ -240,7 +220,6 @@ def main(argv):
   workdir = _WORKDIR.value  # read before the stages import valle_jax.train (see _WORKDIR)
   if not workdir:
     raise UserError("--workdir is required: the directory for the demo's files.")
-  from valle_jax import report  # pylint: disable=g-import-not-at-top
   result = run_demo(workdir, quick=_QUICK.value, budget=_BUDGET.value)
   print("\n[demo] stage seconds: " + ", ".join(
       f"{k} {v['seconds']:.1f}" for k, v in result["stages"].items()))

@@ -460,6 +460,23 @@ def write_json(path: str, obj: Any) -> None:
   os.replace(tmp, path)
 
 
+def check_settings(path: str, settings: Mapping[str, Any], holds: str, flag: str) -> None:
+  """Saves `settings` (JSON) at `path` on a first run; on a re-run, refuses other ones with a
+  `UserError` naming the differing keys (`holds`: what the folder holds, e.g. "a demo";
+  `flag`: the flag that picks another folder)."""
+  folder = os.path.dirname(path)
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+    if saved != settings:
+      diff = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+      raise UserError(f"{folder} holds {holds} made with other settings (differing: "
+                      f"{', '.join(diff)}); re-run with the same flags or use a new {flag}.")
+  else:
+    os.makedirs(folder, exist_ok=True)
+    write_json(path, dict(settings))
+
+
 def _write_wav(path: str, wav: np.ndarray, sr: int) -> None:
   """Writes a wav atomically: an interrupted run leaves no partial file to be reused."""
   import soundfile as sf  # pylint: disable=g-import-not-at-top

@@ -32,7 +32,6 @@ Shared with `valle-jax synthesize`: --checkpoint, --nar_checkpoint, --temperatur
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from typing import Any
@@ -79,21 +78,6 @@ def _test_set(test_list: str | None, librispeech: str | None, split: str | None
   if split:
     raise UserError("--split picks rows of a --test_list; leave it out with --librispeech.")
   return evaluate.librispeech_test_list(librispeech)
-
-
-def _check_settings(out_dir: str, settings: dict[str, Any]) -> None:
-  """Saves the settings the samples are made with; refuses other ones in the same folder."""
-  path = os.path.join(out_dir, "settings.json")
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      saved = json.load(f)
-    if saved != settings:
-      diff = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
-      raise UserError(f"{out_dir} holds samples made with other settings (differing: "
-                      f"{', '.join(diff)}); re-run with the same flags or use a new --out_dir.")
-  else:
-    os.makedirs(out_dir, exist_ok=True)
-    evaluate.write_json(path, settings)
 
 
 def run(checkpoint: str, out_dir: str, *, test_list: str | None = None,
@@ -146,7 +130,8 @@ def run(checkpoint: str, out_dir: str, *, test_list: str | None = None,
               "max_seconds": hi if math.isfinite(hi) else None,
               "sample_options": dataclasses.asdict(options), "seed": seed,
               "batch_size": batch_size, "lang": lang}
-  _check_settings(out_dir, settings)
+  evaluate.check_settings(os.path.join(out_dir, "settings.json"), settings, "samples",
+                          "--out_dir")
   samples = evaluate.synthesize_samples(
       bundle.ar, nar, symbols, codec, pairs, options, os.path.join(out_dir, "samples"),
       continual=mode == "continual", prompt_seconds=prompt_seconds, lang=lang, seed=seed,

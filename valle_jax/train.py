@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import signal
 import sys
@@ -47,7 +46,7 @@ from valle_jax import checkpoint as ckpt_lib
 from valle_jax import codec as codec_lib
 from valle_jax import data as data_lib
 from valle_jax import text as text_lib
-from valle_jax import models, sharding
+from valle_jax import models, report, sharding
 from valle_jax.errors import UserError
 
 LOSSES: dict[str, Callable] = {"ar": models.ar_loss, "nar": models.nar_loss}
@@ -269,7 +268,7 @@ class MetricLogger:
       shown = {k: v for k, v in values.items() if isinstance(v, float) and "codebook" not in k}
       text = " ".join(f"{k}={v:.4g}" for k, v in shown.items())
       print(f"[{prefix}] step {step}/{self.total_steps} {text} | {rate:.2f} steps/s, "
-            f"ETA {_duration(eta)}", flush=True)
+            f"ETA {report.duration(eta)}", flush=True)
 
   def close(self):
     if self.writer is not None:
@@ -283,13 +282,6 @@ def _truncate_jsonl(path: str, last_step: int):
     kept = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
   with open(path, "w", encoding="utf-8") as f:
     f.writelines(kept)
-
-
-def _duration(seconds: float) -> str:
-  if not math.isfinite(seconds):
-    return "?"
-  seconds = int(seconds)
-  return f"{seconds // 3600}h{seconds // 60 % 60:02d}m{seconds % 60:02d}s"
 
 
 # ------------------------------------------------------------------------- the loop

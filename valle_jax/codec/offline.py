@@ -89,6 +89,10 @@ class Features:
   def dim(self) -> int:
     return 2 + self.sp_dims + self.ap_dims
 
+  def columns(self, name: str) -> slice:
+    """The columns of block `name` ("f0", "vuv", "sp" or "ap") in a feature frame."""
+    return {n: cols for n, cols, _ in self.blocks()}[name]
+
   def blocks(self) -> list[tuple[str, slice, float]]:
     """(name, columns, weight) of each block of a feature frame."""
     s = 2 + self.sp_dims
@@ -378,7 +382,7 @@ def augment(feats: Sequence[np.ndarray], cfg: FitConfig, progress: bool = True
     return list(feats)
   pw = _pyworld()
   feat = cfg.features
-  sp_cols = feat.blocks()[2][1]
+  sp_cols = feat.columns("sp")
   rng = np.random.default_rng([cfg.seed, 1])
   colour = cfg.colour * np.std([f[:, sp_cols].mean(axis=0) for f in feats], axis=0)
   freqs = np.linspace(0.0, SAMPLE_RATE / 2, _FFT_SIZE // 2 + 1)
