@@ -151,3 +151,16 @@ def test_real_dataset_reads_back(tiny_dataset):
     dataset.split("dev")
   with pytest.raises(UserError, match="not a prepared dataset"):
     data.open_dataset(str(tiny_dataset) + "/nope")
+
+
+def test_length_cache_survives_concurrent_writers(records, lengths, tmp_path):
+  # Every process of a multi-process run scans and writes the same cache file at once.
+  import concurrent.futures
+  cache = str(tmp_path / "lengths-train.npz")
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    results = list(pool.map(lambda _: data.scan_lengths(records, cache, progress=False),
+                            range(32)))
+  for got in results + [data.scan_lengths(records, cache, progress=False)]:
+    np.testing.assert_array_equal(got.frames, lengths.frames)
+    np.testing.assert_array_equal(got.speakers, lengths.speakers)
+  assert [p.name for p in tmp_path.iterdir()] == ["lengths-train.npz"]

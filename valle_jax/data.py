@@ -33,6 +33,7 @@ import bisect
 import dataclasses
 import json
 import os
+import uuid
 from typing import Any, Iterator, Sequence
 
 import grain
@@ -103,7 +104,9 @@ def scan_lengths(source, cache_path: str | None = None, progress: bool = True) -
                     np.asarray(speakers, dtype=str))
   if cache_path:
     os.makedirs(os.path.dirname(cache_path), exist_ok=True)
-    tmp = cache_path + ".tmp.npz"
+    # Every process of a multi-process run may write the cache at once: each writes
+    # its own temporary file and the atomic rename makes the last one win.
+    tmp = f"{cache_path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npz"
     np.savez(tmp, frames=lengths.frames, phonemes=lengths.phonemes, speakers=lengths.speakers)
     os.replace(tmp, cache_path)
   return lengths
