@@ -321,3 +321,18 @@ def test_paper_config_param_counts():
     abstract = nnx.eval_shape(lambda: cls(mc, rngs=nnx.Rngs(0)))   # no memory, no compute
     count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
     assert count == _expected_param_count(mc, kind), kind
+
+
+def test_token_embeddings_are_on_par_with_positions(cfg, ar_model, nar_model, batch):
+  """At initialisation a looked-up token has unit RMS (the sinusoidal positions added to it
+  have RMS ~0.7), so tokens are heard from the first step; tied NAR logits have unit scale."""
+  from valle_jax.models import layers
+  d = cfg.width
+  phonemes = jnp.asarray(batch["phonemes"])
+  positions = layers.sinusoidal_positions(jnp.arange(phonemes.shape[1])[None], d)
+  tokens = ar_model._embed_phonemes(phonemes) - positions
+  rms = lambda x: float(jnp.sqrt(jnp.mean(jnp.square(x))))
+  assert 0.8 < rms(tokens) < 1.25
+  assert 0.6 < rms(positions) < 0.8
+  logits = _apply(nar_model)(*_nar_args(batch))
+  assert 0.5 < float(jnp.std(logits)) < 2.0

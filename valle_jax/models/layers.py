@@ -20,10 +20,24 @@ from flax import nnx
 Array = jax.Array
 _NEG_INF = float(jnp.finfo(jnp.float32).min)
 
-_embed_init = jax.nn.initializers.normal(stddev=0.02)
 _dense_init = jax.nn.initializers.lecun_normal()
 _zeros = jax.nn.initializers.zeros
 _ones = jax.nn.initializers.ones
+
+
+def embed_init(width: int):
+  """Token embeddings: entries N(0, 1/D), read multiplied by `embed_scale(D)` = sqrt(D).
+
+  The Transformer's convention: a looked-up embedding has unit RMS, on par with the
+  sinusoidal positions added to it (at 0.02 it was 1/35 of them and tokens took hundreds of
+  steps to be heard over their positions), while a tied output layer that reads the table
+  unscaled gives unit-variance logits at initialisation.
+  """
+  return jax.nn.initializers.normal(stddev=width ** -0.5)
+
+
+def embed_scale(width: int) -> float:
+  return float(width) ** 0.5
 
 
 def make_param(rngs: nnx.Rngs, init, shape: tuple[int, ...],

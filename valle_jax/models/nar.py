@@ -42,7 +42,7 @@ class NARModel(nnx.Module):
     self.tie_output = cfg.nar_tie_output
     self.dtype = layers.compute_dtype(cfg.compute_dtype)
     self.dropout_rate = cfg.dropout
-    embed = jax.nn.initializers.normal(stddev=0.02)
+    embed = layers.embed_init(d)
     self.phoneme_embed = layers.make_param(rngs, embed, (cfg.phoneme_vocab_size, d),
                                            ("vocab", "embed"))
     self.audio_embed = layers.make_param(rngs, embed, (q, cfg.codebook_size, d),
@@ -83,9 +83,9 @@ class NARModel(nnx.Module):
 
     def embed_codes(codes, codebook_mask):                             # codes [B, T, Q]
       per_codebook = table[jnp.arange(q), codes]                       # [B, T, Q, D]
-      return jnp.einsum("btqd,bq->btd", per_codebook, codebook_mask)
+      return jnp.einsum("btqd,bq->btd", per_codebook, codebook_mask) * layers.embed_scale(d)
 
-    x_phon = self.phoneme_embed[...][phonemes]
+    x_phon = self.phoneme_embed[...][phonemes] * layers.embed_scale(d)
     x_phon += layers.sinusoidal_positions(jnp.arange(num_phon)[None], d)
     all_codebooks = jnp.ones((b, q), jnp.float32)
     below_stage = (jnp.arange(q)[None, :] < stage[:, None]).astype(jnp.float32)
@@ -99,7 +99,7 @@ class NARModel(nnx.Module):
     valid = [jnp.arange(n)[None, :] < lens[:, None] for n, lens in
              ((num_phon, phoneme_lens), (num_prompt, prompt_lens), (num_target, target_lens))]
     if self.stage_as_token:
-      segments.insert(0, self.stage_embed[...][stage][:, None, :])
+      segments.insert(0, self.stage_embed[...][stage][:, None, :] * layers.embed_scale(d))
       valid.insert(0, jnp.ones((b, 1), bool))
     x = jnp.concatenate(segments, axis=1).astype(self.dtype)            # [B, S, D]
     valid = jnp.concatenate(valid, axis=1)                              # [B, S]
