@@ -23,6 +23,9 @@ def base() -> ml_collections.ConfigDict:
   c.model.ar_group_size = 1          # VALL-E 2 grouped code modeling: frames per AR step
   c.model.nar_stage_conditioning = "adaln"  # "adaln" (VALL-E) | "token" (VALL-E 2)
   c.model.nar_tie_output = True      # prediction layer j tied to acoustic embedding j+1
+  # "random" (the paper) | "codec": acoustic embeddings start from the dataset codec's
+  # codebook vectors, projected to `width` (models/layers.py codebook_embeddings).
+  c.model.acoustic_embedding_init = "random"
 
   # Device mesh: sizes of the (data, fsdp, tensor) axes; -1 means "all remaining devices".
   c.mesh = ml_collections.ConfigDict()

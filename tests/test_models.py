@@ -336,3 +336,26 @@ def test_token_embeddings_are_on_par_with_positions(cfg, ar_model, nar_model, ba
   assert 0.6 < rms(positions) < 0.8
   logits = _apply(nar_model)(*_nar_args(batch))
   assert 0.5 < float(jnp.std(logits)) < 2.0
+
+
+def test_codebook_embeddings_keep_the_codec_geometry():
+  """One orthonormal projection for all codebooks: distances between entries (and between
+  sums of entries of different codebooks, the NAR's input) are the codec's, times one scale."""
+  from valle_jax.models import layers
+  rng = np.random.default_rng(0)
+  vectors = rng.normal(size=(4, 16, 5)) * np.array([1.0, 0.5, 0.25, 0.1])[:, None, None]
+  table = np.asarray(layers.codebook_embeddings(jnp.asarray(vectors), 32, jax.random.key(0)))
+  assert table.shape == (4, 16, 32)
+  np.testing.assert_allclose(np.sqrt(np.mean(table[0] ** 2)), 32 ** -0.5, rtol=1e-5)
+  flat_v, flat_t = vectors.reshape(-1, 5), table.reshape(-1, 32)
+  dist_v = np.linalg.norm(flat_v[:, None] - flat_v[None], axis=-1)
+  dist_t = np.linalg.norm(flat_t[:, None] - flat_t[None], axis=-1)
+  ratio = dist_t[dist_v > 0] / dist_v[dist_v > 0]
+  np.testing.assert_allclose(ratio, ratio[0], rtol=1e-4)
+  sums_v = vectors[0, :, None] + vectors[1, None, :]                # [16, 16, 5]
+  sums_t = table[0, :, None] + table[1, None, :]
+  np.testing.assert_allclose(np.linalg.norm(sums_t[3, 4] - sums_t[7, 1]),
+                             ratio[0] * np.linalg.norm(sums_v[3, 4] - sums_v[7, 1]), rtol=1e-4)
+  wide = layers.codebook_embeddings(jnp.asarray(rng.normal(size=(2, 8, 64))), 16,
+                                    jax.random.key(0))
+  assert wide.shape == (2, 8, 16) and bool(jnp.all(jnp.isfinite(wide)))

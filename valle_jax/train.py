@@ -47,6 +47,7 @@ from valle_jax import codec as codec_lib
 from valle_jax import data as data_lib
 from valle_jax import text as text_lib
 from valle_jax import models, report, sharding
+from valle_jax.models import layers
 from valle_jax.errors import UserError
 
 LOSSES: dict[str, Callable] = {"ar": models.ar_loss, "nar": models.nar_loss}
@@ -136,20 +137,38 @@ class Trainer:
 
   # -- state -----------------------------------------------------------------------
 
-  def init_state(self) -> dict[str, Any]:
-    """Fresh parameters and optimiser state, created directly in their shardings."""
-    cfg = self.cfg
+  def init_state(self, codebook_vectors: np.ndarray | None = None) -> dict[str, Any]:
+    """Fresh parameters and optimiser state, created directly in their shardings.
 
-    def init():
+    `codebook_vectors` [Q, K, C] (the codec's, for `acoustic_embedding_init = "codec"`)
+    replace the acoustic embeddings by `layers.codebook_embeddings` of them: the NAR's
+    whole table, the AR's code rows (codebook 1; EOS and BOS stay random).
+    """
+    cfg = self.cfg
+    if codebook_vectors is not None:
+      expected = (cfg.model.num_codebooks, cfg.model.codebook_size)
+      if tuple(codebook_vectors.shape[:2]) != expected:
+        raise UserError(f"the codec's codebooks are {codebook_vectors.shape[:2]}, the model "
+                        f"expects {expected} (num_codebooks, codebook_size).")
+
+    def init(vectors):
       params = {}
       for i, name in enumerate(self.names):
         model = MODEL_CLASSES[name](cfg.model, rngs=nnx.Rngs(params=cfg.seed + i))
         params[name] = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+      if vectors is not None:
+        table = layers.codebook_embeddings(vectors, cfg.model.width,
+                                           jax.random.key(cfg.seed + 200))   # [Q, K, D]
+        if "ar" in params:
+          params["ar"]["audio_embed"] = params["ar"]["audio_embed"].at[:table.shape[1]].set(
+              table[0])
+        if "nar" in params:
+          params["nar"]["audio_embed"] = table
       return {"params": params,
               "optimizer": {"opt_state": self.tx.init(params), "step": jnp.int32(0),
                             "rng": jax.random.key_data(jax.random.key(cfg.seed + 100)),
                             "nan_streak": jnp.int32(0), "skipped": jnp.int32(0)}}
-    return jax.jit(init, out_shardings=self.state_shardings)()
+    return jax.jit(init, out_shardings=self.state_shardings)(codebook_vectors)
 
   def abstract_for_restore(self):
     return ckpt_lib.abstract_with_shardings(self.abstract_state, self.state_shardings)
@@ -363,7 +382,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     data_iter.set_state(restored["data"])
     start = latest
   else:
-    state = trainer.init_state()
+    state = trainer.init_state(_codebook_vectors(cfg, codec))
     start = 0
   log = print if jax.process_index() == 0 else (lambda *a, **k: None)
   log(f"[train] {cfg.train.model} on mesh {dict(mesh.shape)} "
@@ -414,6 +433,17 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     checkpointer.close()
     logger.close()
   return {"step": step, "metrics": last, "state": state}
+
+
+def _codebook_vectors(cfg, codec_description) -> np.ndarray | None:
+  """The dataset codec's codebook vectors when `model.acoustic_embedding_init` is "codec"."""
+  choice = cfg.model.acoustic_embedding_init
+  if choice == "random":
+    return None
+  if choice != "codec":
+    raise UserError(f"model.acoustic_embedding_init must be 'random' or 'codec', got "
+                    f"{choice!r}.")
+  return np.asarray(codec_lib.get_codec(codec_description).codebook_vectors(), np.float32)
 
 
 def _save(checkpointer, step, state, data_iter, *, cfg, symbols, codec, force=False):
