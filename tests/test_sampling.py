@@ -56,7 +56,7 @@ def _full_forward(model, phonemes, phoneme_lens, audio, audio_lens):
 SAMPLED = sampling.SampleOptions(top_p=0.9, ras=True, max_frames_per_phoneme=6.0)
 
 
-@pytest.fixture(scope="module", params=[(1, 6.5, 2), (2, 4.0, 0)], ids=["G1", "G2"])
+@pytest.fixture(scope="module", params=[(1, 6.5, 2), (2, 5.0, 0)], ids=["G1", "G2"])
 def sampled(request):
   """(model, batch, output) with EOS biased so that, for this key, the three sequences end
   at different steps (with G = 2, inside a group too)."""
