@@ -70,6 +70,12 @@ def test_pocketsphinx_recognises_clear_speech(clips):
   # the same audio at another rate gives the same words
   from valle_jax.audio import resample
   assert asr.transcribe(resample(clips["flite:slt"][0], 16000, 24000), 24000).split() == hyp.split()
+  # a transcript does not depend on what was transcribed before it
+  wavs = clips["flite:slt"] + clips["espeak-ng:en-us"]
+  forward = [asr.transcribe(w, 16000) for w in wavs]
+  backward = [asr.transcribe(w, 16000) for w in wavs[::-1]][::-1]
+  assert forward == backward
+  assert forward[0] == hyp
 
 
 @needs_tts
