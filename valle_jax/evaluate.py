@@ -28,6 +28,7 @@ import inspect
 import json
 import os
 import re
+import threading
 import unicodedata
 import warnings
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
@@ -122,20 +123,22 @@ class PocketSphinxAsr:
     except ImportError:
       raise UserError("pocketsphinx is not installed; `pip install -e .[eval]` "
                       "(scripts/install.sh does).") from None
-    self._decoder_class = Decoder
+    self._decoder = Decoder(samprate=self.sample_rate, loglevel="FATAL")
+    self._lock = threading.Lock()
 
   def transcribe(self, wav: np.ndarray, sr: int) -> str:
     from valle_jax.audio import resample  # pylint: disable=g-import-not-at-top
     wav = resample(_as_mono(wav), sr, self.sample_rate)
     pcm = (np.clip(wav, -1.0, 1.0) * 32767).astype("<i2").tobytes()
-    # A fresh decoder (0.6 s) per utterance: one decoder adapts its feature normalisation
-    # from utterance to utterance (resetting its cepstral mean is not enough), so its
-    # transcripts depended on what it had decoded before (2 of 8 changed with the order).
-    decoder = self._decoder_class(samprate=self.sample_rate, loglevel="FATAL")
-    decoder.start_utt()
-    decoder.process_raw(pcm, full_utt=True)
-    decoder.end_utt()
-    hyp = decoder.hyp()
+    with self._lock:  # one decoder, one utterance at a time
+      # The decoder adapts its feature normalisation from utterance to utterance, so a
+      # transcript depended on what was decoded before it (2 of 8 changed with the order;
+      # resetting only the cepstral mean was not enough): each utterance starts afresh.
+      self._decoder.reinit_feat()
+      self._decoder.start_utt()
+      self._decoder.process_raw(pcm, full_utt=True)
+      self._decoder.end_utt()
+      hyp = self._decoder.hyp()
     return hyp.hypstr if hyp is not None else ""
 
 

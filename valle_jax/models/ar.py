@@ -75,7 +75,7 @@ class ARModel(nnx.Module):
   def _embed_phonemes(self, phonemes: Array) -> Array:
     """phonemes [B, L] -> [B, L, D] (compute dtype), positions 0..L-1."""
     d = self.phoneme_embed.shape[1]
-    x = self.phoneme_embed[...][phonemes] * layers.embed_scale(d)
+    x = layers.embed(self.phoneme_embed[...], phonemes)
     x = x + layers.sinusoidal_positions(jnp.arange(phonemes.shape[1])[None], d)
     return x.astype(self.dtype)
 
@@ -83,7 +83,7 @@ class ARModel(nnx.Module):
     """tokens [B, T, G], positions [B, T] -> [B, T, D] (compute dtype)."""
     b, t, g = tokens.shape
     d = self.audio_embed.shape[1]
-    x = self.audio_embed[...][tokens] * layers.embed_scale(d)  # [B, T, G, D]
+    x = layers.embed(self.audio_embed[...], tokens)           # [B, T, G, D]
     if g > 1:
       x = x.reshape(b, t, g * d) @ self.group_proj[...]
     else:

@@ -26,7 +26,7 @@ _ones = jax.nn.initializers.ones
 
 
 def embed_init(width: int):
-  """Token embeddings: entries N(0, 1/D), read multiplied by `embed_scale(D)` = sqrt(D).
+  """Token embeddings: entries N(0, 1/D), read by `embed` times sqrt(D).
 
   The Transformer's convention: a looked-up embedding has unit RMS, on par with the
   sinusoidal positions added to it (at 0.02 it was 1/35 of them and tokens took hundreds of
@@ -36,8 +36,9 @@ def embed_init(width: int):
   return jax.nn.initializers.normal(stddev=width ** -0.5)
 
 
-def embed_scale(width: int) -> float:
-  return float(width) ** 0.5
+def embed(table: Array, ids: Array) -> Array:
+  """Rows `ids` of an embedding table [..., V, D], times sqrt(D) (see `embed_init`)."""
+  return table[ids] * table.shape[-1] ** 0.5
 
 
 def codebook_embeddings(vectors: Array, width: int, key: Array) -> Array:

@@ -82,10 +82,10 @@ class NARModel(nnx.Module):
     table = self.audio_embed[...]                                      # [Q, V, D]
 
     def embed_codes(codes, codebook_mask):                             # codes [B, T, Q]
-      per_codebook = table[jnp.arange(q), codes]                       # [B, T, Q, D]
-      return jnp.einsum("btqd,bq->btd", per_codebook, codebook_mask) * layers.embed_scale(d)
+      per_codebook = layers.embed(table, (jnp.arange(q), codes))      # [B, T, Q, D]
+      return jnp.einsum("btqd,bq->btd", per_codebook, codebook_mask)
 
-    x_phon = self.phoneme_embed[...][phonemes] * layers.embed_scale(d)
+    x_phon = layers.embed(self.phoneme_embed[...], phonemes)
     x_phon += layers.sinusoidal_positions(jnp.arange(num_phon)[None], d)
     all_codebooks = jnp.ones((b, q), jnp.float32)
     below_stage = (jnp.arange(q)[None, :] < stage[:, None]).astype(jnp.float32)
@@ -99,7 +99,7 @@ class NARModel(nnx.Module):
     valid = [jnp.arange(n)[None, :] < lens[:, None] for n, lens in
              ((num_phon, phoneme_lens), (num_prompt, prompt_lens), (num_target, target_lens))]
     if self.stage_as_token:
-      segments.insert(0, self.stage_embed[...][stage][:, None, :] * layers.embed_scale(d))
+      segments.insert(0, layers.embed(self.stage_embed[...], stage)[:, None, :])
       valid.insert(0, jnp.ones((b, 1), bool))
     x = jnp.concatenate(segments, axis=1).astype(self.dtype)            # [B, S, D]
     valid = jnp.concatenate(valid, axis=1)                              # [B, S]
