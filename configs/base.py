@@ -53,6 +53,11 @@ def base() -> ml_collections.ConfigDict:
   c.data.max_batch_size = 64
   c.data.prompt_seconds = 3.0       # NAR acoustic prompt length
   c.data.prompt_from_other_utterance = False   # True: prompt from another utterance, same speaker
+  # Probability that an example is another utterance of its speaker followed by itself
+  # (concatenated; data.py): for corpora of short utterances, so training sequences are as
+  # long as zero-shot ones (prompt + text). 0 = single utterances (the paper's LibriLight).
+  c.data.same_speaker_pairs = 0.0
+  c.data.nar_stage_weights = ()     # NAR stage sampling, one weight per codebook 2..Q; () = uniform
   c.data.num_threads = 2            # Grain reader threads
   c.data.prefetch = 4               # batches prepared ahead
 

@@ -36,31 +36,38 @@ def lengths(records):
   return data.scan_lengths(records, progress=False)
 
 
+def _utterances(plan, index):
+  return plan.batch(index)[1][:, 1]
+
+
 def test_plan_buckets_and_token_budget(lengths):
   plan = data.BatchPlan(lengths, _cfg(), seed=0, batch_multiple=2)
-  for bucket in plan.buckets:
-    assert bucket.batch_size % 2 == 0
+  for bucket, examples in plan.epoch(0):
+    assert bucket.batch_size % 2 == 0 and examples.shape == (bucket.batch_size, 2)
     assert bucket.batch_size <= 6 and (bucket.batch_size * bucket.frames <= 800
                                        or bucket.batch_size == 2)
-    assert np.all(lengths.frames[bucket.members] <= bucket.frames)
-    assert np.all(lengths.phonemes[bucket.members] <= bucket.phonemes)
-  placed = np.concatenate([b.members for b in plan.buckets])
+    assert np.all(examples[:, 0] == -1)                     # no pairs by default
+    assert np.all(lengths.frames[examples[:, 1]] <= bucket.frames)
+    assert np.all(lengths.phonemes[examples[:, 1]] <= bucket.phonemes)
+    smaller = [f for f in (100, 200, 300) if f < bucket.frames]
+    assert not smaller or np.all(lengths.frames[examples[:, 1]] > max(smaller))
+  placed = {int(i) for _, examples in plan.epoch(0) for i in examples[:, 1]}
   assert len(placed) + plan.dropped == len(lengths.frames)
   assert plan.dropped == 0
 
 
 def test_every_example_each_epoch_deterministic(lengths):
   plan = data.BatchPlan(lengths, _cfg(), seed=3, batch_multiple=2)
-  seen = np.concatenate([plan.batch(i)[1] for i in range(plan.batches_per_epoch)])
+  seen = np.concatenate([_utterances(plan, i) for i in range(plan.batches_per_epoch)])
   assert set(seen.tolist()) == set(range(len(lengths.frames)))   # none lost
   # Wrap-around fill repeats at most (batch size - 1) examples per bucket.
-  assert len(seen) - len(set(seen.tolist())) < sum(b.batch_size for b in plan.buckets)
+  assert len(seen) - len(set(seen.tolist())) < sum(b.batch_size for b, _ in plan.epoch(0))
   again = data.BatchPlan(lengths, _cfg(), seed=3, batch_multiple=2)
   for i in range(2 * plan.batches_per_epoch):
     np.testing.assert_array_equal(plan.batch(i)[1], again.batch(i)[1])
-  other_epoch = [plan.batch(plan.batches_per_epoch + i)[1].tolist()
+  other_epoch = [_utterances(plan, plan.batches_per_epoch + i).tolist()
                  for i in range(plan.batches_per_epoch)]
-  assert other_epoch != [plan.batch(i)[1].tolist() for i in range(plan.batches_per_epoch)]
+  assert other_epoch != [_utterances(plan, i).tolist() for i in range(plan.batches_per_epoch)]
 
 
 def test_too_long_examples_are_left_out_and_reported(lengths):
@@ -76,7 +83,8 @@ def test_loader_pads_and_masks(records, lengths):
   loader = data.BatchLoader(records, plan, _cfg(), kind="both", num_codebooks=8,
                             frame_rate=75.0)
   batch = loader(0)
-  bucket, members = plan.batch(0)
+  bucket, examples = plan.batch(0)
+  members = examples[:, 1]
   ar, nar = batch["ar"], batch["nar"]
   assert ar["codes"].shape == (bucket.batch_size, bucket.frames, 1)
   assert ar["phonemes"].shape == (bucket.batch_size, bucket.phonemes)
@@ -101,8 +109,7 @@ def test_prompt_from_other_utterance_of_same_speaker(records, lengths):
   plan = data.BatchPlan(lengths, cfg, seed=0)
   loader = data.BatchLoader(records, plan, cfg, kind="nar", num_codebooks=8, frame_rate=75.0)
   batch = loader(1)["nar"]
-  _, members = plan.batch(1)
-  for row, index in enumerate(members):
+  for row, index in enumerate(_utterances(plan, 1)):
     assert batch["code_lens"][row] == len(records[index]["codes"])   # whole utterance
     prompt = batch["prompt_codes"][row, :batch["prompt_lens"][row]]
     # The prompt is a crop of another utterance by the same speaker.
@@ -120,7 +127,7 @@ def test_processes_get_disjoint_rows(records, lengths):
   plan = data.BatchPlan(lengths, _cfg(), seed=0, batch_multiple=2)
   parts = [data.BatchLoader(records, plan, _cfg(), kind="ar", num_codebooks=8, frame_rate=75.0,
                             process_index=p, process_count=2)(4)["index"] for p in range(2)]
-  np.testing.assert_array_equal(np.concatenate(parts), plan.batch(4)[1])
+  np.testing.assert_array_equal(np.concatenate(parts), _utterances(plan, 4))
 
 
 def test_iterator_state_resumes_exactly(records, lengths):
@@ -164,3 +171,100 @@ def test_length_cache_survives_concurrent_writers(records, lengths, tmp_path):
     np.testing.assert_array_equal(got.frames, lengths.frames)
     np.testing.assert_array_equal(got.speakers, lengths.speakers)
   assert [p.name for p in tmp_path.iterdir()] == ["lengths-train.npz"]
+
+
+def _pairs_cfg(p=1.0, **changes):
+  return _cfg(**{"frame_buckets": (100, 200, 300, 600), "phoneme_buckets": (32, 64, 128),
+                 "same_speaker_pairs": p, **changes})
+
+
+def test_same_speaker_pairs_change_each_epoch_and_cover_every_utterance(records, lengths):
+  plan = data.BatchPlan(lengths, _pairs_cfg(), seed=0, batch_multiple=2)
+  partners = [plan.partners(e) for e in range(3)]
+  for partner in partners:
+    assert np.all(partner >= 0)                         # p = 1 and every pair fits
+    assert np.all(partner != np.arange(len(partner)))
+    assert np.all(lengths.speakers[partner] == lengths.speakers)
+  assert not np.array_equal(partners[0], partners[1])   # new partners each epoch
+  start = 0
+  for epoch in range(3):
+    end = plan.batch_offset(epoch + 1)
+    assert end - start == len(plan.epoch(epoch))
+    seen = np.concatenate([plan.batch(i)[1] for i in range(start, end)])
+    assert set(seen[:, 1].tolist()) == set(range(len(lengths.frames)))
+    np.testing.assert_array_equal(seen[:, 0], partners[epoch][seen[:, 1]])
+    for bucket, examples in plan.epoch(epoch):        # a pair is bucketed by its own length
+      both = lengths.frames[examples[:, 0]] + lengths.frames[examples[:, 1]]
+      assert np.all(both <= bucket.frames)
+    start = end
+  again = data.BatchPlan(lengths, _pairs_cfg(), seed=0, batch_multiple=2)
+  for i in reversed(range(start)):                      # random access, any order
+    np.testing.assert_array_equal(again.batch(i)[1], plan.batch(i)[1])
+  # The loader concatenates partner then utterance, for the AR and the NAR.
+  loader = data.BatchLoader(records, plan, _pairs_cfg(), kind="both", num_codebooks=8,
+                            frame_rate=75.0)
+  batch = loader(start - 1)
+  for row, (partner, index) in enumerate(plan.batch(start - 1)[1]):
+    codes = np.concatenate([records[partner]["codes"], records[index]["codes"]])
+    phonemes = np.concatenate([records[partner]["phonemes"], records[index]["phonemes"]])
+    n = len(codes)
+    assert batch["ar"]["code_lens"][row] == n and batch["index"][row] == index
+    np.testing.assert_array_equal(batch["ar"]["codes"][row, :n, 0], codes[:, 0])
+    np.testing.assert_array_equal(batch["ar"]["phonemes"][row, :len(phonemes)], phonemes)
+    p = batch["nar"]["prompt_lens"][row]
+    np.testing.assert_array_equal(batch["nar"]["prompt_codes"][row, :p], codes[:p])
+    np.testing.assert_array_equal(batch["nar"]["codes"][row, :n - p], codes[p:])
+
+
+def test_pairs_that_do_not_fit_stay_single_and_probability_is_honoured(lengths):
+  cfg = _pairs_cfg(0.5, frame_buckets=(100, 200, 300))
+  plan = data.BatchPlan(lengths, cfg, seed=1)
+  paired = np.concatenate([plan.partners(e) for e in range(40)]).reshape(40, -1)
+  both = lengths.frames[paired] + lengths.frames[None, :]
+  assert np.all(both[paired >= 0] <= 300)
+  fits_with_someone = [any(lengths.frames[j] + lengths.frames[i] <= 300
+                           for j in range(len(lengths.frames))
+                           if j != i and lengths.speakers[j] == lengths.speakers[i])
+                       for i in range(len(lengths.frames))]
+  assert np.all(paired[:, ~np.asarray(fits_with_someone)] == -1)
+  # Examples whose every same-speaker partner fits are paired about half the time.
+  always_fits = [i for i in range(len(lengths.frames))
+                 if all(lengths.frames[j] + lengths.frames[i] <= 300
+                        for j in range(len(lengths.frames)) if lengths.speakers[j] == lengths.speakers[i])]
+  assert always_fits
+  rate = np.mean(paired[:, always_fits] >= 0)
+  assert 0.4 < rate < 0.6, rate
+  with pytest.raises(UserError, match="same_speaker_pairs"):
+    data.BatchPlan(lengths, _pairs_cfg(1.5), seed=0)
+
+
+def test_pairs_resume_exactly_across_epochs(records, lengths):
+  plan = data.BatchPlan(lengths, _pairs_cfg(), seed=0)
+  loader = data.BatchLoader(records, plan, _pairs_cfg(), kind="ar", num_codebooks=8,
+                            frame_rate=75.0)
+  total = plan.batch_offset(2) + 2                      # into the third epoch
+  it = data.batch_iterator(loader, total)
+  for _ in range(plan.batch_offset(1) - 1):
+    next(it)
+  state = it.get_state()
+  rest = [next(it) for _ in range(total - plan.batch_offset(1) + 1)]
+  resumed = data.batch_iterator(loader, total)
+  resumed.set_state(state)
+  for expected in rest:
+    got = next(resumed)
+    np.testing.assert_array_equal(got["ar"]["codes"], expected["ar"]["codes"])
+  with pytest.raises(StopIteration):
+    next(resumed)
+
+
+def test_nar_stage_weights(records, lengths):
+  cfg = _cfg(nar_stage_weights=(3, 1, 0, 0, 0, 0, 0))
+  plan = data.BatchPlan(lengths, cfg, seed=0)
+  loader = data.BatchLoader(records, plan, cfg, kind="nar", num_codebooks=8, frame_rate=75.0)
+  stages = np.concatenate([loader(i)["nar"]["stage"] for i in range(3 * plan.batches_per_epoch)])
+  assert set(stages.tolist()) == {1, 2}                 # codebooks 2 and 3 only (0-based 1, 2)
+  assert 0.6 < np.mean(stages == 1) < 0.9
+  for bad in [(1, 2), (0,) * 7, (1, -1, 1, 1, 1, 1, 1)]:
+    with pytest.raises(UserError, match="nar_stage_weights"):
+      data.BatchLoader(records, plan, _cfg(nar_stage_weights=bad), kind="nar",
+                       num_codebooks=8, frame_rate=75.0)

@@ -16,8 +16,15 @@ Batching (deterministic from the seed):
   bucket, however long the run.
 - Epoch e shuffles each bucket with seed (seed, e), cuts it into batches (the last one
   filled up by wrapping around, so no example is ever left out) and shuffles batch order.
-  Global batch i is batch i % n of epoch i // n: a pure function of i, so the iterator
-  state is just the next i (Grain's `next_index`) and resuming is exact.
+  Global batch i is batch i - (first batch of e) of the epoch e it falls in: a pure function
+  of i, so the iterator state is just the next i (Grain's `next_index`) and resuming is exact.
+- Same-speaker pairs (`same_speaker_pairs = p`, default 0): in each epoch, each example is,
+  with probability p, another utterance of its speaker (drawn with seed (seed, e)) followed by
+  itself, phonemes and codes concatenated, when the pair fits the largest bucket. Training
+  sequences then look like zero-shot inference's (an utterance of the voice, then new text
+  in it) even when a corpus's utterances are short: trained on single 4 s utterances, the AR
+  learns to stop where they stop and ends zero-shot speech early. Pairs are bucketed by
+  their own lengths, so an epoch's batch count depends on e.
 - Multi-host: every process computes the same plan and loads only its own rows of each
   global batch (rows [p * B / P, (p + 1) * B / P)).
 
@@ -25,7 +32,8 @@ NAR batches add an acoustic prompt per example: by default a random prefix of ab
 `prompt_seconds` (at most half the utterance) with the rest of the utterance as target —
 zero-shot inference's layout — or, with `prompt_from_other_utterance`, a random crop of
 another utterance of the same speaker with the whole utterance as target (the paper's
-option). The stage (codebook to predict, 0-based in [1, Q)) is drawn uniformly per example.
+option). The stage (codebook to predict, 0-based in [1, Q)) is drawn per example, uniformly
+or with the probabilities `nar_stage_weights` (one weight per codebook 2..Q) give.
 """
 from __future__ import annotations
 
@@ -33,6 +41,7 @@ import bisect
 import dataclasses
 import json
 import os
+import threading
 import uuid
 from typing import Any, Iterator, Sequence
 
@@ -124,61 +133,137 @@ class Bucket:
   frames: int
   phonemes: int
   batch_size: int            # global
-  members: np.ndarray        # example indices
 
 
 class BatchPlan:
-  """The deterministic schedule of global batches (see the module docstring)."""
+  """The deterministic schedule of global batches (see the module docstring).
+
+  An example is a pair of rows (partner, utterance): `partner` is -1 for a single utterance,
+  else another utterance of the same speaker that comes first (`same_speaker_pairs`).
+  """
 
   def __init__(self, lengths: Lengths, data_cfg, *, seed: int, batch_multiple: int = 1):
     self.seed = seed
     self.lengths = lengths
-    frame_buckets = sorted(int(b) for b in data_cfg.frame_buckets)
-    phoneme_buckets = sorted(int(b) for b in data_cfg.phoneme_buckets)
-    assignment: dict[tuple[int, int], list[int]] = {}
-    self.dropped = 0
-    for i, (nf, nph) in enumerate(zip(lengths.frames, lengths.phonemes)):
-      fi = bisect.bisect_left(frame_buckets, nf)
-      pi = bisect.bisect_left(phoneme_buckets, nph)
-      if fi == len(frame_buckets) or pi == len(phoneme_buckets):
-        self.dropped += 1
-        continue
-      assignment.setdefault((frame_buckets[fi], phoneme_buckets[pi]), []).append(i)
-    if not assignment:
-      raise UserError(f"no example fits the length buckets (frames <= {frame_buckets[-1]}, "
-                      f"phonemes <= {phoneme_buckets[-1]}); raise config.data.frame_buckets / "
-                      "phoneme_buckets.")
-    self.buckets = []
-    for (nf, nph), members in sorted(assignment.items()):
-      size = min(data_cfg.max_tokens // nf, data_cfg.max_batch_size)
-      size = max(batch_multiple, size // batch_multiple * batch_multiple)
-      self.buckets.append(Bucket(nf, nph, size, np.asarray(members)))
-    self.batches_per_epoch = sum(-(-len(b.members) // b.batch_size) for b in self.buckets)
-    self._epoch_cache: dict[int, list[tuple[int, np.ndarray]]] = {}
+    self.frame_buckets = np.asarray(sorted(int(b) for b in data_cfg.frame_buckets))
+    self.phoneme_buckets = np.asarray(sorted(int(b) for b in data_cfg.phoneme_buckets))
+    self.pair_probability = float(data_cfg.get("same_speaker_pairs", 0.0))
+    if not 0.0 <= self.pair_probability <= 1.0:
+      raise UserError("config.data.same_speaker_pairs is a probability in [0, 1], got "
+                      f"{self.pair_probability}.")
+    self.batch_sizes = np.empty((len(self.frame_buckets), len(self.phoneme_buckets)), np.int64)
+    for fi, nf in enumerate(self.frame_buckets):
+      size = min(data_cfg.max_tokens // int(nf), data_cfg.max_batch_size)
+      self.batch_sizes[fi, :] = max(batch_multiple, size // batch_multiple * batch_multiple)
+    # Same-speaker groups: example i is order[group_start[i] + position_in_group[i]].
+    speakers = np.asarray(lengths.speakers)
+    self._order = np.argsort(speakers, kind="stable")
+    _, first, counts = np.unique(speakers[self._order], return_index=True, return_counts=True)
+    self._group_size = np.empty(len(speakers), np.int64)
+    self._group_start = np.empty(len(speakers), np.int64)
+    self._position_in_group = np.empty(len(speakers), np.int64)
+    for start, count in zip(first, counts):
+      members = self._order[start:start + count]
+      self._group_size[members], self._group_start[members] = count, start
+      self._position_in_group[members] = np.arange(count)
+    single = self._bucket_of(lengths.frames, lengths.phonemes)
+    self.dropped = int(np.sum(single < 0))
+    if self.dropped == len(single):
+      raise UserError(f"no example fits the length buckets (frames <= {self.frame_buckets[-1]}, "
+                      f"phonemes <= {self.phoneme_buckets[-1]}); raise config.data.frame_buckets"
+                      " / phoneme_buckets.")
+    self._lock = threading.RLock()
+    self._epoch_starts = [0]            # global index of each epoch's first batch, computed lazily
+    self._epoch_cache: dict[int, list[tuple[Bucket, np.ndarray]]] = {}
 
-  def epoch(self, epoch: int) -> list[tuple[int, np.ndarray]]:
-    """[(bucket index, global example indices [batch_size])] for one epoch."""
+  def _bucket_of(self, frames: np.ndarray, phonemes: np.ndarray) -> np.ndarray:
+    """Flat index (frame bucket * #phoneme buckets + phoneme bucket) per example; -1: too long."""
+    fi = np.searchsorted(self.frame_buckets, frames, side="left")
+    pi = np.searchsorted(self.phoneme_buckets, phonemes, side="left")
+    fits = (fi < len(self.frame_buckets)) & (pi < len(self.phoneme_buckets))
+    return np.where(fits, fi * len(self.phoneme_buckets) + pi, -1)
+
+  def partners(self, epoch: int) -> np.ndarray:
+    """int [N]: the utterance each example is paired with in `epoch` (-1: none)."""
+    n = len(self.lengths.frames)
+    if self.pair_probability == 0.0:
+      return np.full((n,), -1, np.int64)
+    rng = np.random.default_rng([self.seed, epoch, 2])
+    paired = (rng.random(n) < self.pair_probability) & (self._group_size > 1)
+    offset = (rng.random(n) * (self._group_size - 1)).astype(np.int64)   # among the others
+    offset += offset >= self._position_in_group
+    partner = self._order[self._group_start + np.minimum(offset, self._group_size - 1)]
+    frames = self.lengths.frames + self.lengths.frames[partner]
+    phonemes = self.lengths.phonemes + self.lengths.phonemes[partner]
+    paired &= self._bucket_of(frames, phonemes) >= 0        # a pair too long stays single
+    return np.where(paired, partner, -1)
+
+  def epoch(self, epoch: int) -> list[tuple[Bucket, np.ndarray]]:
+    """[(bucket, examples int [batch_size, 2] of (partner, utterance))] for one epoch."""
+    with self._lock:          # Grain's reader threads share the plan
+      return self._epoch_locked(epoch)
+
+  def _epoch_locked(self, epoch: int) -> list[tuple[Bucket, np.ndarray]]:
     if epoch not in self._epoch_cache:
+      partner = self.partners(epoch)
+      pair = partner >= 0
+      frames = self.lengths.frames + np.where(pair, self.lengths.frames[partner], 0)
+      phonemes = self.lengths.phonemes + np.where(pair, self.lengths.phonemes[partner], 0)
+      bucket_of = self._bucket_of(frames, phonemes)
+      examples = np.stack([partner, np.arange(len(partner))], axis=1)     # [N, 2]
       rng = np.random.default_rng([self.seed, epoch])
       batches = []
-      for bi, bucket in enumerate(self.buckets):
-        order = rng.permutation(bucket.members)
+      num_phoneme_buckets = len(self.phoneme_buckets)
+      for flat in np.unique(bucket_of[bucket_of >= 0]):
+        fi, pi = divmod(int(flat), num_phoneme_buckets)
+        bucket = Bucket(int(self.frame_buckets[fi]), int(self.phoneme_buckets[pi]),
+                        int(self.batch_sizes[fi, pi]))
+        order = examples[rng.permutation(np.flatnonzero(bucket_of == flat))]
         n = -(-len(order) // bucket.batch_size)
-        order = np.resize(order, n * bucket.batch_size)       # wrap to fill the last batch
-        batches += [(bi, chunk) for chunk in order.reshape(n, bucket.batch_size)]
-      self._epoch_cache = {epoch: [batches[j] for j in rng.permutation(len(batches))]}
+        order = np.resize(order, (n * bucket.batch_size, 2))    # wrap to fill the last batch
+        batches += [(bucket, chunk) for chunk in order.reshape(n, bucket.batch_size, 2)]
+      self._epoch_cache[epoch] = [batches[j] for j in rng.permutation(len(batches))]
+      while len(self._epoch_cache) > 2:       # readers near an epoch boundary need two
+        del self._epoch_cache[next(iter(self._epoch_cache))]
     return self._epoch_cache[epoch]
 
+  @property
+  def batches_per_epoch(self) -> int:
+    """Batches in epoch 0 (every epoch has this many without `same_speaker_pairs`)."""
+    return self.batch_offset(1)
+
+  def batch_offset(self, epoch: int) -> int:
+    """Global index of the first batch of `epoch`."""
+    with self._lock:
+      while len(self._epoch_starts) <= epoch:
+        previous = len(self._epoch_starts) - 1
+        self._epoch_starts.append(self._epoch_starts[-1] + len(self._epoch_locked(previous)))
+      return self._epoch_starts[epoch]
+
   def batch(self, index: int) -> tuple[Bucket, np.ndarray]:
-    bucket_index, members = self.epoch(index // self.batches_per_epoch)[
-        index % self.batches_per_epoch]
-    return self.buckets[bucket_index], members
+    """Global batch `index` -> (its bucket, examples int [batch_size, 2] (partner, utterance))."""
+    if self.pair_probability == 0.0:      # every epoch has the same number of batches
+      epoch = index // self.batches_per_epoch
+    else:                                 # epochs differ in length: walk their start indices
+      epoch = 0
+      while self.batch_offset(epoch + 1) <= index:
+        epoch = max(epoch + 1, bisect.bisect_right(self._epoch_starts, index) - 1)
+    return self.epoch(epoch)[index - self.batch_offset(epoch)]
 
   def describe(self) -> str:
-    parts = [f"{b.frames}f/{b.phonemes}p x{b.batch_size} ({len(b.members)} ex)"
-             for b in self.buckets]
-    return (f"{len(self.lengths.frames) - self.dropped} examples in {len(self.buckets)} "
-            f"buckets [{', '.join(parts)}], {self.batches_per_epoch} batches/epoch"
+    members: dict[tuple[int, int, int], set[int]] = {}
+    for bucket, examples in self.epoch(0):
+      key = (bucket.frames, bucket.phonemes, bucket.batch_size)
+      members.setdefault(key, set()).update(examples[:, 1].tolist())
+    counts = {key: len(m) for key, m in members.items()}        # wrap-around fill not counted
+    parts = [f"{f}f/{p}p x{b} ({n} ex)" for (f, p, b), n in sorted(counts.items())]
+    placed = len(self.lengths.frames) - self.dropped
+    pairs = ""
+    if self.pair_probability:
+      paired = int(np.sum(self.partners(0) >= 0))
+      pairs = f" ({paired} of the {placed} examples follow a same-speaker partner)"
+    return (f"{placed} examples in {len(counts)} buckets [{', '.join(parts)}], "
+            f"{self.batches_per_epoch} batches in epoch 0{pairs}"
             + (f", {self.dropped} longer than the largest bucket left out" if self.dropped else ""))
 
 
@@ -193,6 +278,8 @@ class BatchLoader:
     self.num_codebooks = num_codebooks
     self.prompt_frames = max(1, int(round(data_cfg.prompt_seconds * frame_rate)))
     self.prompt_from_other = bool(data_cfg.prompt_from_other_utterance)
+    self.stage_probabilities = _stage_probabilities(
+        tuple(data_cfg.get("nar_stage_weights", ())), num_codebooks)
     self.process_index, self.process_count = process_index, process_count
     if self.prompt_from_other:
       self._by_speaker: dict[str, list[int]] = {}
@@ -200,17 +287,27 @@ class BatchLoader:
         self._by_speaker.setdefault(str(s), []).append(i)
 
   def __call__(self, index: int) -> dict[str, np.ndarray]:
-    bucket, members = self.plan.batch(index)
-    rows = len(members) // self.process_count
-    mine = members[self.process_index * rows:(self.process_index + 1) * rows]
-    records = [self.source[int(i)] for i in mine]
-    batch: dict[str, Any] = {"index": np.asarray(mine, np.int64)}
+    bucket, examples = self.plan.batch(index)
+    rows = len(examples) // self.process_count
+    mine = examples[self.process_index * rows:(self.process_index + 1) * rows]
+    records = [self._record(int(partner), int(i)) for partner, i in mine]
+    batch: dict[str, Any] = {"index": np.asarray(mine[:, 1], np.int64)}
     if self.kind in ("ar", "both"):
       batch["ar"] = self._ar(records, bucket)
     if self.kind in ("nar", "both"):
       rng = np.random.default_rng([self.plan.seed, index, 1])
-      batch["nar"] = self._nar(records, mine, bucket, rng)
+      batch["nar"] = self._nar(records, mine[:, 1], bucket, rng)
     return batch
+
+  def _record(self, partner: int, index: int) -> dict[str, Any]:
+    """The example's phonemes and codes: the utterance's, after its partner's if paired."""
+    record = self.source[index]
+    if partner < 0:
+      return record
+    first = self.source[partner]
+    return {"phonemes": np.concatenate([np.asarray(first["phonemes"]),
+                                        np.asarray(record["phonemes"])]),
+            "codes": np.concatenate([np.asarray(first["codes"]), np.asarray(record["codes"])])}
 
   def _ar(self, records, bucket: Bucket) -> dict[str, np.ndarray]:
     codes = [np.asarray(r["codes"])[:, :1] for r in records]   # AR reads codebook 1 only
@@ -234,10 +331,11 @@ class BatchLoader:
         prompts.append(codes[:length])
         targets.append(codes[length:])
     q = self.num_codebooks
+    stages = rng.choice(np.arange(1, q), size=len(records), p=self.stage_probabilities)
     return {**_pad_phonemes(records, bucket.phonemes),
             **_pad_codes(prompts, self.prompt_frames, q, "prompt_codes", "prompt_lens"),
             **_pad_codes(targets, bucket.frames, q, "codes", "code_lens"),
-            "stage": rng.integers(1, q, size=len(records)).astype(np.int32)}
+            "stage": stages.astype(np.int32)}
 
   def _other_utterance(self, index: int, rng) -> int | None:
     same = self._by_speaker[str(self.plan.lengths.speakers[index])]
@@ -245,6 +343,17 @@ class BatchLoader:
       return None
     choice = same[int(rng.integers(0, len(same) - 1))]
     return choice if choice != index else same[-1]
+
+
+def _stage_probabilities(weights: tuple[float, ...], num_codebooks: int) -> np.ndarray:
+  """`data.nar_stage_weights` (one weight per codebook 2..Q; empty: uniform) -> [Q - 1]."""
+  if not weights:
+    return np.full((num_codebooks - 1,), 1.0 / (num_codebooks - 1))
+  w = np.asarray(weights, np.float64)
+  if w.shape != (num_codebooks - 1,) or np.any(w < 0) or not np.any(w > 0):
+    raise UserError(f"config.data.nar_stage_weights needs {num_codebooks - 1} non-negative "
+                    f"weights (codebooks 2..{num_codebooks}), not all 0; got {weights}.")
+  return w / w.sum()
 
 
 def _pad_phonemes(records, width: int) -> dict[str, np.ndarray]:
