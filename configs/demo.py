@@ -43,7 +43,7 @@ def _model(quick: bool) -> ml_collections.ConfigDict:
     # Every example is another utterance of its speaker followed by itself: trained on the
     # single utterances (4.4 s median) the AR stopped zero-shot speech where they stop,
     # 2.2 s into 4.6 s targets (prompt 2.9 s + 2.2 s = a training utterance); trained on
-    # pairs for 300 steps it spoke 5.3 s (data.py, README "Demo").
+    # pairs it speaks 4.8 s (data.py; README "The demo").
     c.data.same_speaker_pairs = 1.0
     c.data.frame_buckets = (300, 450, 600, 750, 900, 1200)
     c.data.phoneme_buckets = (128, 192, 256)
