@@ -151,10 +151,9 @@ class BatchPlan:
     if not 0.0 <= self.pair_probability <= 1.0:
       raise UserError("config.data.same_speaker_pairs is a probability in [0, 1], got "
                       f"{self.pair_probability}.")
-    self.batch_sizes = np.empty((len(self.frame_buckets), len(self.phoneme_buckets)), np.int64)
-    for fi, nf in enumerate(self.frame_buckets):
-      size = min(data_cfg.max_tokens // int(nf), data_cfg.max_batch_size)
-      self.batch_sizes[fi, :] = max(batch_multiple, size // batch_multiple * batch_multiple)
+    sizes = np.minimum(data_cfg.max_tokens // self.frame_buckets, data_cfg.max_batch_size)
+    # Global batch size per frame bucket (the token budget depends on frames only).
+    self.batch_sizes = np.maximum(batch_multiple, sizes // batch_multiple * batch_multiple)
     # Same-speaker groups: example i is order[group_start[i] + position_in_group[i]].
     speakers = np.asarray(lengths.speakers)
     self._order = np.argsort(speakers, kind="stable")
@@ -198,57 +197,66 @@ class BatchPlan:
     paired &= self._bucket_of(frames, phonemes) >= 0        # a pair too long stays single
     return np.where(paired, partner, -1)
 
+  def _assignment(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(partner [N], flat bucket index [N], -1 = left out) of each example in `epoch`."""
+    partner = self.partners(epoch)
+    pair = partner >= 0
+    frames = self.lengths.frames + np.where(pair, self.lengths.frames[partner], 0)
+    phonemes = self.lengths.phonemes + np.where(pair, self.lengths.phonemes[partner], 0)
+    return partner, self._bucket_of(frames, phonemes)
+
   def epoch(self, epoch: int) -> list[tuple[Bucket, np.ndarray]]:
     """[(bucket, examples int [batch_size, 2] of (partner, utterance))] for one epoch."""
     with self._lock:          # Grain's reader threads share the plan
-      return self._epoch_locked(epoch)
+      if epoch not in self._epoch_cache:
+        self._epoch_cache[epoch] = self._make_epoch(epoch)
+        while len(self._epoch_cache) > 2:     # readers near an epoch boundary need two
+          del self._epoch_cache[next(iter(self._epoch_cache))]
+      return self._epoch_cache[epoch]
 
-  def _epoch_locked(self, epoch: int) -> list[tuple[Bucket, np.ndarray]]:
-    if epoch not in self._epoch_cache:
-      partner = self.partners(epoch)
-      pair = partner >= 0
-      frames = self.lengths.frames + np.where(pair, self.lengths.frames[partner], 0)
-      phonemes = self.lengths.phonemes + np.where(pair, self.lengths.phonemes[partner], 0)
-      bucket_of = self._bucket_of(frames, phonemes)
-      examples = np.stack([partner, np.arange(len(partner))], axis=1)     # [N, 2]
-      rng = np.random.default_rng([self.seed, epoch])
-      batches = []
-      num_phoneme_buckets = len(self.phoneme_buckets)
-      for flat in np.unique(bucket_of[bucket_of >= 0]):
-        fi, pi = divmod(int(flat), num_phoneme_buckets)
-        bucket = Bucket(int(self.frame_buckets[fi]), int(self.phoneme_buckets[pi]),
-                        int(self.batch_sizes[fi, pi]))
-        order = examples[rng.permutation(np.flatnonzero(bucket_of == flat))]
-        n = -(-len(order) // bucket.batch_size)
-        order = np.resize(order, (n * bucket.batch_size, 2))    # wrap to fill the last batch
-        batches += [(bucket, chunk) for chunk in order.reshape(n, bucket.batch_size, 2)]
-      self._epoch_cache[epoch] = [batches[j] for j in rng.permutation(len(batches))]
-      while len(self._epoch_cache) > 2:       # readers near an epoch boundary need two
-        del self._epoch_cache[next(iter(self._epoch_cache))]
-    return self._epoch_cache[epoch]
+  def _make_epoch(self, epoch: int) -> list[tuple[Bucket, np.ndarray]]:
+    partner, bucket_of = self._assignment(epoch)
+    examples = np.stack([partner, np.arange(len(partner))], axis=1)     # [N, 2]
+    rng = np.random.default_rng([self.seed, epoch])
+    batches = []
+    for flat in np.unique(bucket_of[bucket_of >= 0]):
+      fi, pi = divmod(int(flat), len(self.phoneme_buckets))
+      bucket = Bucket(int(self.frame_buckets[fi]), int(self.phoneme_buckets[pi]),
+                      int(self.batch_sizes[fi]))
+      order = examples[rng.permutation(np.flatnonzero(bucket_of == flat))]
+      n = -(-len(order) // bucket.batch_size)
+      order = np.resize(order, (n * bucket.batch_size, 2))      # wrap to fill the last batch
+      batches += [(bucket, chunk) for chunk in order.reshape(n, bucket.batch_size, 2)]
+    return [batches[j] for j in rng.permutation(len(batches))]
+
+  def _num_batches(self, epoch: int) -> int:
+    """len(self.epoch(epoch)), from bucket counts alone (no shuffling)."""
+    _, bucket_of = self._assignment(epoch)
+    sizes = np.repeat(self.batch_sizes, len(self.phoneme_buckets))     # per flat bucket
+    counts = np.bincount(bucket_of[bucket_of >= 0], minlength=len(sizes))
+    return int(np.sum(-(-counts // sizes)))
 
   @property
   def batches_per_epoch(self) -> int:
     """Batches in epoch 0 (every epoch has this many without `same_speaker_pairs`)."""
     return self.batch_offset(1)
 
+  def _extend_starts(self, until) -> None:
+    with self._lock:
+      while not until():
+        self._epoch_starts.append(
+            self._epoch_starts[-1] + self._num_batches(len(self._epoch_starts) - 1))
+
   def batch_offset(self, epoch: int) -> int:
     """Global index of the first batch of `epoch`."""
-    with self._lock:
-      while len(self._epoch_starts) <= epoch:
-        previous = len(self._epoch_starts) - 1
-        self._epoch_starts.append(self._epoch_starts[-1] + len(self._epoch_locked(previous)))
-      return self._epoch_starts[epoch]
+    self._extend_starts(lambda: len(self._epoch_starts) > epoch)
+    return self._epoch_starts[epoch]
 
   def batch(self, index: int) -> tuple[Bucket, np.ndarray]:
     """Global batch `index` -> (its bucket, examples int [batch_size, 2] (partner, utterance))."""
-    if self.pair_probability == 0.0:      # every epoch has the same number of batches
-      epoch = index // self.batches_per_epoch
-    else:                                 # epochs differ in length: walk their start indices
-      epoch = 0
-      while self.batch_offset(epoch + 1) <= index:
-        epoch = max(epoch + 1, bisect.bisect_right(self._epoch_starts, index) - 1)
-    return self.epoch(epoch)[index - self.batch_offset(epoch)]
+    self._extend_starts(lambda: self._epoch_starts[-1] > index)
+    epoch = bisect.bisect_right(self._epoch_starts, index) - 1
+    return self.epoch(epoch)[index - self._epoch_starts[epoch]]
 
   def describe(self) -> str:
     members: dict[tuple[int, int, int], set[int]] = {}
