@@ -181,3 +181,42 @@ def test_rebuilds_from_its_saved_description(codec, tmp_path):
   wrong = {**codec.describe(), "weights": "sha256:" + "0" * 32}
   with pytest.raises(UserError, match="not the one the data was made with"):
     get_codec(wrong)
+
+
+def test_feature_cache_is_shared_by_fitting_and_encoding(codec, heldout, tmp_path):
+  """Features analysed from files (as `fit` does) are what an encoder with the same
+  `feature_cache` reads back; a damaged entry is recomputed; other settings do not hit."""
+  import soundfile as sf
+  paths = []
+  for i, wav in enumerate(heldout):
+    paths.append(str(tmp_path / f"{i}.wav"))
+    sf.write(paths[-1], wav, offline.SAMPLE_RATE, subtype="FLOAT")
+  cache = str(tmp_path / "cache")
+  feats = offline.analyze_files(paths, codec.features, workers=1, progress=False,
+                                cache_dir=cache)
+  entries = sorted(str(p) for p in (tmp_path / "cache").rglob("*.npy"))
+  assert len(entries) == len(heldout)
+  for f, wav in zip(feats, heldout):
+    np.testing.assert_array_equal(f, offline.analyze(wav, codec.features))
+  codec.save(str(tmp_path / "c"))
+  cached = codec_registry.get_codec({"name": "offline", "path": str(tmp_path / "c"),
+                                     "feature_cache": cache})
+  # The encoder reads the cache: swap the two entries' contents (same frame count after
+  # trimming) and it codes the other clip's features.
+  swapped = offline.analyze(heldout[1], codec.features)
+  n = min(len(swapped), len(feats[0]))
+  target = next(e for e in entries if np.array_equal(np.load(e), feats[0]))
+  planted = np.resize(swapped[:n], feats[0].shape)
+  np.save(target, planted)
+  np.testing.assert_array_equal(cached.encode(heldout[0], offline.SAMPLE_RATE),
+                                codec.quantize(planted))
+  # A damaged entry is analysed again (and rewritten).
+  with open(target, "wb") as f:
+    f.write(b"not an array")
+  np.testing.assert_array_equal(cached.encode(heldout[0], offline.SAMPLE_RATE),
+                                codec.encode(heldout[0], offline.SAMPLE_RATE))
+  np.testing.assert_array_equal(np.load(target), feats[0])
+  # Other feature settings are other entries.
+  dio = offline.Features(f0_method="dio")
+  offline.analyze_cached(heldout[0], dio, cache)
+  assert len(list((tmp_path / "cache").rglob("*.npy"))) == len(heldout) + 1

@@ -9,7 +9,9 @@ Stages (configs/demo.py holds every setting):
   1 corpus      the built-in synthetic corpus (data_prep/synthetic.py); the held-out voices
                 speak only in its test split                          -> DIR/corpus/
   2 codec       the offline codec fitted on the TRAIN split only      -> DIR/codec/
+                (its analysed features are kept in DIR/codec_features/ for stage 3)
   3 prepare     phonemes + codec codes of both splits (data_prep)     -> DIR/data/
+                (reads the train split's features from the cache, then deletes it)
   4 train       AR and NAR together (valle_jax/train.py)              -> DIR/run/
   5 synthesize  zero-shot, for every held-out utterance: the prompt is ANOTHER utterance of
                 the same unseen speaker (the one closest to 3 s, with its transcript), the
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from typing import Any, Callable
 
@@ -36,6 +39,9 @@ from absl import flags
 from valle_jax import evaluate, report
 from valle_jax.errors import UserError
 
+# The codec stage's analysed features (WORLD analysis with Harvest F0, ~3x real time per
+# core), read back by the prepare stage instead of analysing the train split twice.
+FEATURE_CACHE = "codec_features"
 STAGES = ("corpus", "codec", "prepare", "train", "synthesize", "evaluate", "report")
 
 # valle_jax.train (imported by the train stage, after flag parsing) defines its own
@@ -77,14 +83,10 @@ def _codec(cfg, workdir: str, corpus: str) -> dict[str, Any]:
   from valle_jax.codec import offline  # pylint: disable=g-import-not-at-top
   paths = [r["audio"] for r in read_manifest(corpus, "train")]
   codec = offline.fit(paths, offline.FitConfig(seed=cfg.seed, iters=cfg.codec.iters,
-                                               max_frames=cfg.codec.max_frames))
+                                               max_frames=cfg.codec.max_frames),
+                      cache_dir=os.path.join(workdir, FEATURE_CACHE))
   out = codec.save(os.path.join(workdir, "codec"))
   return {"codec": out, "fitted_on": len(paths), "checksum": codec.checksum()}
-
-
-def _load_codec(codec_dir: str):
-  from valle_jax.codec import get_codec  # pylint: disable=g-import-not-at-top
-  return get_codec({"name": "offline", "path": codec_dir})
 
 
 def _prepare(workdir: str, corpus: str, codec_dir: str) -> dict[str, Any]:
@@ -95,7 +97,11 @@ def _prepare(workdir: str, corpus: str, codec_dir: str) -> dict[str, Any]:
   pcfg.manifest = os.path.join(corpus, "manifest.tsv")
   pcfg.output = os.path.join(workdir, "data")
   pcfg.overwrite = True  # only a run killed between writing and marking leaves one
-  made = pipeline.prepare(pcfg, codec=_load_codec(codec_dir))
+  from valle_jax.codec import get_codec  # pylint: disable=g-import-not-at-top
+  cache = os.path.join(workdir, FEATURE_CACHE)
+  made = pipeline.prepare(pcfg, codec=get_codec(
+      {"name": "offline", "path": codec_dir, "feature_cache": cache}))
+  shutil.rmtree(cache, ignore_errors=True)
   return {"dataset": made["dataset"], "records": made["records"],
           "skipped": made["skipped"]}
 
