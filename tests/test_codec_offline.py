@@ -210,12 +210,13 @@ def test_feature_cache_is_shared_by_fitting_and_encoding(codec, heldout, tmp_pat
   np.save(target, planted)
   np.testing.assert_array_equal(cached.encode(heldout[0], offline.SAMPLE_RATE),
                                 codec.quantize(planted))
-  # A damaged entry is analysed again (and rewritten).
-  with open(target, "wb") as f:
-    f.write(b"not an array")
-  np.testing.assert_array_equal(cached.encode(heldout[0], offline.SAMPLE_RATE),
-                                codec.encode(heldout[0], offline.SAMPLE_RATE))
-  np.testing.assert_array_equal(np.load(target), feats[0])
+  # A damaged entry (garbage, or empty) is analysed again and rewritten.
+  for damage in (b"not an array", b""):
+    with open(target, "wb") as f:
+      f.write(damage)
+    np.testing.assert_array_equal(cached.encode(heldout[0], offline.SAMPLE_RATE),
+                                  codec.encode(heldout[0], offline.SAMPLE_RATE))
+    np.testing.assert_array_equal(np.load(target), feats[0])
   # Other feature settings are other entries.
   dio = offline.Features(f0_method="dio")
   offline.analyze_cached(heldout[0], dio, cache)

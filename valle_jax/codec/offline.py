@@ -37,6 +37,7 @@ import hashlib
 import io
 import json
 import os
+import tempfile
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Iterable, Mapping, Sequence
@@ -138,6 +139,31 @@ def analyze(wav: np.ndarray, feat: Features) -> np.ndarray:
   coded_ap = pw.code_aperiodicity(ap, SAMPLE_RATE)
   return np.concatenate([lf0[:, None], voiced[:, None], coded_sp, coded_ap],
                         axis=1).astype(np.float32)
+
+
+def analyze_cached(wav: np.ndarray, feat: Features, cache_dir: str = "") -> np.ndarray:
+  """`analyze`, remembered in `cache_dir` (if set) under a SHA-256 of the waveform and the
+  feature settings, so a corpus analysed to fit the codec is not analysed again to encode it.
+  An unreadable cache entry is recomputed."""
+  if not cache_dir:
+    return analyze(wav, feat)
+  wav = np.ascontiguousarray(wav, dtype="<f4")
+  h = hashlib.sha256(json.dumps(dataclasses.asdict(feat), sort_keys=True).encode())
+  h.update(wav.tobytes())
+  key = h.hexdigest()
+  path = os.path.join(cache_dir, key[:2], key + ".npy")
+  try:
+    cached = np.load(path)
+    if cached.shape == (num_frames(len(wav)), feat.dim):
+      return cached
+  except (OSError, ValueError, EOFError):   # missing, truncated or empty: analyse again
+    pass
+  out = analyze(wav, feat)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  buf = io.BytesIO()
+  np.save(buf, out)
+  _atomic_write(path, buf.getvalue())
+  return out
 
 
 def synthesize(feats: np.ndarray, feat: Features) -> np.ndarray:
@@ -318,10 +344,16 @@ class OfflineCodec:
 
 
 def _atomic_write(path: str, data: bytes) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
+  """Writes `path` whole or not at all, also when other processes write it at the same time."""
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
 
 
 def build(config: Mapping[str, Any]) -> OfflineCodec:
@@ -340,31 +372,6 @@ def build(config: Mapping[str, Any]) -> OfflineCodec:
                     "codec the dataset was prepared with.")
   codec.feature_cache = config.get("feature_cache", "")
   return codec
-
-
-def analyze_cached(wav: np.ndarray, feat: Features, cache_dir: str = "") -> np.ndarray:
-  """`analyze`, remembered in `cache_dir` (if set) under a SHA-256 of the waveform and the
-  feature settings, so a corpus analysed to fit the codec is not analysed again to encode it.
-  An unreadable cache entry is recomputed."""
-  if not cache_dir:
-    return analyze(wav, feat)
-  wav = np.ascontiguousarray(wav, dtype="<f4")
-  h = hashlib.sha256(json.dumps(dataclasses.asdict(feat), sort_keys=True).encode())
-  h.update(wav.tobytes())
-  key = h.hexdigest()
-  path = os.path.join(cache_dir, key[:2], key + ".npy")
-  try:
-    cached = np.load(path)
-    if cached.shape == (num_frames(len(wav)), feat.dim):
-      return cached
-  except (OSError, ValueError):
-    pass
-  out = analyze(wav, feat)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  buf = io.BytesIO()
-  np.save(buf, out)
-  _atomic_write(path, buf.getvalue())
-  return out
 
 
 # ----------------------------------------------------------------------------------------
