@@ -1,7 +1,7 @@
 """`valle-jax demo`: every stage's settings (`get_config()` the full demo, `get_config(quick=True)`
 the CI-sized one). See valle_jax/demo.py.
 
-The full demo is sized for about 70 minutes on a 2-core CPU: the built-in corpus (1000 training
+The full demo is sized for about 80 minutes on a 2-core CPU: the built-in corpus (1000 training
 utterances of 11 voices, 60 held-out utterances of 3 unseen voices), the offline codec fitted
 on the training split, and a small AR + NAR (4 layers, width 192) trained together for
 `train.train.steps` steps. `--budget=MINUTES` scales the training steps linearly
@@ -65,7 +65,7 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.quick = quick
   c.seed = 0
-  c.budget_minutes = 70.0          # the wall time train.train.steps is sized for (whole demo)
+  c.budget_minutes = 80.0          # the wall time train.train.steps is sized for (whole demo)
 
   # Stage 1: the built-in synthetic corpus (configs/corpus/synthetic.py) with held-out voices.
   c.corpus = synthetic.get_config()

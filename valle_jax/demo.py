@@ -1,6 +1,6 @@
 """`valle-jax demo`: VALL-E end to end on this machine, offline, ending with DIR/report.html.
 
-    valle-jax demo --workdir=demo            # the full demo: about 70 minutes on a 2-core CPU
+    valle-jax demo --workdir=demo            # the full demo: about 80 minutes on a 2-core CPU
     valle-jax demo --workdir=demo --budget=120   # twice the training steps
     valle-jax demo --workdir=ci --quick      # every stage in a few minutes (CI)
 
