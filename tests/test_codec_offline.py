@@ -201,8 +201,8 @@ def test_feature_cache_is_shared_by_fitting_and_encoding(codec, heldout, tmp_pat
   codec.save(str(tmp_path / "c"))
   cached = codec_registry.get_codec({"name": "offline", "path": str(tmp_path / "c"),
                                      "feature_cache": cache})
-  # The encoder reads the cache: swap the two entries' contents (same frame count after
-  # trimming) and it codes the other clip's features.
+  # The encoder reads the cache: plant other features (the second clip's, cut or tiled to
+  # the first clip's frame count) in the first clip's entry, and those are what it codes.
   swapped = offline.analyze(heldout[1], codec.features)
   n = min(len(swapped), len(feats[0]))
   target = next(e for e in entries if np.array_equal(np.load(e), feats[0]))

@@ -24,6 +24,7 @@ def test_quick_demo_end_to_end(quick_demo):
   for name in demo.STAGES:
     marker = json.load(open(os.path.join(workdir, "stages", f"{name}.json"), encoding="utf-8"))
     assert marker["seconds"] >= 0 and marker["outputs"]
+  assert not os.path.exists(os.path.join(workdir, demo.FEATURE_CACHE))  # prepare removed it
   table = result["table"]
   assert [r["system"] for r in table] == ["ground truth", "codec resynthesis", "valle-jax"]
   for row in table:
