@@ -72,7 +72,7 @@ def _pyworld():
 @dataclasses.dataclass(frozen=True)
 class Features:
   """What a frame holds and how blocks are weighted in the VQ distance."""
-  # "harvest" (the whole analysis ~3x real time per core) or "dio" (DIO + StoneMask, ~15x).
+  # "harvest" (the whole analysis ~3x real time per core) or "dio" (DIO + StoneMask, ~29x).
   # Harvest measured better on held-out voices: SIM to the original 0.935 vs 0.912, WER
   # +0.012 vs +0.076 over the originals.
   f0_method: str = "harvest"
