@@ -207,6 +207,7 @@ def test_feature_cache_is_shared_by_fitting_and_encoding(codec, heldout, tmp_pat
   n = min(len(swapped), len(feats[0]))
   target = next(e for e in entries if np.array_equal(np.load(e), feats[0]))
   planted = np.resize(swapped[:n], feats[0].shape)
+  assert not np.array_equal(codec.quantize(planted), codec.quantize(feats[0]))
   np.save(target, planted)
   np.testing.assert_array_equal(cached.encode(heldout[0], offline.SAMPLE_RATE),
                                 codec.quantize(planted))
