@@ -96,9 +96,39 @@ def test_codes_use_most_of_each_codebook(codec, train_feats):
   # 4 training voices alone, the first codebook's entries for other voices go unused).
   fitted_on = offline.augment(train_feats, FIT, progress=False)
   assert len(fitted_on) == (1 + FIT.augment) * len(train_feats)
-  codes = codec.quantize(np.concatenate(fitted_on))
+  codes = np.concatenate([codec.quantize(f) for f in fitted_on])
   used = [len(np.unique(codes[:, q])) for q in range(8)]
   assert min(used) > 0.8 * 1024, used
+
+
+def _another_voice(feats, feat):
+  """The same frames with the pitch a fifth higher and the envelope through a fixed filter
+  (a constant added to every frame's cepstrum): an utterance-wide change of voice."""
+  other = feats.copy()
+  other[:, feat.columns("f0")] += 7 * np.log(2.0) / 12
+  other[:, feat.columns("sp")] += np.linspace(0.3, -0.2, feat.sp_dims)
+  return other
+
+
+def test_content_first_codebook_codes_content_not_the_voice(codec, train_feats, heldout):
+  """With `content_first`, codebook 0 chooses for frames less their utterance's mean log F0
+  and envelope, so an utterance-wide change of voice leaves it as it is and the later
+  codebooks code the change; without it (the default) codebook 0 follows the voice."""
+  content_first = offline.fit_features(train_feats, offline.FitConfig(
+      seed=0, iters=1, augment=0, features=offline.Features(content_first=True)),
+      progress=False)
+  feats = codec.analyze(heldout[0], 24000)
+  other = _another_voice(feats, codec.features)
+  codes, other_codes = content_first.quantize(feats), content_first.quantize(other)
+  np.testing.assert_array_equal(codes[:, 0], other_codes[:, 0])
+  assert np.mean(codes[:, 1:] != other_codes[:, 1:]) > 0.5
+  # ... and decoding follows the change: the 8 codebooks put the pitch back a fifth higher.
+  f0 = codec.features.columns("f0")
+  shift = np.mean(content_first.dequantize(other_codes)[:, f0]
+                  - content_first.dequantize(codes)[:, f0])
+  assert abs(shift - 7 * np.log(2.0) / 12) < 0.1, shift
+  assert not codec.features.content_first   # the default codec: 20% of frames change
+  assert np.mean(codec.quantize(feats)[:, 0] != codec.quantize(other)[:, 0]) > 0.1
 
 
 def test_more_codebooks_reconstruct_heldout_voice_better(codec, heldout):
