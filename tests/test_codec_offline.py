@@ -1,4 +1,5 @@
 """The offline codec: token format, round trip, fitting, codebook use, identity checks."""
+import dataclasses
 import shutil
 
 import numpy as np
@@ -101,11 +102,14 @@ def test_codes_use_most_of_each_codebook(codec, train_feats):
   assert min(used) > 0.8 * 1024, used
 
 
+FIFTH = 7 * np.log(2.0) / 12   # in log F0
+
+
 def _another_voice(feats, feat):
   """The same frames with the pitch a fifth higher and the envelope through a fixed filter
   (a constant added to every frame's cepstrum): an utterance-wide change of voice."""
   other = feats.copy()
-  other[:, feat.columns("f0")] += 7 * np.log(2.0) / 12
+  other[:, feat.columns("f0")] += FIFTH
   other[:, feat.columns("sp")] += np.linspace(0.3, -0.2, feat.sp_dims)
   return other
 
@@ -126,7 +130,7 @@ def test_content_first_codebook_codes_content_not_the_voice(codec, train_feats, 
   f0 = codec.features.columns("f0")
   shift = np.mean(content_first.dequantize(other_codes)[:, f0]
                   - content_first.dequantize(codes)[:, f0])
-  assert abs(shift - 7 * np.log(2.0) / 12) < 0.1, shift
+  assert abs(shift - FIFTH) < 0.1, shift
   assert not codec.features.content_first   # the default codec: 20% of frames change
   assert np.mean(codec.quantize(feats)[:, 0] != codec.quantize(other)[:, 0]) > 0.1
 
@@ -248,7 +252,10 @@ def test_feature_cache_is_shared_by_fitting_and_encoding(codec, heldout, tmp_pat
     np.testing.assert_array_equal(cached.encode(heldout[0], offline.SAMPLE_RATE),
                                   codec.encode(heldout[0], offline.SAMPLE_RATE))
     np.testing.assert_array_equal(np.load(target), feats[0])
-  # Other feature settings are other entries.
+  # Other analysis settings are other entries; settings of the VQ alone share them.
   dio = offline.Features(f0_method="dio")
   offline.analyze_cached(heldout[0], dio, cache)
+  assert len(list((tmp_path / "cache").rglob("*.npy"))) == len(heldout) + 1
+  vq_only = dataclasses.replace(codec.features, content_first=True, f0_weight=1.0)
+  np.testing.assert_array_equal(offline.analyze_cached(heldout[0], vq_only, cache), feats[0])
   assert len(list((tmp_path / "cache").rglob("*.npy"))) == len(heldout) + 1

@@ -92,9 +92,13 @@ class Features:
   # True: codebook 0 codes each frame relative to its utterance's mean log F0 and envelope
   # (the voice's pitch level and timbre), so that it carries what is said more than who says
   # it; codebooks 1..7 code the rest, that mean included. Off by default: in the full demo
-  # it raised the ceiling (true codebook 0 + trained NAR: WER 0.79 vs 0.95) but the AR then
-  # lost the voice (SIM to prompt 0.540 = SIM to other voices; off: 0.549 vs 0.472).
+  # the AR then lost the voice (numbers in configs/demo.py and the README).
   content_first: bool = False
+
+  def analysis_settings(self) -> dict[str, Any]:
+    """The fields `analyze` reads (the rest only weigh or choose codes)."""
+    return {"f0_method": self.f0_method, "f0_floor": self.f0_floor, "f0_ceil": self.f0_ceil,
+            "sp_dims": self.sp_dims}
 
   @property
   def ap_dims(self) -> int:
@@ -167,12 +171,12 @@ def analyze(wav: np.ndarray, feat: Features) -> np.ndarray:
 
 def analyze_cached(wav: np.ndarray, feat: Features, cache_dir: str = "") -> np.ndarray:
   """`analyze`, remembered in `cache_dir` (if set) under a SHA-256 of the waveform and the
-  feature settings, so a corpus analysed to fit the codec is not analysed again to encode it.
+  analysis settings (codecs that differ only in VQ settings share entries), so a corpus analysed to fit the codec is not analysed again to encode it.
   An unreadable cache entry is recomputed."""
   if not cache_dir:
     return analyze(wav, feat)
   wav = np.ascontiguousarray(wav, dtype="<f4")
-  h = hashlib.sha256(json.dumps(dataclasses.asdict(feat), sort_keys=True).encode())
+  h = hashlib.sha256(json.dumps(feat.analysis_settings(), sort_keys=True).encode())
   h.update(wav.tobytes())
   key = h.hexdigest()
   path = os.path.join(cache_dir, key[:2], key + ".npy")
@@ -489,7 +493,8 @@ def fit_features(feats: Iterable[np.ndarray], cfg: FitConfig = FitConfig(),
   for _, cols, weight in feat.blocks():
     spread = float(np.sqrt(np.mean((x[:, cols] - mean[cols]) ** 2))) or 1.0
     scale[cols] = spread / weight
-  offsets = np.stack([utterance_offset((u - mean) / scale, feat) for u in utterances])
+  offsets = np.stack([utterance_offset((u.mean(axis=0, keepdims=True) - mean) / scale, feat)
+                      for u in utterances])   # [utterances, D]: the mean is linear
   rng = np.random.default_rng(cfg.seed)
   if len(x) > cfg.max_frames:
     keep = np.sort(rng.choice(len(x), cfg.max_frames, replace=False))
