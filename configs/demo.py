@@ -56,7 +56,11 @@ def _model(quick: bool) -> ml_collections.ConfigDict:
     c.train.log_every = 25
     c.checkpoint.every = 100
   c.train.model = "both"
-  c.train.eval_every = 0
+  # One evaluation, at the end of training, on pairs of the held-out voices: the losses and
+  # `ar/text_gain`, what the AR gains from reading the text (README "The demo").
+  c.data.eval_split = "test"
+  c.train.eval_every = c.train.get_ref("steps")
+  c.train.eval_batches = 8
   c.checkpoint.keep = 2
   return c
 

@@ -42,6 +42,9 @@ def test_quick_demo_end_to_end(quick_demo):
                                                              "valle"}
   page = open(result["report"], encoding="utf-8").read()
   assert page.count("<audio") == 16 and "training_curves.png" in page
+  # Training ends with one evaluation on the held-out voices, text use included.
+  gain = result["stages"]["train"]["outputs"]["eval"]["ar/text_gain"]
+  assert math.isfinite(gain) and "ar/text_gain" in page
   assert f"{truth['wer']:.3f}" in page
   # Zero-shot protocol: each prompt is another utterance of the same held-out speaker.
   samples = json.load(open(os.path.join(workdir, "samples", "samples.json"), encoding="utf-8"))
@@ -60,6 +63,12 @@ def test_rerun_reuses_finished_stages(quick_demo):
   # The markers as written (JSON) are what a re-run reads back, unchanged.
   assert again["stages"] == json.loads(json.dumps(first["stages"]))
   assert again["table"] == first["table"] and again["report"] == first["report"]
+
+
+def test_budget_scales_the_steps_and_the_final_evaluation_follows():
+  full, doubled = demo.demo_config(), demo.demo_config(budget=160)
+  assert doubled.train.train.steps == 2 * full.train.train.steps
+  assert doubled.train.train.eval_every == doubled.train.train.steps
 
 
 def test_rerun_with_other_settings_is_refused(quick_demo):

@@ -186,7 +186,7 @@ class Trainer:
       model = nnx.merge(self.graphdefs[name], params[name])
       dropout_rng = None if deterministic else jax.random.fold_in(rng, i)
       _, m = LOSSES[name](model, batch[name], dropout_rng)
-      total += m["loss_sum"]
+      total += m["loss_sum"] + m.get("aux_loss_sum", 0.0)
       metrics[name] = m
     return total, metrics
 
@@ -231,7 +231,15 @@ class Trainer:
     return state, out
 
   def _eval(self, params, batch):
-    return self._loss_sums(params, batch, None, deterministic=True)[1]
+    metrics = self._loss_sums(params, batch, None, deterministic=True)[1]
+    if "ar" in self.names:
+      # What the AR gains from reading the text: its NLL with each example's phonemes
+      # reversed (same length and phonemes, wrong order) less its NLL with the true ones.
+      ar_batch = {**batch["ar"], "phonemes": models.reverse_valid(
+          batch["ar"]["phonemes"], batch["ar"]["phoneme_lens"])}
+      _, m = LOSSES["ar"](nnx.merge(self.graphdefs["ar"], params["ar"]), ar_batch, None)
+      metrics["ar"]["text_gain_sum"] = m["loss_sum"] - metrics["ar"]["loss_sum"]
+    return metrics
 
 
 # ------------------------------------------------------------------------- metrics
@@ -248,6 +256,10 @@ def summarize(metrics: dict[str, Any]) -> dict[str, float]:
     out[f"{name}/loss"] = float(m["loss_sum"]) / count
     out[f"{name}/top10_acc"] = float(m["top10_correct"]) / count
     out[f"{name}/tokens"] = float(m["count"])
+    if "text_gain_sum" in m:
+      out[f"{name}/text_gain"] = float(m["text_gain_sum"]) / count
+    if "aux_loss_sum" in m:
+      out[f"{name}/alignment_loss"] = float(m["aux_loss_sum"]) / count
     if "count_per_codebook" in m:
       for q, (c, l, a) in enumerate(zip(m["count_per_codebook"], m["loss_sum_per_codebook"],
                                          m["top10_correct_per_codebook"])):

@@ -52,6 +52,15 @@ class ARModel(nnx.Module):
     self.group_size = cfg.ar_group_size
     self.dtype = layers.compute_dtype(cfg.compute_dtype)
     self.dropout_rate = cfg.dropout
+    self.audio_token_dropout = cfg.get("ar_audio_token_dropout", 0.0)
+    self.alignment_layer = cfg.get("ar_alignment_layer", 1)
+    self.alignment_loss_weight = cfg.get("ar_alignment_loss", 0.0)
+    self.alignment_loss_width = cfg.get("ar_alignment_width", 0.2)
+    if not 0.0 <= self.audio_token_dropout <= 1.0:
+      raise ValueError(f"ar_audio_token_dropout must be in [0, 1], got {self.audio_token_dropout}.")
+    if self.alignment_loss_weight > 0 and not 0 <= self.alignment_layer < cfg.num_layers:
+      raise ValueError(f"ar_alignment_layer must be in [0, num_layers={cfg.num_layers}), got "
+                       f"{self.alignment_layer}.")
     embed = layers.embed_init(d)
     self.phoneme_embed = layers.make_param(rngs, embed, (cfg.phoneme_vocab_size, d),
                                            ("vocab", "embed"))
@@ -79,8 +88,13 @@ class ARModel(nnx.Module):
     x = x + layers.sinusoidal_positions(jnp.arange(phonemes.shape[1])[None], d)
     return x.astype(self.dtype)
 
-  def _embed_audio(self, tokens: Array, positions: Array) -> Array:
-    """tokens [B, T, G], positions [B, T] -> [B, T, D] (compute dtype)."""
+  def _embed_audio(self, tokens: Array, positions: Array, drop_rng: Array | None = None
+                   ) -> Array:
+    """tokens [B, T, G], positions [B, T] -> [B, T, D] (compute dtype).
+
+    With `drop_rng` (training), each token embedding but BOS's is zeroed with probability
+    `ar_audio_token_dropout`; its position stays.
+    """
     b, t, g = tokens.shape
     d = self.audio_embed.shape[1]
     x = layers.embed(self.audio_embed[...], tokens)           # [B, T, G, D]
@@ -88,6 +102,10 @@ class ARModel(nnx.Module):
       x = x.reshape(b, t, g * d) @ self.group_proj[...]
     else:
       x = x[:, :, 0]
+    if drop_rng is not None and self.audio_token_dropout > 0:
+      keep = jax.random.bernoulli(drop_rng, 1.0 - self.audio_token_dropout, (b, t))
+      keep = keep | (jnp.arange(t) == 0)[None]                  # [B, T]
+      x = jnp.where(keep[..., None], x, jnp.zeros_like(x))
     x = x + layers.sinusoidal_positions(positions, d)
     return x.astype(self.dtype)
 
@@ -105,7 +123,8 @@ class ARModel(nnx.Module):
   # -- full forward ----------------------------------------------------------------------
 
   def __call__(self, phonemes: Array, phoneme_lens: Array, audio_tokens: Array,
-               audio_lens: Array, *, dropout_rng: Array | None = None) -> Array:
+               audio_lens: Array, *, dropout_rng: Array | None = None,
+               return_alignment: bool = False) -> Array | tuple[Array, Array]:
     """Teacher-forced forward.
 
     Args:
@@ -115,21 +134,32 @@ class ARModel(nnx.Module):
       audio_lens: int [B] valid audio groups per example (BOS included).
       dropout_rng: PRNG key for dropout, or None for deterministic evaluation.
     Returns:
-      float32 logits [B, Ta, G, V + 1]; slot t predicts audio group t.
+      float32 logits [B, Ta, G, V + 1]; slot t predicts audio group t. With
+      `return_alignment`, also the audio queries' attention [B, N/2, Ta, L + Ta] in layer
+      `ar_alignment_layer`, first half of its heads (what `ar_loss` guides to the text).
     """
     self._check_tokens(audio_tokens)
-    x, mask = self._inputs_and_mask(phonemes, phoneme_lens, audio_tokens, audio_lens)
+    token_rng, dropout_rng = _split_or_none(dropout_rng)
+    x, mask = self._inputs_and_mask(phonemes, phoneme_lens, audio_tokens, audio_lens,
+                                    token_rng)
     embed_rng, layers_rng = _split_or_none(dropout_rng)
     x = layers.dropout(x, self.dropout_rate, embed_rng)
-    h, _ = self.transformer(x, mask, dropout_rng=layers_rng)
-    return self._head(h[:, phonemes.shape[1]:])
+    num_phon = phonemes.shape[1]
+    if not return_alignment:
+      h, _ = self.transformer(x, mask, dropout_rng=layers_rng)
+      return self._head(h[:, num_phon:])
+    h, _, probs = self.transformer(x, mask, dropout_rng=layers_rng,
+                                   attention_of_layer=self.alignment_layer)
+    return self._head(h[:, num_phon:]), probs[:, :max(1, self.num_heads // 2), num_phon:]
 
-  def _inputs_and_mask(self, phonemes, phoneme_lens, audio_tokens, audio_lens):
+  def _inputs_and_mask(self, phonemes, phoneme_lens, audio_tokens, audio_lens,
+                       token_drop_rng=None):
     """Embedded sequence [B, L + Ta, D] and its attention mask [B, 1, L + Ta, L + Ta]."""
     num_phon, num_audio = phonemes.shape[1], audio_tokens.shape[1]
     audio_positions = jnp.broadcast_to(jnp.arange(num_audio), audio_tokens.shape[:2])
     x = jnp.concatenate([self._embed_phonemes(phonemes),
-                         self._embed_audio(audio_tokens, audio_positions)], axis=1)
+                         self._embed_audio(audio_tokens, audio_positions, token_drop_rng)],
+                        axis=1)
     valid = _segment_valid(phoneme_lens, num_phon, audio_lens, num_audio)  # [B, L + Ta]
     slot = jnp.arange(num_phon + num_audio)
     is_audio = slot >= num_phon

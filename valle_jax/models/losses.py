@@ -35,18 +35,53 @@ def token_nll_and_topk(logits: Array, targets: Array, k: int = 10) -> tuple[Arra
   return nll, in_topk
 
 
+def reverse_valid(phonemes: Array, phoneme_lens: Array) -> Array:
+  """phonemes [B, L] with each example's first `phoneme_lens` entries in reverse order
+  (padding stays): the same symbols in the wrong order, for measuring text use."""
+  slots = jnp.arange(phonemes.shape[1])[None, :]
+  source = jnp.where(slots < phoneme_lens[:, None], phoneme_lens[:, None] - 1 - slots, slots)
+  return jnp.take_along_axis(phonemes, source, axis=1)
+
+
+def alignment_penalty(attention: Array, phoneme_lens: Array, audio_lens: Array,
+                      width: float) -> Array:
+  """Guided attention (Tachibana et al. 2018, DCTTS) for a decoder-only AR.
+
+  attention [B, H, Ta, L + Ta]: audio queries over phoneme then audio keys. Audio slot t
+  of T should read phoneme l of L near the diagonal l / L = t / T: attention mass on
+  phoneme l costs 1 - exp(-(l / L - t / T)^2 / (2 width^2)) and mass on audio keys costs 1.
+  Returns the cost per audio slot [B, Ta], averaged over heads.
+  """
+  num_audio = attention.shape[2]
+  num_phon = attention.shape[3] - num_audio
+  l_frac = (jnp.arange(num_phon) + 0.5)[None, :] / jnp.maximum(phoneme_lens, 1)[:, None]
+  t_frac = (jnp.arange(num_audio) + 0.5)[None, :] / jnp.maximum(audio_lens, 1)[:, None]
+  diff = t_frac[:, :, None] - l_frac[:, None, :]                     # [B, Ta, L]
+  cost = 1.0 - jnp.exp(-jnp.square(diff) / (2.0 * width ** 2))
+  cost = jnp.concatenate([cost, jnp.ones(cost.shape[:2] + (num_audio,))], axis=-1)
+  return jnp.mean(jnp.sum(attention.astype(jnp.float32) * cost[:, None], axis=-1), axis=1)
+
+
 def ar_loss(model: ARModel, batch: dict[str, Array], dropout_rng: Array | None = None
             ) -> tuple[Array, dict[str, Array]]:
   """Causal LM loss on codebook 1 (all audio positions, EOS included)."""
   inputs, targets, group_lens = ar_inputs_and_targets(
       batch["codes"][..., 0], batch["code_lens"], model.codebook_size, model.group_size)
-  logits = model(batch["phonemes"], batch["phoneme_lens"], inputs, group_lens,
-                 dropout_rng=dropout_rng)                     # [B, Ta, G, V + 1]
+  guided = model.alignment_loss_weight > 0
+  out = model(batch["phonemes"], batch["phoneme_lens"], inputs, group_lens,
+              dropout_rng=dropout_rng, return_alignment=guided)
+  logits = out[0] if guided else out                          # [B, Ta, G, V + 1]
   mask = jnp.arange(inputs.shape[1])[None, :, None] < group_lens[:, None, None]
   mask = jnp.broadcast_to(mask, targets.shape).astype(jnp.float32)
   nll, in_topk = token_nll_and_topk(logits, targets)
   metrics = {"loss_sum": jnp.sum(nll * mask), "count": jnp.sum(mask),
              "top10_correct": jnp.sum(in_topk * mask)}
+  if guided:
+    # Per target token, so that it is weighted like the NLL it is added to in training.
+    penalty = alignment_penalty(out[1], batch["phoneme_lens"], group_lens,
+                                model.alignment_loss_width)          # [B, Ta]
+    metrics["aux_loss_sum"] = model.alignment_loss_weight * jnp.sum(
+        penalty[..., None] * mask)
   return metrics["loss_sum"] / jnp.maximum(metrics["count"], 1.0), metrics
 
 
