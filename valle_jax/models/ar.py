@@ -139,7 +139,9 @@ class ARModel(nnx.Module):
       `ar_alignment_layer`, first half of its heads (what `ar_loss` guides to the text).
     """
     self._check_tokens(audio_tokens)
-    token_rng, dropout_rng = _split_or_none(dropout_rng)
+    token_rng = None
+    if self.audio_token_dropout > 0:   # split only then: other runs keep their dropout masks
+      token_rng, dropout_rng = _split_or_none(dropout_rng)
     x, mask = self._inputs_and_mask(phonemes, phoneme_lens, audio_tokens, audio_lens,
                                     token_rng)
     embed_rng, layers_rng = _split_or_none(dropout_rng)
