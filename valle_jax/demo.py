@@ -165,7 +165,8 @@ def _evaluate(cfg, workdir: str, samples_path: str) -> dict[str, Any]:
   return {"csv": csv_path, "json": json_path, "table": table}
 
 
-def _report(cfg, workdir: str, samples_path: str, table, run: str, seconds) -> dict[str, Any]:
+def _report(cfg, workdir: str, samples_path: str, table, run: str, evaluation, seconds
+            ) -> dict[str, Any]:
   with open(samples_path, encoding="utf-8") as f:
     samples = json.load(f)
   labels = {"prompt": "prompt", **dict(evaluate.SYSTEMS)}
@@ -182,7 +183,7 @@ def _report(cfg, workdir: str, samples_path: str, table, run: str, seconds) -> d
       f"Model: {cfg.train.model.num_layers} layers, width {cfg.train.model.width}, "
       f"{cfg.train.train.steps} training steps (AR and NAR).",
   ]
-  gain = _last_eval(run).get("ar/text_gain")
+  gain = evaluation.get("ar/text_gain")
   if gain is not None:
     notes.append(
         f"Does the AR read the text? On pairs of the held-out voices, reversing each "
@@ -231,12 +232,14 @@ def run_demo(workdir: str, quick: bool = False, budget: float | None = None) -> 
   corpus = stage("corpus", lambda: _corpus(cfg, workdir))["corpus"]
   codec_dir = stage("codec", lambda: _codec(cfg, workdir, corpus))["codec"]
   dataset = stage("prepare", lambda: _prepare(workdir, corpus, codec_dir))["dataset"]
-  run = stage("train", lambda: _train(cfg, workdir, dataset))["run"]
+  trained = stage("train", lambda: _train(cfg, workdir, dataset))
+  run = trained["run"]
   samples = stage("synthesize",
                   lambda: _synthesize(cfg, workdir, corpus, run))["samples"]
   table = stage("evaluate", lambda: _evaluate(cfg, workdir, samples))["table"]
   seconds = {k: v["seconds"] for k, v in markers.items()}
-  written = stage("report", lambda: _report(cfg, workdir, samples, table, run, seconds))
+  written = stage("report", lambda: _report(cfg, workdir, samples, table, run,
+                                             trained["eval"], seconds))
   return {"stages": markers, "table": table, "report": written["report"]}
 
 

@@ -213,7 +213,7 @@ class Block(nnx.Module):
     if dropout_rng is not None:
       rng_attn, rng_mlp = jax.random.split(dropout_rng)
     h, cache, probs = self.attn(self.attn_norm(x, condition), mask, cache=cache, layer=layer,
-                         write_slots=write_slots)
+                                write_slots=write_slots)
     x = x + dropout(h, self.dropout_rate, rng_attn)
     h = self.mlp(self.mlp_norm(x, condition))
     x = x + dropout(h, self.dropout_rate, rng_mlp)
