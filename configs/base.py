@@ -32,6 +32,11 @@ def base() -> ml_collections.ConfigDict:
   c.model.ar_alignment_loss = 0.0
   c.model.ar_alignment_layer = 1
   c.model.ar_alignment_width = 0.2
+  # Phoneme pointer (beyond the paper; like VALL-E R's monotonic alignment): each AR audio
+  # input also embeds the phoneme its frame is spoken in, and a second head predicts when the
+  # next frame moves on to the next phoneme. Trained on the dataset's forced alignments
+  # (`valle-jax align`); the sampler moves the pointer itself. Needs ar_group_size = 1.
+  c.model.ar_phoneme_pointer = False
   c.model.nar_stage_conditioning = "adaln"  # "adaln" (VALL-E) | "token" (VALL-E 2)
   c.model.nar_tie_output = True      # prediction layer j tied to acoustic embedding j+1
   # "random" (the paper) | "codec": acoustic embeddings start from the dataset codec's

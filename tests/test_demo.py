@@ -25,6 +25,10 @@ def test_quick_demo_end_to_end(quick_demo):
     marker = json.load(open(os.path.join(workdir, "stages", f"{name}.json"), encoding="utf-8"))
     assert marker["seconds"] >= 0 and marker["outputs"]
   assert not os.path.exists(os.path.join(workdir, demo.FEATURE_CACHE))  # prepare removed it
+  # The AR's phoneme pointer trains on alignments of every record of both splits.
+  aligned = result["stages"]["prepare"]["outputs"]["aligned"]
+  records = result["stages"]["prepare"]["outputs"]["records"]
+  assert {split: aligned[split] for split in records} == records
   table = result["table"]
   assert [r["system"] for r in table] == ["ground truth", "codec resynthesis", "valle-jax"]
   for row in table:

@@ -415,3 +415,109 @@ def test_codebook_embeddings_keep_the_codec_geometry():
   wide = layers.codebook_embeddings(jnp.asarray(rng.normal(size=(2, 8, 64))), 16,
                                     jax.random.key(0))
   assert wide.shape == (2, 8, 16) and bool(jnp.all(jnp.isfinite(wide)))
+
+
+# ------------------------------------------------------------------ AR phoneme pointer
+
+
+def _pointer_batch(batch):
+  """Each example's frames split evenly over its phonemes, the first 2 frames a 'prompt'."""
+  frames = np.zeros((B, T), np.int32)
+  for b in range(B):
+    n, l = int(CODE_LENS[b]), int(PHONEME_LENS[b])
+    frames[b, :n] = np.minimum(((np.arange(n) + 0.5) * l / n).astype(int), l - 1)
+  return {**batch, "phoneme_of_frame": jnp.asarray(frames),
+          "target_start": jnp.array([2, 2, 2])}
+
+
+def test_pointer_inputs_and_targets():
+  """Slot t carries frame t's phoneme (the last phoneme at EOS and after); advance is 1
+  where the next frame is in the next phoneme and after the last frame; only target frames
+  (from target_start, before code_len) are learnt."""
+  frames = jnp.array([[0, 0, 1, 1, 1, 2], [0, 1, 1, 0, 0, 0]])
+  pointers, advance, mask = models.pointer_inputs_and_targets(
+      frames, jnp.array([6, 3]), jnp.array([3, 2]), jnp.array([2, 0]))
+  np.testing.assert_array_equal(pointers, [[0, 0, 1, 1, 1, 2, 2], [0, 1, 1, 1, 1, 1, 1]])
+  np.testing.assert_array_equal(advance[0, :6], [0, 1, 0, 0, 1, 1])
+  np.testing.assert_array_equal(advance[1, :3], [1, 0, 1])
+  np.testing.assert_array_equal(mask, [[0, 0, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0, 0]])
+
+
+def test_prompt_pointers_split_the_prompt_evenly():
+  pointers = models.prompt_pointers(jnp.array([3, 2]), jnp.array([6, 3]), 8)
+  np.testing.assert_array_equal(pointers, [[0, 0, 1, 1, 2, 2, 3, 3], [0, 1, 1, 2, 2, 2, 2, 2]])
+
+
+@pytest.fixture(scope="module")
+def pointer_model(cfg):
+  return models.ARModel(_with(cfg, ar_phoneme_pointer=True), rngs=nnx.Rngs(5))
+
+
+def test_ar_pointer_reads_the_pointed_phoneme(pointer_model, batch):
+  """Changing the phoneme under slot t's pointer changes the logits from slot t on (and the
+  advance logits); the loss learns the advance on target frames only."""
+  pb = _pointer_batch(batch)
+  inputs, _, lens = models.ar_inputs_and_targets(batch["codes"][..., 0], batch["code_lens"],
+                                                 pointer_model.codebook_size)
+  pointers, _, _ = models.pointer_inputs_and_targets(
+      pb["phoneme_of_frame"], batch["code_lens"], batch["phoneme_lens"], pb["target_start"])
+  apply = nnx.jit(lambda m, ptr: m(batch["phonemes"], batch["phoneme_lens"], inputs, lens,
+                                   phoneme_pointers=ptr, return_advance=True))
+  logits, advance = apply(pointer_model, pointers)
+  assert advance.shape == logits.shape[:2]
+  moved = pointers.at[0, 6].set((pointers[0, 6] + 3) % int(PHONEME_LENS[0]))
+  logits2, advance2 = apply(pointer_model, moved)
+  np.testing.assert_allclose(logits2[0, :6], logits[0, :6], atol=1e-6)
+  assert float(jnp.abs(logits2[0, 6] - logits[0, 6]).max()) > 1e-4
+  assert float(jnp.abs(advance2[0, 6] - advance[0, 6])) > 1e-5
+  np.testing.assert_allclose(logits2[1:], logits[1:], atol=1e-6)
+  loss, m = nnx.jit(models.ar_loss)(pointer_model, pb)
+  assert np.isfinite(float(loss))
+  assert float(m["advance_count"]) == sum(int(n) - 2 for n in CODE_LENS)
+  with pytest.raises(ValueError, match="alignments"):
+    models.ar_loss(pointer_model, batch)
+
+
+def test_ar_pointer_kv_cache_matches_full_forward(pointer_model, batch):
+  """Prefill with prompt pointers, then decode moving the pointer as the full forward's
+  pointers move: every step's code and advance logits equal the full forward's."""
+  model = pointer_model
+  pb = _pointer_batch(batch)
+  inputs, _, lens = models.ar_inputs_and_targets(batch["codes"][..., 0], batch["code_lens"],
+                                                 model.codebook_size)
+  pointers, advance, _ = models.pointer_inputs_and_targets(
+      pb["phoneme_of_frame"], batch["code_lens"], batch["phoneme_lens"], pb["target_start"])
+  full, full_advance = nnx.jit(lambda m: m(batch["phonemes"], batch["phoneme_lens"], inputs,
+                                           lens, phoneme_pointers=pointers,
+                                           return_advance=True))(model)
+  prompt_lens = jnp.array([3, 1, 2])
+  num_steps = int(jnp.min(lens - prompt_lens))
+  prompt = inputs[:, :int(prompt_lens.max())]
+  rows = jnp.arange(B)
+
+  @nnx.jit
+  def run(model):
+    cache = model.init_cache(B, L + inputs.shape[1] + 4)
+    logits, cache = model.prefill(batch["phonemes"], batch["phoneme_lens"], prompt,
+                                  prompt_lens, cache, pointers[:, :prompt.shape[1]])
+    steps, adv = [logits], [cache["advance_logit"]]
+    for i in range(num_steps - 1):
+      slot = prompt_lens + i
+      moved = pointers[rows, slot] > pointers[rows, slot - 1]
+      logits, cache = model.decode_step(inputs[rows, slot], cache, advance=moved)
+      steps.append(logits)
+      adv.append(cache["advance_logit"])
+    return jnp.stack(steps, axis=1), jnp.stack(adv, axis=1)
+
+  cached, cached_advance = run(model)
+  for b in range(B):
+    p = int(prompt_lens[b])
+    np.testing.assert_allclose(cached[b], full[b, p - 1:p - 1 + num_steps], atol=2e-5,
+                               rtol=1e-5)
+    np.testing.assert_allclose(cached_advance[b], full_advance[b, p - 1:p - 1 + num_steps],
+                               atol=2e-5, rtol=1e-5)
+
+
+def test_ar_pointer_needs_group_size_1(cfg):
+  with pytest.raises(ValueError, match="ar_group_size"):
+    models.ARModel(_with(cfg, ar_phoneme_pointer=True, ar_group_size=2), rngs=nnx.Rngs(0))

@@ -308,3 +308,42 @@ def test_nar_decoding_is_greedy_stage_by_stage():
   for i, n in enumerate(target_lens):
     np.testing.assert_array_equal(out[i, :n], codes[i, :n])
     assert (out[i, n:] == 0).all()
+
+
+# ------------------------------------------------------------------ AR phoneme pointer
+
+
+def test_pointer_model_speaks_to_the_end_of_its_text():
+  """With `ar_phoneme_pointer` the pointer starts at the target text (after the prompt's
+  phonemes) and EOS is allowed only on the last phoneme: an AR that always moves on and
+  always wants EOS makes exactly L - 1 - P frames; one that never moves on never ends."""
+  cfg = tiny.get_config().model
+  cfg.ar_phoneme_pointer = True
+  model = models.ARModel(cfg, rngs=nnx.Rngs(7))
+  model.head_bias[...] = model.head_bias[...].at[EOS].add(30.0)
+  phonemes, prompts = _inputs()
+  heard = (3, 2, 1)
+  options = sampling.SampleOptions(top_k=5, max_frames_per_phoneme=2.0)
+  batch = sampling.prepare_batch(phonemes, prompts, 1, options, prompt_phoneme_lens=heard,
+                                 **BUCKETS)
+  lengths = {}
+  for name, bias in (("moves on", 30.0), ("stays", -30.0)):
+    model.advance_bias[...] = jnp.full((1,), bias)
+    out = sampling.sample_ar(*nnx.split(model), batch.phonemes, batch.phoneme_lens,
+                             batch.prompt[..., 0], batch.prompt_lens, jax.random.key(0),
+                             options=options, max_steps=batch.max_steps,
+                             prompt_phoneme_lens=batch.prompt_phoneme_lens)
+    lengths[name] = (np.asarray(out.lengths), np.asarray(out.hit_limit))
+  expected = [n - 1 - h for n, h in zip(PHONEME_LENS, heard)]
+  np.testing.assert_array_equal(lengths["moves on"][0], expected)
+  assert not lengths["moves on"][1].any()
+  assert lengths["stays"][1].all()          # never on the last phoneme: the limit stops it
+  with pytest.raises(ValueError, match="prompt_phoneme_lens"):
+    sampling.sample_ar(*nnx.split(model), batch.phonemes, batch.phoneme_lens,
+                       batch.prompt[..., 0], batch.prompt_lens, jax.random.key(0),
+                       options=options, max_steps=batch.max_steps)
+  with pytest.raises(ValueError, match="use_cache"):
+    sampling.sample_ar(*nnx.split(model), batch.phonemes, batch.phoneme_lens,
+                       batch.prompt[..., 0], batch.prompt_lens, jax.random.key(0),
+                       options=dataclasses.replace(options, use_cache=False),
+                       max_steps=batch.max_steps, prompt_phoneme_lens=batch.prompt_phoneme_lens)

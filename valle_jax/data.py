@@ -72,6 +72,39 @@ class Dataset:
                       f"{sorted(self.splits)}); set the split name in the config.")
     return self.splits[name]
 
+  def alignments(self, split: str) -> "Alignments":
+    """The phoneme-to-frame alignments of a split (written by `valle-jax align`)."""
+    path = os.path.join(self.path, ALIGNMENTS_FILE)
+    if not os.path.isfile(path):
+      raise UserError(f"{self.path} has no alignments ({ALIGNMENTS_FILE}), which "
+                      "model.ar_phoneme_pointer trains on; run `valle-jax align "
+                      f"--dataset={self.path}` first.")
+    with np.load(path) as z:
+      if f"{split}/offsets" not in z:
+        raise UserError(f"{path} has no alignments of split {split!r}; run `valle-jax align "
+                        f"--dataset={self.path}` again.")
+      alignments = Alignments(z[f"{split}/frames"], z[f"{split}/offsets"])
+    if len(alignments) != len(self.split(split)):
+      raise UserError(f"{path} aligns {len(alignments)} records of split {split!r}, the "
+                      f"dataset has {len(self.split(split))}; run `valle-jax align` again.")
+    return alignments
+
+
+ALIGNMENTS_FILE = "alignments.npz"
+
+
+@dataclasses.dataclass(frozen=True)
+class Alignments:
+  """Per record, the phoneme index of each frame (int32 [T]), stored end to end."""
+  frames: np.ndarray       # int32 [sum of T]
+  offsets: np.ndarray      # int64 [N + 1]
+
+  def __len__(self) -> int:
+    return len(self.offsets) - 1
+
+  def __getitem__(self, index: int) -> np.ndarray:
+    return self.frames[self.offsets[index]:self.offsets[index + 1]]
+
 
 def open_dataset(path: str) -> Dataset:
   """Opens a dataset written by `valle-jax prepare` (the `<builder>/<version>` directory)."""
@@ -279,10 +312,12 @@ class BatchLoader:
   """Global batch index -> this process's rows of that batch, padded (numpy)."""
 
   def __init__(self, source, plan: BatchPlan, data_cfg, *, kind: str, num_codebooks: int,
-               frame_rate: float, process_index: int = 0, process_count: int = 1):
+               frame_rate: float, process_index: int = 0, process_count: int = 1,
+               alignments: Alignments | None = None):
     if kind not in ("ar", "nar", "both"):
       raise UserError(f"train.model must be 'ar', 'nar' or 'both', got {kind!r}.")
     self.source, self.plan, self.kind = source, plan, kind
+    self.alignments = alignments   # with them, AR batches carry the phoneme pointer's inputs
     self.num_codebooks = num_codebooks
     self.prompt_frames = max(1, int(round(data_cfg.prompt_seconds * frame_rate)))
     self.prompt_from_other = bool(data_cfg.prompt_from_other_utterance)
@@ -299,6 +334,9 @@ class BatchLoader:
     rows = len(examples) // self.process_count
     mine = examples[self.process_index * rows:(self.process_index + 1) * rows]
     records = [self._record(int(partner), int(i)) for partner, i in mine]
+    if self.alignments is not None:
+      records = [{**r, **self._pointer(int(partner), int(i))}
+                 for r, (partner, i) in zip(records, mine)]
     batch: dict[str, Any] = {"index": np.asarray(mine[:, 1], np.int64)}
     if self.kind in ("ar", "both"):
       batch["ar"] = self._ar(records, bucket)
@@ -317,10 +355,30 @@ class BatchLoader:
                                         np.asarray(record["phonemes"])]),
             "codes": np.concatenate([np.asarray(first["codes"]), np.asarray(record["codes"])])}
 
+  def _pointer(self, partner: int, index: int) -> dict[str, Any]:
+    """The example's `phoneme_of_frame` and `target_start`: its utterance's alignment, after
+    (for a pair) the partner's frames split evenly over its phonemes, as a prompt is at
+    inference, where the prompt's alignment is not known."""
+    alignment = np.asarray(self.alignments[index], np.int32)
+    if partner < 0:
+      return {"phoneme_of_frame": alignment, "target_start": 0}
+    first = self.source[partner]
+    num_frames, num_phon = len(first["codes"]), len(first["phonemes"])
+    prompt = even_split(num_frames, num_phon)
+    return {"phoneme_of_frame": np.concatenate([prompt, alignment + num_phon]),
+            "target_start": num_frames}
+
   def _ar(self, records, bucket: Bucket) -> dict[str, np.ndarray]:
     codes = [np.asarray(r["codes"])[:, :1] for r in records]   # AR reads codebook 1 only
-    return {**_pad_phonemes(records, bucket.phonemes), **_pad_codes(codes, bucket.frames, 1,
-                                                                    "codes", "code_lens")}
+    batch = {**_pad_phonemes(records, bucket.phonemes),
+             **_pad_codes(codes, bucket.frames, 1, "codes", "code_lens")}
+    if self.alignments is not None:
+      pointer = np.zeros((len(records), bucket.frames), np.int32)
+      for row, r in enumerate(records):
+        pointer[row, :len(r["phoneme_of_frame"])] = r["phoneme_of_frame"][:bucket.frames]
+      batch["phoneme_of_frame"] = pointer
+      batch["target_start"] = np.array([r["target_start"] for r in records], np.int32)
+    return batch
 
   def _nar(self, records, members, bucket: Bucket, rng) -> dict[str, np.ndarray]:
     prompts, targets = [], []
@@ -351,6 +409,12 @@ class BatchLoader:
       return None
     choice = same[int(rng.integers(0, len(same) - 1))]
     return choice if choice != index else same[-1]
+
+
+def even_split(num_frames: int, num_phonemes: int) -> np.ndarray:
+  """int32 [T]: frame t -> phoneme floor((t + 1/2) L / T), the alignment of a steady rate."""
+  t = (np.arange(num_frames) + 0.5) * num_phonemes / max(num_frames, 1)
+  return np.minimum(t.astype(np.int32), max(num_phonemes - 1, 0))
 
 
 def _stage_probabilities(weights: tuple[float, ...], num_codebooks: int) -> np.ndarray:

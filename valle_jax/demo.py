@@ -11,7 +11,9 @@ Stages (configs/demo.py holds every setting):
   2 codec       the offline codec fitted on the TRAIN split only      -> DIR/codec/
                 (its analysed features are kept in DIR/codec_features/ for stage 3)
   3 prepare     phonemes + codec codes of both splits (data_prep)     -> DIR/data/
-                (reads the train split's features from the cache, then deletes it)
+                (reads the train split's features from the cache, then deletes it), and
+                the phoneme-to-frame alignments the AR's phoneme pointer trains on
+                (data_prep/align.py)
   4 train       AR and NAR together (valle_jax/train.py)              -> DIR/run/
   5 synthesize  zero-shot, for every held-out utterance: the prompt is ANOTHER utterance of
                 the same unseen speaker (the one closest to 3 s, with its transcript), the
@@ -91,7 +93,7 @@ def _codec(cfg, workdir: str, corpus: str) -> dict[str, Any]:
   return {"codec": out, "fitted_on": len(paths), "checksum": codec.checksum()}
 
 
-def _prepare(workdir: str, corpus: str, codec_dir: str) -> dict[str, Any]:
+def _prepare(cfg, workdir: str, corpus: str, codec_dir: str) -> dict[str, Any]:
   from configs.data import folder  # pylint: disable=g-import-not-at-top
   from data_prep import pipeline  # pylint: disable=g-import-not-at-top
   pcfg = folder.get_config()
@@ -104,8 +106,12 @@ def _prepare(workdir: str, corpus: str, codec_dir: str) -> dict[str, Any]:
   made = pipeline.prepare(pcfg, codec=get_codec(
       {"name": "offline", "path": codec_dir, "feature_cache": cache}))
   shutil.rmtree(cache, ignore_errors=True)
-  return {"dataset": made["dataset"], "records": made["records"],
-          "skipped": made["skipped"]}
+  outputs = {"dataset": made["dataset"], "records": made["records"],
+             "skipped": made["skipped"]}
+  if cfg.train.model.ar_phoneme_pointer:   # the pointer trains on forced alignments
+    from data_prep import align  # pylint: disable=g-import-not-at-top
+    outputs["aligned"] = align.align_dataset(made["dataset"])
+  return outputs
 
 
 def _train(cfg, workdir: str, dataset: str) -> dict[str, Any]:
@@ -231,7 +237,7 @@ def run_demo(workdir: str, quick: bool = False, budget: float | None = None) -> 
 
   corpus = stage("corpus", lambda: _corpus(cfg, workdir))["corpus"]
   codec_dir = stage("codec", lambda: _codec(cfg, workdir, corpus))["codec"]
-  dataset = stage("prepare", lambda: _prepare(workdir, corpus, codec_dir))["dataset"]
+  dataset = stage("prepare", lambda: _prepare(cfg, workdir, corpus, codec_dir))["dataset"]
   trained = stage("train", lambda: _train(cfg, workdir, dataset))
   run = trained["run"]
   samples = stage("synthesize",

@@ -201,15 +201,20 @@ class _Loop(NamedTuple):
   all_logits: Array | None  # [B, max_steps, G, V + 1] or None
 
 
-def _cached_decoder(model, phonemes, phoneme_lens, audio, audio_lens, max_steps):
+def _cached_decoder(model, phonemes, phoneme_lens, audio, audio_lens, max_steps,
+                    pointers=None):
   """(first logits [B, G, V + 1], cache) and the step function, with the KV cache."""
   num_slots = phonemes.shape[1] + audio.shape[1] + max_steps
   cache = model.init_cache(phonemes.shape[0], num_slots)
-  return model.prefill(phonemes, phoneme_lens, audio, audio_lens, cache), model.decode_step
+  return (model.prefill(phonemes, phoneme_lens, audio, audio_lens, cache, pointers),
+          model.decode_step)
 
 
-def _full_forward_decoder(model, phonemes, phoneme_lens, audio, audio_lens, max_steps):
+def _full_forward_decoder(model, phonemes, phoneme_lens, audio, audio_lens, max_steps,
+                          pointers=None):
   """Like `_cached_decoder`, re-running the full forward over a fixed-size token buffer."""
+  if pointers is not None:
+    raise ValueError("ar_phoneme_pointer samples with the KV cache only (use_cache=True).")
   rows = jnp.arange(audio.shape[0])
 
   def forward(buffer, lens):                   # logits at each example's last valid group
@@ -228,7 +233,8 @@ def _full_forward_decoder(model, phonemes, phoneme_lens, audio, audio_lens, max_
                                              "return_logits"))
 def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme_lens: Array,
               prompt: Array, prompt_lens: Array, rng: Array, *, options: SampleOptions,
-              max_steps: int, return_logits: bool = False) -> ARSample:
+              max_steps: int, return_logits: bool = False,
+              prompt_phoneme_lens: Array | None = None) -> ARSample:
   """Samples codebook-1 continuations of the prompts (see the module docstring).
 
   Args:
@@ -240,6 +246,9 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
     options: `SampleOptions` (static).
     max_steps: groups to make room for (static; the cache has L + 1 + P/G + max_steps slots).
     return_logits: also return every step's logits (for tests and analysis).
+    prompt_phoneme_lens: int [B], for an AR with `ar_phoneme_pointer`: phonemes of the
+      prompt's transcript (the text to say starts after them). The pointer starts there
+      and each step moves on with the probability the model gives.
   Returns:
     `ARSample`.
   """
@@ -253,9 +262,14 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
   prompt = jnp.where(jnp.arange(p)[None] < used[:, None], prompt, 0).astype(jnp.int32)
   bos = jnp.full((b, 1, g), models.bos_id(model.codebook_size), jnp.int32)
   audio = jnp.concatenate([bos, prompt.reshape(b, p // g, g)], axis=1)  # [B, 1 + P/G, G]
+  pointers = None
+  if model.phoneme_pointer:
+    if prompt_phoneme_lens is None:
+      raise ValueError("an AR with ar_phoneme_pointer needs prompt_phoneme_lens.")
+    pointers = models.prompt_pointers(prompt_phoneme_lens, used, audio.shape[1])
   start = _cached_decoder if options.use_cache else _full_forward_decoder
   (logits, decoder), step_fn = start(model, phonemes, phoneme_lens, audio, 1 + groups,
-                                     max_steps)
+                                     max_steps, pointers)
 
   # The last K prompt frames, oldest first; -1 where the prompt is shorter than K.
   k = options.ras_window
@@ -266,7 +280,14 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
 
   def body(s: _Loop) -> _Loop:
     rng, step_rng = jax.random.split(s.rng)
-    tokens, fell_back, recent = _choose_group(s.logits, s.recent, step_rng, options)
+    logits = s.logits
+    if pointers is not None:
+      rng, advance_rng = jax.random.split(rng)
+      # The utterance ends with its text: EOS only once the pointer is on the last phoneme.
+      reading = s.decoder["pointer"] < s.decoder["phoneme_lens"] - 1             # [B]
+      logits = logits.at[..., eos].set(jnp.where(reading[:, None], -jnp.inf,
+                                                 logits[..., eos]))
+    tokens, fell_back, recent = _choose_group(logits, s.recent, step_rng, options)
     is_eos = tokens == eos                                            # [B, G]
     tokens = jnp.where(jnp.cumsum(is_eos, axis=1) > 0, eos, tokens)  # EOS ends the group
     ended = jnp.any(is_eos, axis=1)
@@ -275,7 +296,11 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
     new_frames = jnp.where(ended, jnp.argmax(is_eos, axis=1), g)
     all_logits = (None if s.all_logits is None
                   else s.all_logits.at[:, s.step].set(s.logits))
-    logits, decoder = step_fn(tokens, s.decoder)
+    if pointers is None:
+      logits, decoder = step_fn(tokens, s.decoder)
+    else:
+      advance = jax.random.bernoulli(advance_rng, jax.nn.sigmoid(s.decoder["advance_logit"]))
+      logits, decoder = step_fn(tokens, s.decoder, advance)
     return _Loop(
         step=s.step + 1, logits=logits, decoder=decoder,
         finished=s.finished | ended | at_limit, recent=recent, rng=rng,
@@ -342,13 +367,15 @@ class Batch(NamedTuple):
   """A padded synthesis batch (numpy), shapes fixed by the buckets.
 
   phonemes int32 [B, L]; phoneme_lens int32 [B]; prompt int32 [B, P, Q] (codes, 0-padded);
-  prompt_lens int32 [B] frames (whole AR groups); max_steps: AR groups to allow.
+  prompt_lens int32 [B] frames (whole AR groups); max_steps: AR groups to allow;
+  prompt_phoneme_lens int32 [B] (the prompt transcript's phonemes) or None.
   """
   phonemes: np.ndarray
   phoneme_lens: np.ndarray
   prompt: np.ndarray
   prompt_lens: np.ndarray
   max_steps: int
+  prompt_phoneme_lens: np.ndarray | None = None
 
 
 def bucket(size: int, buckets: Sequence[int], what: str) -> int:
@@ -362,7 +389,8 @@ def bucket(size: int, buckets: Sequence[int], what: str) -> int:
 def prepare_batch(phonemes: Sequence[np.ndarray], prompts: Sequence[np.ndarray],
                   group_size: int, options: SampleOptions, *, batch_size: int | None = None,
                   phoneme_buckets: Sequence[int] = PHONEME_BUCKETS,
-                  prompt_buckets: Sequence[int] = PROMPT_BUCKETS) -> Batch:
+                  prompt_buckets: Sequence[int] = PROMPT_BUCKETS,
+                  prompt_phoneme_lens: Sequence[int] | None = None) -> Batch:
   """Pads examples to bucket sizes so that `sample_ar` rarely recompiles.
 
   Args:
@@ -371,6 +399,8 @@ def prepare_batch(phonemes: Sequence[np.ndarray], prompts: Sequence[np.ndarray],
       whole number of AR groups (at most G - 1 frames dropped from its end).
     batch_size: pad the batch to this many rows (copies of the last example) so that
       batches of different sizes share one compiled function.
+    prompt_phoneme_lens: per example, how many of its phonemes are the prompt's transcript
+      (for an AR with `ar_phoneme_pointer`).
   Raises:
     ValueError: a text or prompt longer than the largest bucket.
   """
@@ -393,4 +423,8 @@ def prepare_batch(phonemes: Sequence[np.ndarray], prompts: Sequence[np.ndarray],
   lens = np.concatenate([phoneme_lens, np.repeat(phoneme_lens[-1:], rows - n)])
   plens = np.concatenate([prompt_lens, np.repeat(prompt_lens[-1:], rows - n)])
   max_frames = min(options.max_frames, math.ceil(options.max_frames_per_phoneme * num_phon))
-  return Batch(out_phon, lens, out_prompt, plens, -(-max_frames // group_size))
+  heard = None
+  if prompt_phoneme_lens is not None:
+    heard = np.asarray(list(prompt_phoneme_lens), np.int32)
+    heard = np.concatenate([heard, np.repeat(heard[-1:], rows - n)])
+  return Batch(out_phon, lens, out_prompt, plens, -(-max_frames // group_size), heard)

@@ -115,6 +115,10 @@ def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Req
     once). Logs a warning for each that stopped at the length limit instead of EOS.
   """
   g = ar.group_size
+  if continual and ar.phoneme_pointer:
+    raise UserError("this AR moves a phoneme pointer (model.ar_phoneme_pointer) and needs to "
+                    "know where the prompt's words end: use zero-shot mode (a prompt and "
+                    "its transcript), not --continual.")
   examples = []
   for n, r in enumerate(requests, 1):
     where = f"request {n}" if len(requests) > 1 else "the request"
@@ -124,19 +128,21 @@ def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Req
                            final_punctuation=False)
       words = np.concatenate([heard, [symbols.word_id], words]).astype(np.int32)
     prompt = _prompt_codes(r.prompt, codec, continual_seconds if continual else None)
-    examples.append((words, prompt))
+    examples.append((words, prompt, 0 if continual else len(heard) + 1))
   ar_def, ar_state = nnx.split(ar)
   nar_def, nar_state = nnx.split(nar)
   key = jax.random.key(seed)
   wavs = []
   for start in range(0, len(examples), batch_size):
     chunk = examples[start:start + batch_size]
-    batch = sampling.prepare_batch([w for w, _ in chunk], [p for _, p in chunk], g, options,
-                                   batch_size=batch_size)
+    batch = sampling.prepare_batch([w for w, _, _ in chunk], [p for _, p, _ in chunk], g,
+                                   options, batch_size=batch_size,
+                                   prompt_phoneme_lens=[h for _, _, h in chunk])
     out = sampling.sample_ar(ar_def, ar_state, batch.phonemes, batch.phoneme_lens,
                              batch.prompt[..., 0], batch.prompt_lens,
                              jax.random.fold_in(key, start), options=options,
-                             max_steps=batch.max_steps)
+                             max_steps=batch.max_steps,
+                             prompt_phoneme_lens=batch.prompt_phoneme_lens)
     codes = sampling.decode_nar(nar_def, nar_state, batch.phonemes, batch.phoneme_lens,
                                 batch.prompt, batch.prompt_lens, out.codes, out.lengths)
     codes, lengths, hit_limit = jax.device_get((codes, out.lengths, out.hit_limit))

@@ -186,7 +186,7 @@ class Trainer:
       model = nnx.merge(self.graphdefs[name], params[name])
       dropout_rng = None if deterministic else jax.random.fold_in(rng, i)
       _, m = LOSSES[name](model, batch[name], dropout_rng)
-      total += m["loss_sum"] + m.get("aux_loss_sum", 0.0)
+      total += m["loss_sum"] + m.get("aux_loss_sum", 0.0) + m.get("advance_loss_sum", 0.0)
       metrics[name] = m
     return total, metrics
 
@@ -260,6 +260,9 @@ def summarize(metrics: dict[str, Any]) -> dict[str, float]:
       out[f"{name}/text_gain"] = float(m["text_gain_sum"]) / count
     if "aux_loss_sum" in m:
       out[f"{name}/alignment_loss"] = float(m["aux_loss_sum"]) / count
+    if "advance_count" in m:   # per frame whose advance is learnt
+      out[f"{name}/advance_loss"] = float(m["advance_loss_sum"]) / max(
+          float(m["advance_count"]), 1.0)
     if "count_per_codebook" in m:
       for q, (c, l, a) in enumerate(zip(m["count_per_codebook"], m["loss_sum_per_codebook"],
                                          m["top10_correct_per_codebook"])):
@@ -374,7 +377,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   loader = data_lib.BatchLoader(source, plan, cfg.data, kind=cfg.train.model,
                                 num_codebooks=cfg.model.num_codebooks, frame_rate=frame_rate,
                                 process_index=jax.process_index(),
-                                process_count=jax.process_count())
+                                process_count=jax.process_count(),
+                                alignments=_alignments(cfg, dataset, cfg.data.train_split))
   data_iter = data_lib.batch_iterator(loader, cfg.train.steps, num_threads=cfg.data.num_threads,
                                       prefetch=cfg.data.prefetch)
 
@@ -482,6 +486,12 @@ def _log_window(logger: MetricLogger, step: int, window: list, window_start: flo
   return values
 
 
+def _alignments(cfg, dataset, split: str):
+  """The split's alignments when the AR trains a phoneme pointer, else None."""
+  uses_ar = cfg.train.model in ("ar", "both")
+  return dataset.alignments(split) if uses_ar and cfg.model.ar_phoneme_pointer else None
+
+
 def _eval_batches(cfg, dataset, workdir, *, frame_rate: float, multiple: int):
   """A fixed list of held-out batches (same batching rules, own plan), or []."""
   split = cfg.data.eval_split
@@ -494,7 +504,8 @@ def _eval_batches(cfg, dataset, workdir, *, frame_rate: float, multiple: int):
   loader = data_lib.BatchLoader(source, plan, cfg.data, kind=cfg.train.model,
                                 num_codebooks=cfg.model.num_codebooks, frame_rate=frame_rate,
                                 process_index=jax.process_index(),
-                                process_count=jax.process_count())
+                                process_count=jax.process_count(),
+                                alignments=_alignments(cfg, dataset, split))
   return [loader(i) for i in range(min(cfg.train.eval_batches, plan.batches_per_epoch))]
 
 

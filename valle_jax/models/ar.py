@@ -18,6 +18,10 @@ KV cache (for the sampler): a dict of arrays
     valid      [B, S] bool               slots that hold a real phoneme or audio token
     next_slot  [B] int32                 where the next audio token is written
     audio_pos  [B] int32                 its position within the audio segment
+  and with `ar_phoneme_pointer`:
+    phonemes   [B, L] int32, phoneme_lens [B] int32   the text the pointer moves along
+    pointer    [B] int32                 the phoneme of the frame the next slot predicts
+    advance_logit [B] float32            the last slot's "next frame moves on" logit
 `prefill` runs the prompt (phonemes + BOS + prompt codes) through the model and fills
 slots [0, L + Ta); `decode_step` appends one group per example at its own `next_slot`,
 so a batch whose prompts differ in length decodes in lockstep.
@@ -56,6 +60,9 @@ class ARModel(nnx.Module):
     self.alignment_layer = cfg.get("ar_alignment_layer", 1)
     self.alignment_loss_weight = cfg.get("ar_alignment_loss", 0.0)
     self.alignment_loss_width = cfg.get("ar_alignment_width", 0.2)
+    self.phoneme_pointer = bool(cfg.get("ar_phoneme_pointer", False))
+    if self.phoneme_pointer and self.group_size != 1:
+      raise ValueError("ar_phoneme_pointer needs ar_group_size = 1.")
     if not 0.0 <= self.audio_token_dropout <= 1.0:
       raise ValueError(f"ar_audio_token_dropout must be in [0, 1], got {self.audio_token_dropout}.")
     if self.alignment_loss_weight > 0 and not 0 <= self.alignment_layer < cfg.num_layers:
@@ -78,6 +85,10 @@ class ARModel(nnx.Module):
                                          (d, num_out), ("embed", "vocab"))
     self.head_bias = layers.make_param(rngs, jax.nn.initializers.zeros, (num_out,),
                                        ("vocab",))
+    if self.phoneme_pointer:  # P(the next frame moves on to the next phoneme)
+      self.advance_kernel = layers.make_param(rngs, jax.nn.initializers.lecun_normal(),
+                                              (d, 1), ("embed", None))
+      self.advance_bias = layers.make_param(rngs, jax.nn.initializers.zeros, (1,), (None,))
 
   # -- embeddings and head -------------------------------------------------------------
 
@@ -88,9 +99,12 @@ class ARModel(nnx.Module):
     x = x + layers.sinusoidal_positions(jnp.arange(phonemes.shape[1])[None], d)
     return x.astype(self.dtype)
 
-  def _embed_audio(self, tokens: Array, positions: Array, drop_rng: Array | None = None
-                   ) -> Array:
+  def _embed_audio(self, tokens: Array, positions: Array, drop_rng: Array | None = None,
+                   pointer_phonemes: Array | None = None) -> Array:
     """tokens [B, T, G], positions [B, T] -> [B, T, D] (compute dtype).
+
+    With `ar_phoneme_pointer`, `pointer_phonemes` [B, T] (the phoneme id each slot's frame is
+    spoken in) adds that phoneme's embedding.
 
     With `drop_rng` (training), each token embedding but BOS's is zeroed with probability
     `ar_audio_token_dropout`; its position stays.
@@ -106,6 +120,10 @@ class ARModel(nnx.Module):
       keep = jax.random.bernoulli(drop_rng, 1.0 - self.audio_token_dropout, (b, t))
       keep = keep | (jnp.arange(t) == 0)[None]                  # [B, T]
       x = jnp.where(keep[..., None], x, jnp.zeros_like(x))
+    if self.phoneme_pointer:
+      if pointer_phonemes is None:
+        raise ValueError("ar_phoneme_pointer needs the phoneme of each audio slot.")
+      x = x + layers.embed(self.phoneme_embed[...], pointer_phonemes)
     x = x + layers.sinusoidal_positions(positions, d)
     return x.astype(self.dtype)
 
@@ -115,6 +133,11 @@ class ARModel(nnx.Module):
     b, t, _ = logits.shape
     return logits.astype(jnp.float32).reshape(b, t, self.group_size, self.codebook_size + 1)
 
+  def advance_logits(self, h: Array) -> Array:
+    """h [B, T, D] -> [B, T] float32 logit that the frame after each slot's moves on."""
+    out = h @ self.advance_kernel[...].astype(h.dtype) + self.advance_bias[...].astype(h.dtype)
+    return out[..., 0].astype(jnp.float32)
+
   def _check_tokens(self, audio_tokens: Array):
     if audio_tokens.ndim != 3 or audio_tokens.shape[-1] != self.group_size:
       raise ValueError(f"audio_tokens must be [B, T, G={self.group_size}], "
@@ -123,8 +146,9 @@ class ARModel(nnx.Module):
   # -- full forward ----------------------------------------------------------------------
 
   def __call__(self, phonemes: Array, phoneme_lens: Array, audio_tokens: Array,
-               audio_lens: Array, *, dropout_rng: Array | None = None,
-               return_alignment: bool = False) -> Array | tuple[Array, Array]:
+               audio_lens: Array, *, phoneme_pointers: Array | None = None,
+               dropout_rng: Array | None = None, return_alignment: bool = False,
+               return_advance: bool = False) -> Array | tuple[Array, ...]:
     """Teacher-forced forward.
 
     Args:
@@ -132,35 +156,46 @@ class ARModel(nnx.Module):
       phoneme_lens: int [B] valid phonemes per example.
       audio_tokens: int [B, Ta, G] audio input groups, BOS first (`ar_inputs_and_targets`).
       audio_lens: int [B] valid audio groups per example (BOS included).
+      phoneme_pointers: int [B, Ta], with `ar_phoneme_pointer`: the index into `phonemes`
+        of the phoneme each slot's frame is spoken in (`pointer_inputs_and_targets`).
       dropout_rng: PRNG key for dropout, or None for deterministic evaluation.
     Returns:
       float32 logits [B, Ta, G, V + 1]; slot t predicts audio group t. With
       `return_alignment`, also the audio queries' attention [B, N/2, Ta, L + Ta] in layer
-      `ar_alignment_layer`, first half of its heads (what `ar_loss` guides to the text).
+      `ar_alignment_layer`, first half of its heads (what `ar_loss` guides to the text);
+      with `return_advance` (`ar_phoneme_pointer`), also `advance_logits` [B, Ta].
     """
     self._check_tokens(audio_tokens)
     token_rng = None
     if self.audio_token_dropout > 0:   # split only then: other runs keep their dropout masks
       token_rng, dropout_rng = _split_or_none(dropout_rng)
     x, mask = self._inputs_and_mask(phonemes, phoneme_lens, audio_tokens, audio_lens,
-                                    token_rng)
+                                    token_rng, phoneme_pointers)
     embed_rng, layers_rng = _split_or_none(dropout_rng)
     x = layers.dropout(x, self.dropout_rate, embed_rng)
     num_phon = phonemes.shape[1]
-    if not return_alignment:
+    if return_alignment:
+      h, _, probs = self.transformer(x, mask, dropout_rng=layers_rng,
+                                     attention_of_layer=self.alignment_layer)
+    else:
       h, _ = self.transformer(x, mask, dropout_rng=layers_rng)
-      return self._head(h[:, num_phon:])
-    h, _, probs = self.transformer(x, mask, dropout_rng=layers_rng,
-                                   attention_of_layer=self.alignment_layer)
-    return self._head(h[:, num_phon:]), probs[:, :max(1, self.num_heads // 2), num_phon:]
+    h = h[:, num_phon:]
+    outputs = (self._head(h),)
+    if return_alignment:
+      outputs += (probs[:, :max(1, self.num_heads // 2), num_phon:],)
+    if return_advance:
+      outputs += (self.advance_logits(h),)
+    return outputs if len(outputs) > 1 else outputs[0]
 
   def _inputs_and_mask(self, phonemes, phoneme_lens, audio_tokens, audio_lens,
-                       token_drop_rng=None):
+                       token_drop_rng=None, phoneme_pointers=None):
     """Embedded sequence [B, L + Ta, D] and its attention mask [B, 1, L + Ta, L + Ta]."""
     num_phon, num_audio = phonemes.shape[1], audio_tokens.shape[1]
     audio_positions = jnp.broadcast_to(jnp.arange(num_audio), audio_tokens.shape[:2])
+    pointer_phonemes = _pointed(phonemes, phoneme_pointers)
     x = jnp.concatenate([self._embed_phonemes(phonemes),
-                         self._embed_audio(audio_tokens, audio_positions, token_drop_rng)],
+                         self._embed_audio(audio_tokens, audio_positions, token_drop_rng,
+                                           pointer_phonemes)],
                         axis=1)
     valid = _segment_valid(phoneme_lens, num_phon, audio_lens, num_audio)  # [B, L + Ta]
     slot = jnp.arange(num_phon + num_audio)
@@ -185,26 +220,32 @@ class ARModel(nnx.Module):
     }
 
   def prefill(self, phonemes: Array, phoneme_lens: Array, audio_tokens: Array,
-              audio_lens: Array, cache: dict[str, Array]) -> tuple[Array, dict[str, Array]]:
+              audio_lens: Array, cache: dict[str, Array], phoneme_pointers: Array | None = None
+              ) -> tuple[Array, dict[str, Array]]:
     """Runs the prompt through the model, filling cache slots [0, L + Ta).
 
     Args: as `__call__` (audio_tokens = BOS + prompt groups); `cache` from `init_cache`.
+      With `ar_phoneme_pointer`, `phoneme_pointers` [B, Ta] as in `__call__`; the last
+      valid slot's pointer is where generation starts (the target text's first phoneme).
     Returns:
       logits [B, G, V + 1] float32 at each example's last valid audio slot (the prediction
-      of its first new group), and the filled cache.
+      of its first new group), and the filled cache. With the pointer, the cache also
+      holds the phonemes, the pointer [B] and `advance_logit` [B] of that slot.
     """
     self._check_tokens(audio_tokens)
     num_phon, num_audio = phonemes.shape[1], audio_tokens.shape[1]
     num_slots = cache["valid"].shape[1]
     if num_phon + num_audio > num_slots:
       raise ValueError(f"prompt needs {num_phon + num_audio} cache slots, cache has {num_slots}.")
-    x, mask = self._inputs_and_mask(phonemes, phoneme_lens, audio_tokens, audio_lens)
+    x, mask = self._inputs_and_mask(phonemes, phoneme_lens, audio_tokens, audio_lens,
+                                    phoneme_pointers=phoneme_pointers)
     pad = num_slots - (num_phon + num_audio)
     mask = jnp.pad(mask, [(0, 0), (0, 0), (0, 0), (0, pad)])    # [B, 1, T, S]
     write_slots = jnp.broadcast_to(jnp.arange(num_phon + num_audio), x.shape[:2])
     kv = {"k": cache["k"], "v": cache["v"]}
     h, kv = self.transformer(x, mask, cache=kv, write_slots=write_slots)
-    last = h[jnp.arange(h.shape[0]), num_phon + audio_lens - 1]  # [B, D]
+    rows = jnp.arange(h.shape[0])
+    last = h[rows, num_phon + audio_lens - 1][:, None]           # [B, 1, D]
     valid = _segment_valid(phoneme_lens, num_phon, audio_lens, num_audio)
     cache = {
         **kv,
@@ -212,29 +253,52 @@ class ARModel(nnx.Module):
         "next_slot": (num_phon + audio_lens).astype(jnp.int32),
         "audio_pos": audio_lens.astype(jnp.int32),
     }
-    return self._head(last[:, None])[:, 0], cache
+    if self.phoneme_pointer:
+      cache.update(phonemes=phonemes, phoneme_lens=phoneme_lens.astype(jnp.int32),
+                   pointer=phoneme_pointers[rows, audio_lens - 1].astype(jnp.int32),
+                   advance_logit=self.advance_logits(last)[:, 0])
+    return self._head(last)[:, 0], cache
 
-  def decode_step(self, tokens: Array, cache: dict[str, Array]
+  def decode_step(self, tokens: Array, cache: dict[str, Array], advance: Array | None = None
                   ) -> tuple[Array, dict[str, Array]]:
     """Appends one audio group per example and predicts the next.
 
     Args:
       tokens: int [B, G], the group just chosen for each example.
       cache: from `prefill` or a previous `decode_step`.
+      advance: bool [B], with `ar_phoneme_pointer`: whether the new frame moves on to the
+        next phoneme (drawn from the cache's `advance_logit`; the pointer stops at the last).
     Returns:
       logits [B, G, V + 1] float32 for the following group, and the updated cache.
     The caller must not step past the cache's slots (the sampler bounds its loop).
     """
     batch = tokens.shape[0]
-    x = self._embed_audio(tokens[:, None, :], cache["audio_pos"][:, None])  # [B, 1, D]
+    pointer_phonemes, pointer = None, None
+    if self.phoneme_pointer:
+      if advance is None:
+        raise ValueError("ar_phoneme_pointer: decode_step needs `advance`.")
+      pointer = jnp.minimum(cache["pointer"] + advance.astype(jnp.int32),
+                            cache["phoneme_lens"] - 1)
+      pointer_phonemes = _pointed(cache["phonemes"], pointer[:, None])         # [B, 1]
+    x = self._embed_audio(tokens[:, None, :], cache["audio_pos"][:, None],
+                          pointer_phonemes=pointer_phonemes)                   # [B, 1, D]
     write_slots = cache["next_slot"][:, None]                                  # [B, 1]
     valid = cache["valid"].at[jnp.arange(batch), cache["next_slot"]].set(True)
     mask = valid[:, None, None, :]                                            # [B, 1, 1, S]
     kv = {"k": cache["k"], "v": cache["v"]}
     h, kv = self.transformer(x, mask, cache=kv, write_slots=write_slots)
-    cache = {**kv, "valid": valid, "next_slot": cache["next_slot"] + 1,
+    cache = {**cache, **kv, "valid": valid, "next_slot": cache["next_slot"] + 1,
              "audio_pos": cache["audio_pos"] + 1}
+    if self.phoneme_pointer:
+      cache.update(pointer=pointer, advance_logit=self.advance_logits(h)[:, 0])
     return self._head(h)[:, 0], cache
+
+
+def _pointed(phonemes: Array, pointers: Array | None) -> Array | None:
+  """The phoneme ids [B, T] at `pointers` [B, T] (indices into phonemes [B, L]), or None."""
+  if pointers is None:
+    return None
+  return jnp.take_along_axis(phonemes, jnp.clip(pointers, 0, phonemes.shape[1] - 1), axis=1)
 
 
 def _split_or_none(rng: Array | None) -> tuple[Array | None, Array | None]:
@@ -273,3 +337,43 @@ def ar_inputs_and_targets(codes: Array, code_lens: Array, codebook_size: int,
                            axis=1)
   group_lens = (code_lens + 1 + group_size - 1) // group_size
   return inputs, targets, group_lens.astype(jnp.int32)
+
+
+def prompt_pointers(prompt_phoneme_lens: Array, prompt_lens: Array, num_slots: int) -> Array:
+  """The pointer inputs [B, num_slots] for BOS + a prompt at inference (G = 1).
+
+  The prompt's alignment is unknown, so its frames are split evenly over its transcript's
+  P phonemes (as training does for a pair's first utterance, `data.even_split`); the slot
+  after the prompt (the first new frame) points at phoneme P, the target text's first.
+  prompt_phoneme_lens: int [B] P; prompt_lens: int [B] prompt frames.
+  """
+  slot = jnp.arange(num_slots)[None, :]
+  p = prompt_phoneme_lens[:, None]
+  even = ((slot + 0.5) * p / jnp.maximum(prompt_lens[:, None], 1)).astype(jnp.int32)
+  return jnp.where(slot < prompt_lens[:, None], jnp.minimum(even, p - 1), p).astype(jnp.int32)
+
+
+def pointer_inputs_and_targets(phoneme_of_frame: Array, code_lens: Array, phoneme_lens: Array,
+                               target_start: Array) -> tuple[Array, Array, Array]:
+  """The phoneme pointer's inputs and targets (`ar_phoneme_pointer`, G = 1).
+
+  Args:
+    phoneme_of_frame: int [B, T] the phoneme index each frame is spoken in (the alignment).
+    code_lens: int [B] valid frames; phoneme_lens: int [B] valid phonemes.
+    target_start: int [B] first frame whose advance is learnt (the prompt utterance's
+      frames come first in a same-speaker pair, aligned evenly as at inference).
+  Returns, for the T + 1 audio slots of `ar_inputs_and_targets`:
+    pointers int32 [B, T + 1]: slot t's frame's phoneme (the last phoneme for the EOS slot);
+    advance float32 [B, T + 1]: 1 where frame t + 1 is in the next phoneme (or after the
+      last frame); mask bool [B, T + 1]: the slots whose advance is learnt.
+  """
+  b, t = phoneme_of_frame.shape
+  slot = jnp.arange(t + 1)[None, :]
+  last = (phoneme_lens - 1)[:, None]
+  frames = jnp.pad(phoneme_of_frame, [(0, 0), (0, 1)])
+  pointers = jnp.where(slot < code_lens[:, None], frames, last).astype(jnp.int32)
+  following = jnp.where(slot + 1 < code_lens[:, None], jnp.roll(frames, -1, axis=1),
+                        phoneme_lens[:, None])
+  advance = jnp.clip(following - pointers, 0, 1).astype(jnp.float32)
+  mask = (slot >= target_start[:, None]) & (slot < code_lens[:, None])
+  return pointers, advance, mask

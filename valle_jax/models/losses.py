@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from valle_jax.models.ar import ARModel, ar_inputs_and_targets
+from valle_jax.models.ar import ARModel, ar_inputs_and_targets, pointer_inputs_and_targets
 from valle_jax.models.nar import NARModel
 
 Array = jax.Array
@@ -68,9 +68,20 @@ def ar_loss(model: ARModel, batch: dict[str, Array], dropout_rng: Array | None =
   inputs, targets, group_lens = ar_inputs_and_targets(
       batch["codes"][..., 0], batch["code_lens"], model.codebook_size, model.group_size)
   guided = model.alignment_loss_weight > 0
+  pointer = model.phoneme_pointer
+  pointers = None
+  if pointer:
+    if "phoneme_of_frame" not in batch:
+      raise ValueError("ar_phoneme_pointer needs alignments: batch['phoneme_of_frame'] "
+                       "(`valle-jax align`, data.alignments).")
+    pointers, advance, advance_mask = pointer_inputs_and_targets(
+        batch["phoneme_of_frame"], batch["code_lens"], batch["phoneme_lens"],
+        batch["target_start"])
   out = model(batch["phonemes"], batch["phoneme_lens"], inputs, group_lens,
-              dropout_rng=dropout_rng, return_alignment=guided)
-  logits = out[0] if guided else out                          # [B, Ta, G, V + 1]
+              phoneme_pointers=pointers, dropout_rng=dropout_rng, return_alignment=guided,
+              return_advance=pointer)
+  out = out if isinstance(out, tuple) else (out,)
+  logits = out[0]                                              # [B, Ta, G, V + 1]
   mask = jnp.arange(inputs.shape[1])[None, :, None] < group_lens[:, None, None]
   mask = jnp.broadcast_to(mask, targets.shape).astype(jnp.float32)
   nll, in_topk = token_nll_and_topk(logits, targets)
@@ -82,6 +93,10 @@ def ar_loss(model: ARModel, batch: dict[str, Array], dropout_rng: Array | None =
                                 model.alignment_loss_width)          # [B, Ta]
     metrics["aux_loss_sum"] = model.alignment_loss_weight * jnp.sum(
         penalty[..., None] * mask)
+  if pointer:
+    bce = jax.nn.softplus(out[-1]) - out[-1] * advance               # [B, Ta] cross-entropy
+    metrics["advance_loss_sum"] = jnp.sum(bce * advance_mask)
+    metrics["advance_count"] = jnp.sum(advance_mask.astype(jnp.float32))
   return metrics["loss_sum"] / jnp.maximum(metrics["count"], 1.0), metrics
 
 
