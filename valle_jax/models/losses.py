@@ -129,11 +129,15 @@ def nar_loss(model: NARModel, batch: dict[str, Array], dropout_rng: Array | None
 
 def example_batch(model_cfg, batch_size: int, num_phonemes: int, num_frames: int,
                   seed: int = 0) -> dict[str, np.ndarray]:
-  """A random AR/NAR batch with the layout `models.ar_loss` / `models.nar_loss` read."""
+  """A random AR/NAR batch with the layout `models.ar_loss` / `models.nar_loss` read (with
+  the phoneme pointer's alignment: each example's frames split evenly over its phonemes)."""
   rng = np.random.default_rng(seed)
   q, v = model_cfg.num_codebooks, model_cfg.codebook_size
   prompt_frames = max(1, num_frames // 3)
+  even = np.minimum((np.arange(num_frames) + 0.5) * num_phonemes / num_frames, num_phonemes - 1)
   return {
+      "phoneme_of_frame": np.tile(even.astype(np.int32), (batch_size, 1)),
+      "target_start": np.zeros((batch_size,), np.int32),
       "phonemes": rng.integers(1, model_cfg.phoneme_vocab_size, (batch_size, num_phonemes)),
       "phoneme_lens": np.full((batch_size,), num_phonemes),
       "codes": rng.integers(0, v, (batch_size, num_frames, q)),
