@@ -21,17 +21,6 @@ def base() -> ml_collections.ConfigDict:
   c.model.codebook_size = 1024      # entries per codebook
   c.model.compute_dtype = "float32"  # "float32" | "bfloat16"; params are always float32
   c.model.ar_group_size = 1          # VALL-E 2 grouped code modeling: frames per AR step
-  # Two training-only aids for an AR that does not read the text (eval `ar/text_gain` ~ 0;
-  # README "The demo"), both off by default and measured without effect in the demo's budget:
-  # - each AR input token's embedding is zeroed with this probability (its position kept),
-  #   like Tacotron's pre-net dropout, so that the previous frames alone predict less;
-  c.model.ar_audio_token_dropout = 0.0
-  # - guided attention (DCTTS): half the heads of layer `ar_alignment_layer` are pushed to
-  #   the phoneme on the diagonal l / L = t / T (models/losses.py alignment_penalty),
-  #   `ar_alignment_loss` times the penalty per target token.
-  c.model.ar_alignment_loss = 0.0
-  c.model.ar_alignment_layer = 1
-  c.model.ar_alignment_width = 0.2
   # Phoneme pointer (beyond the paper; like VALL-E R's monotonic alignment): each AR audio
   # input also embeds the phoneme its frame is spoken in, and a second head predicts when the
   # next frame moves on to the next phoneme. Trained on the dataset's forced alignments

@@ -162,60 +162,10 @@ def test_ar_kv_cache_matches_full_forward(cfg, batch, group_size):
     np.testing.assert_allclose(cached[b], expected, atol=2e-5, rtol=1e-5)
 
 
-def test_ar_audio_token_dropout_is_training_only(cfg, batch, ar_io, ar_logits):
-  """At rate 1 every audio input but BOS is dropped when a dropout key is given (changing
-  one changes nothing); without a key (inference) the model is the plain one."""
-  model = models.ARModel(_with(cfg, ar_audio_token_dropout=1.0), rngs=nnx.Rngs(0))
-  inputs, _, lens = ar_io
-  apply = nnx.jit(lambda m, inputs, rng: m(batch["phonemes"], batch["phoneme_lens"], inputs,
-                                           lens, dropout_rng=rng))
-  key = jax.random.key(0)
-  changed = inputs.at[:, 3].set((inputs[:, 3] + 17) % 1024)
-  np.testing.assert_array_equal(apply(model, changed, key), apply(model, inputs, key))
-  plain = nnx.jit(lambda m: m(batch["phonemes"], batch["phoneme_lens"], inputs, lens))(model)
-  np.testing.assert_array_equal(plain, ar_logits)
-
-
 def test_reverse_valid_keeps_padding():
   phonemes = jnp.array([[5, 6, 7, 0], [8, 9, 0, 0]])
   out = models.reverse_valid(phonemes, jnp.array([3, 1]))
   np.testing.assert_array_equal(out, [[7, 6, 5, 0], [8, 9, 0, 0]])
-
-
-def test_alignment_penalty_prefers_the_diagonal():
-  """Attention on the phoneme under each audio slot costs ~0, the reversed order and the
-  audio keys cost much more; padded phoneme slots are outside the diagonal's scale."""
-  num_phon, num_audio = 10, 40
-  t = np.arange(num_audio)
-  def attention(columns):                    # one-hot rows [1, 1, Ta, L + Ta]
-    a = np.zeros((1, 1, num_audio, num_phon + num_audio), np.float32)
-    a[0, 0, t, columns] = 1.0
-    return jnp.asarray(a)
-  diagonal = (t * 8) // num_audio                       # 8 valid phonemes of 10
-  cost = lambda a: float(jnp.mean(models.alignment_penalty(  # noqa: E731
-      a, jnp.array([8]), jnp.array([num_audio]), 0.2)))
-  assert cost(attention(diagonal)) < 0.03
-  assert cost(attention(7 - diagonal)) > 0.4
-  assert cost(attention(num_phon + t)) == pytest.approx(1.0)
-
-
-def test_ar_alignment_loss_reads_the_guided_heads(cfg, batch):
-  """With ar_alignment_loss > 0 the loss adds the penalty of layer `ar_alignment_layer`'s
-  first half of the heads, weighted per target token; its gradient reaches that layer."""
-  model = models.ARModel(_with(cfg, ar_alignment_loss=2.0, ar_alignment_layer=0),
-                         rngs=nnx.Rngs(0))
-  loss_fn = nnx.jit(models.ar_loss)
-  _, m = loss_fn(model, batch)
-  _, plain = loss_fn(models.ARModel(cfg, rngs=nnx.Rngs(0)), batch)
-  assert "aux_loss_sum" not in plain
-  np.testing.assert_allclose(m["loss_sum"], plain["loss_sum"], rtol=1e-6)  # NLL unchanged
-  per_token = float(m["aux_loss_sum"] / m["count"])
-  assert 0.2 < per_token < 2.0                          # 2 x a penalty in (0, 1]
-  grads = nnx.grad(lambda mdl: models.ar_loss(mdl, batch)[1]["aux_loss_sum"])(model)
-  q_grad = grads.transformer.blocks[0].attn.q_kernel[...]
-  heads = cfg.num_heads // 2
-  assert float(jnp.abs(q_grad[:, :heads]).max()) > 0
-  assert float(jnp.abs(q_grad[:, heads:]).max()) == 0   # the other heads are not guided
 
 
 def _with(cfg, **changes):

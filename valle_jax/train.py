@@ -186,7 +186,7 @@ class Trainer:
       model = nnx.merge(self.graphdefs[name], params[name])
       dropout_rng = None if deterministic else jax.random.fold_in(rng, i)
       _, m = LOSSES[name](model, batch[name], dropout_rng)
-      total += m["loss_sum"] + m.get("aux_loss_sum", 0.0) + m.get("advance_loss_sum", 0.0)
+      total += m["loss_sum"] + m.get("advance_loss_sum", 0.0)
       metrics[name] = m
     return total, metrics
 
@@ -258,8 +258,6 @@ def summarize(metrics: dict[str, Any]) -> dict[str, float]:
     out[f"{name}/tokens"] = float(m["count"])
     if "text_gain_sum" in m:
       out[f"{name}/text_gain"] = float(m["text_gain_sum"]) / count
-    if "aux_loss_sum" in m:
-      out[f"{name}/alignment_loss"] = float(m["aux_loss_sum"]) / count
     if "advance_count" in m:   # per frame whose advance is learnt
       out[f"{name}/advance_loss"] = float(m["advance_loss_sum"]) / max(
           float(m["advance_count"]), 1.0)

@@ -56,18 +56,9 @@ class ARModel(nnx.Module):
     self.group_size = cfg.ar_group_size
     self.dtype = layers.compute_dtype(cfg.compute_dtype)
     self.dropout_rate = cfg.dropout
-    self.audio_token_dropout = cfg.get("ar_audio_token_dropout", 0.0)
-    self.alignment_layer = cfg.get("ar_alignment_layer", 1)
-    self.alignment_loss_weight = cfg.get("ar_alignment_loss", 0.0)
-    self.alignment_loss_width = cfg.get("ar_alignment_width", 0.2)
     self.phoneme_pointer = bool(cfg.get("ar_phoneme_pointer", False))
     if self.phoneme_pointer and self.group_size != 1:
       raise ValueError("ar_phoneme_pointer needs ar_group_size = 1.")
-    if not 0.0 <= self.audio_token_dropout <= 1.0:
-      raise ValueError(f"ar_audio_token_dropout must be in [0, 1], got {self.audio_token_dropout}.")
-    if self.alignment_loss_weight > 0 and not 0 <= self.alignment_layer < cfg.num_layers:
-      raise ValueError(f"ar_alignment_layer must be in [0, num_layers={cfg.num_layers}), got "
-                       f"{self.alignment_layer}.")
     embed = layers.embed_init(d)
     self.phoneme_embed = layers.make_param(rngs, embed, (cfg.phoneme_vocab_size, d),
                                            ("vocab", "embed"))
@@ -99,15 +90,12 @@ class ARModel(nnx.Module):
     x = x + layers.sinusoidal_positions(jnp.arange(phonemes.shape[1])[None], d)
     return x.astype(self.dtype)
 
-  def _embed_audio(self, tokens: Array, positions: Array, drop_rng: Array | None = None,
+  def _embed_audio(self, tokens: Array, positions: Array,
                    pointer_phonemes: Array | None = None) -> Array:
     """tokens [B, T, G], positions [B, T] -> [B, T, D] (compute dtype).
 
     With `ar_phoneme_pointer`, `pointer_phonemes` [B, T] (the phoneme id each slot's frame is
     spoken in) adds that phoneme's embedding.
-
-    With `drop_rng` (training), each token embedding but BOS's is zeroed with probability
-    `ar_audio_token_dropout`; its position stays.
     """
     b, t, g = tokens.shape
     d = self.audio_embed.shape[1]
@@ -116,10 +104,6 @@ class ARModel(nnx.Module):
       x = x.reshape(b, t, g * d) @ self.group_proj[...]
     else:
       x = x[:, :, 0]
-    if drop_rng is not None and self.audio_token_dropout > 0:
-      keep = jax.random.bernoulli(drop_rng, 1.0 - self.audio_token_dropout, (b, t))
-      keep = keep | (jnp.arange(t) == 0)[None]                  # [B, T]
-      x = jnp.where(keep[..., None], x, jnp.zeros_like(x))
     if self.phoneme_pointer:
       if pointer_phonemes is None:
         raise ValueError("ar_phoneme_pointer needs the phoneme of each audio slot.")
@@ -147,8 +131,8 @@ class ARModel(nnx.Module):
 
   def __call__(self, phonemes: Array, phoneme_lens: Array, audio_tokens: Array,
                audio_lens: Array, *, phoneme_pointers: Array | None = None,
-               dropout_rng: Array | None = None, return_alignment: bool = False,
-               return_advance: bool = False) -> Array | tuple[Array, ...]:
+               dropout_rng: Array | None = None, return_advance: bool = False
+               ) -> Array | tuple[Array, Array]:
     """Teacher-forced forward.
 
     Args:
@@ -161,41 +145,27 @@ class ARModel(nnx.Module):
       dropout_rng: PRNG key for dropout, or None for deterministic evaluation.
     Returns:
       float32 logits [B, Ta, G, V + 1]; slot t predicts audio group t. With
-      `return_alignment`, also the audio queries' attention [B, N/2, Ta, L + Ta] in layer
-      `ar_alignment_layer`, first half of its heads (what `ar_loss` guides to the text);
-      with `return_advance` (`ar_phoneme_pointer`), also `advance_logits` [B, Ta].
+      `return_advance` (`ar_phoneme_pointer`), also `advance_logits` [B, Ta].
     """
     self._check_tokens(audio_tokens)
-    token_rng = None
-    if self.audio_token_dropout > 0:   # split only then: other runs keep their dropout masks
-      token_rng, dropout_rng = _split_or_none(dropout_rng)
     x, mask = self._inputs_and_mask(phonemes, phoneme_lens, audio_tokens, audio_lens,
-                                    token_rng, phoneme_pointers)
+                                    phoneme_pointers)
     embed_rng, layers_rng = _split_or_none(dropout_rng)
     x = layers.dropout(x, self.dropout_rate, embed_rng)
-    num_phon = phonemes.shape[1]
-    if return_alignment:
-      h, _, probs = self.transformer(x, mask, dropout_rng=layers_rng,
-                                     attention_of_layer=self.alignment_layer)
-    else:
-      h, _ = self.transformer(x, mask, dropout_rng=layers_rng)
-    h = h[:, num_phon:]
-    outputs = (self._head(h),)
-    if return_alignment:
-      outputs += (probs[:, :max(1, self.num_heads // 2), num_phon:],)
+    h, _ = self.transformer(x, mask, dropout_rng=layers_rng)
+    h = h[:, phonemes.shape[1]:]                                      # audio slots
     if return_advance:
-      outputs += (self.advance_logits(h),)
-    return outputs if len(outputs) > 1 else outputs[0]
+      return self._head(h), self.advance_logits(h)
+    return self._head(h)
 
   def _inputs_and_mask(self, phonemes, phoneme_lens, audio_tokens, audio_lens,
-                       token_drop_rng=None, phoneme_pointers=None):
+                       phoneme_pointers=None):
     """Embedded sequence [B, L + Ta, D] and its attention mask [B, 1, L + Ta, L + Ta]."""
     num_phon, num_audio = phonemes.shape[1], audio_tokens.shape[1]
     audio_positions = jnp.broadcast_to(jnp.arange(num_audio), audio_tokens.shape[:2])
     pointer_phonemes = _pointed(phonemes, phoneme_pointers)
     x = jnp.concatenate([self._embed_phonemes(phonemes),
-                         self._embed_audio(audio_tokens, audio_positions, token_drop_rng,
-                                           pointer_phonemes)],
+                         self._embed_audio(audio_tokens, audio_positions, pointer_phonemes)],
                         axis=1)
     valid = _segment_valid(phoneme_lens, num_phon, audio_lens, num_audio)  # [B, L + Ta]
     slot = jnp.arange(num_phon + num_audio)

@@ -175,7 +175,7 @@ class Attention(nnx.Module):
     probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
     out = jnp.einsum("bnts,bsnh->btnh", probs, v)
     out = jnp.einsum("btnh,nhd->btd", out, self.out_kernel[...].astype(dtype))
-    return out + self.out_bias[...].astype(dtype), cache, probs
+    return out + self.out_bias[...].astype(dtype), cache
 
 
 class MLP(nnx.Module):
@@ -208,23 +208,22 @@ class Block(nnx.Module):
   def __call__(self, x: Array, mask: Array, *, condition: Array | None = None,
                cache: dict[str, Array] | None = None, layer: int = 0,
                write_slots: Array | None = None,
-               dropout_rng: Array | None = None) -> tuple[Array, Any, Array]:
+               dropout_rng: Array | None = None) -> tuple[Array, Any]:
     rng_attn = rng_mlp = None
     if dropout_rng is not None:
       rng_attn, rng_mlp = jax.random.split(dropout_rng)
-    h, cache, probs = self.attn(self.attn_norm(x, condition), mask, cache=cache, layer=layer,
-                                write_slots=write_slots)
+    h, cache = self.attn(self.attn_norm(x, condition), mask, cache=cache, layer=layer,
+                         write_slots=write_slots)
     x = x + dropout(h, self.dropout_rate, rng_attn)
     h = self.mlp(self.mlp_norm(x, condition))
     x = x + dropout(h, self.dropout_rate, rng_mlp)
-    return x, cache, probs
+    return x, cache
 
 
 class Transformer(nnx.Module):
   """A stack of pre-LN blocks followed by a final norm.
 
   `cache`, when given, is {"k", "v"}: [num_layers, B, S, N, H]; the updated cache is returned.
-  `attention_of_layer=i` also returns layer i's attention probabilities [B, N, T, S].
   """
 
   def __init__(self, *, num_layers: int, width: int, num_heads: int, mlp_dim: int,
@@ -236,18 +235,12 @@ class Transformer(nnx.Module):
 
   def __call__(self, x: Array, mask: Array, *, condition: Array | None = None,
                cache: dict[str, Array] | None = None, write_slots: Array | None = None,
-               dropout_rng: Array | None = None, attention_of_layer: int | None = None
-               ) -> tuple[Array, Any] | tuple[Array, Any, Array]:
-    attention = None
+               dropout_rng: Array | None = None) -> tuple[Array, Any]:
     for i, block in enumerate(self.blocks):
       layer_rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
-      x, cache, probs = block(x, mask, condition=condition, cache=cache, layer=i,
-                              write_slots=write_slots, dropout_rng=layer_rng)
-      if i == attention_of_layer:
-        attention = probs
-    if attention_of_layer is None:
-      return self.final_norm(x, condition), cache
-    return self.final_norm(x, condition), cache, attention
+      x, cache = block(x, mask, condition=condition, cache=cache, layer=i,
+                       write_slots=write_slots, dropout_rng=layer_rng)
+    return self.final_norm(x, condition), cache
 
 
 def compute_dtype(name: str) -> jnp.dtype:

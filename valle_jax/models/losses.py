@@ -43,34 +43,13 @@ def reverse_valid(phonemes: Array, phoneme_lens: Array) -> Array:
   return jnp.take_along_axis(phonemes, source, axis=1)
 
 
-def alignment_penalty(attention: Array, phoneme_lens: Array, audio_lens: Array,
-                      width: float) -> Array:
-  """Guided attention (Tachibana et al. 2018, DCTTS) for a decoder-only AR.
-
-  attention [B, H, Ta, L + Ta]: audio queries over phoneme then audio keys. Audio slot t
-  of T should read phoneme l of L near the diagonal l / L = t / T: attention mass on
-  phoneme l costs 1 - exp(-(l / L - t / T)^2 / (2 width^2)) and mass on audio keys costs 1.
-  Returns the cost per audio slot [B, Ta], averaged over heads.
-  """
-  num_audio = attention.shape[2]
-  num_phon = attention.shape[3] - num_audio
-  l_frac = (jnp.arange(num_phon) + 0.5)[None, :] / jnp.maximum(phoneme_lens, 1)[:, None]
-  t_frac = (jnp.arange(num_audio) + 0.5)[None, :] / jnp.maximum(audio_lens, 1)[:, None]
-  diff = t_frac[:, :, None] - l_frac[:, None, :]                     # [B, Ta, L]
-  cost = 1.0 - jnp.exp(-jnp.square(diff) / (2.0 * width ** 2))
-  cost = jnp.concatenate([cost, jnp.ones(cost.shape[:2] + (num_audio,))], axis=-1)
-  return jnp.mean(jnp.sum(attention.astype(jnp.float32) * cost[:, None], axis=-1), axis=1)
-
-
 def ar_loss(model: ARModel, batch: dict[str, Array], dropout_rng: Array | None = None
             ) -> tuple[Array, dict[str, Array]]:
   """Causal LM loss on codebook 1 (all audio positions, EOS included)."""
   inputs, targets, group_lens = ar_inputs_and_targets(
       batch["codes"][..., 0], batch["code_lens"], model.codebook_size, model.group_size)
-  guided = model.alignment_loss_weight > 0
-  pointer = model.phoneme_pointer
   pointers = None
-  if pointer:
+  if model.phoneme_pointer:
     if "phoneme_of_frame" not in batch:
       raise ValueError("ar_phoneme_pointer needs alignments: batch['phoneme_of_frame'] "
                        "(`valle-jax align`, data.alignments).")
@@ -78,23 +57,16 @@ def ar_loss(model: ARModel, batch: dict[str, Array], dropout_rng: Array | None =
         batch["phoneme_of_frame"], batch["code_lens"], batch["phoneme_lens"],
         batch["target_start"])
   out = model(batch["phonemes"], batch["phoneme_lens"], inputs, group_lens,
-              phoneme_pointers=pointers, dropout_rng=dropout_rng, return_alignment=guided,
-              return_advance=pointer)
-  out = out if isinstance(out, tuple) else (out,)
-  logits = out[0]                                              # [B, Ta, G, V + 1]
+              phoneme_pointers=pointers, dropout_rng=dropout_rng,
+              return_advance=model.phoneme_pointer)
+  logits = out[0] if model.phoneme_pointer else out            # [B, Ta, G, V + 1]
   mask = jnp.arange(inputs.shape[1])[None, :, None] < group_lens[:, None, None]
   mask = jnp.broadcast_to(mask, targets.shape).astype(jnp.float32)
   nll, in_topk = token_nll_and_topk(logits, targets)
   metrics = {"loss_sum": jnp.sum(nll * mask), "count": jnp.sum(mask),
              "top10_correct": jnp.sum(in_topk * mask)}
-  if guided:
-    # Per target token, so that it is weighted like the NLL it is added to in training.
-    penalty = alignment_penalty(out[1], batch["phoneme_lens"], group_lens,
-                                model.alignment_loss_width)          # [B, Ta]
-    metrics["aux_loss_sum"] = model.alignment_loss_weight * jnp.sum(
-        penalty[..., None] * mask)
-  if pointer:
-    bce = jax.nn.softplus(out[-1]) - out[-1] * advance               # [B, Ta] cross-entropy
+  if model.phoneme_pointer:  # the move-on head's cross-entropy, on the target's frames
+    bce = jax.nn.softplus(out[1]) - out[1] * advance                 # [B, Ta]
     metrics["advance_loss_sum"] = jnp.sum(bce * advance_mask)
     metrics["advance_count"] = jnp.sum(advance_mask.astype(jnp.float32))
   return metrics["loss_sum"] / jnp.maximum(metrics["count"], 1.0), metrics
