@@ -58,8 +58,8 @@ def _model(quick: bool) -> ml_collections.ConfigDict:
   c.train.model = "both"
   # The AR's phoneme pointer (configs/base.py; beyond the paper). Without it the demo's AR
   # never learnt to read the text in its budget: ar/text_gain <= 0.001 nats per token on
-  # the held-out voices, in every variant measured (README "The demo"). With it: 0.18 after
-  # 300 AR-only steps.
+  # the held-out voices, in every variant measured (README "The demo"). With it, in the full
+  # demo (2026-11-25): 0.238, and WER 0.982 (1.179 without).
   c.model.ar_phoneme_pointer = True
   # One evaluation, at the end of training, on pairs of the held-out voices: the losses and
   # `ar/text_gain`, what the AR gains from reading the text (README "The demo").
@@ -95,7 +95,9 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
   # The true codebook 1 + the trained NAR reach WER 0.79 with it (off: 0.95). Without the
   # phoneme pointer it did not help (the AR did not read the text either way); with it,
   # 300 AR-only steps gave WER 1.015 / SIM 0.532 to the prompt vs 0.497 to other voices on
-  # 20 held-out utterances (off: 1.019 / 0.481 vs 0.467).
+  # 20 held-out utterances (off: 1.019 / 0.481 vs 0.467). But codebook 1 then carries no
+  # voice, and the full demo's NAR did not learn codebooks 3-8: SIM 0.537 to the prompt and
+  # to the other voices (README "The demo"); the default codec with the pointer is untried.
   c.codec.content_first = True
 
   # Stage 4: training (AR and NAR together, train.model = "both").
