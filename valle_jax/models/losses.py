@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from valle_jax.models.ar import ARModel, ar_inputs_and_targets, pointer_inputs_and_targets
+from valle_jax.models.ar import (ARModel, ar_inputs_and_targets, pointer_inputs_and_targets,
+                                 prompt_pointers)
 from valle_jax.models.nar import NARModel
 
 Array = jax.Array
@@ -106,9 +107,10 @@ def example_batch(model_cfg, batch_size: int, num_phonemes: int, num_frames: int
   rng = np.random.default_rng(seed)
   q, v = model_cfg.num_codebooks, model_cfg.codebook_size
   prompt_frames = max(1, num_frames // 3)
-  even = np.minimum((np.arange(num_frames) + 0.5) * num_phonemes / num_frames, num_phonemes - 1)
+  even = prompt_pointers(jnp.full((batch_size,), num_phonemes), jnp.full((batch_size,), num_frames),
+                         num_frames)                                     # [B, T]
   return {
-      "phoneme_of_frame": np.tile(even.astype(np.int32), (batch_size, 1)),
+      "phoneme_of_frame": np.asarray(even),
       "target_start": np.zeros((batch_size,), np.int32),
       "phonemes": rng.integers(1, model_cfg.phoneme_vocab_size, (batch_size, num_phonemes)),
       "phoneme_lens": np.full((batch_size,), num_phonemes),
