@@ -20,7 +20,6 @@ phonemes than frames cannot be aligned; it keeps the even split and is counted.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Sequence
 
@@ -29,6 +28,7 @@ from tqdm import tqdm
 
 from valle_jax.data import ALIGNMENTS_FILE, even_split, open_dataset
 from valle_jax.errors import UserError
+from valle_jax.text import SymbolTable
 
 @dataclasses.dataclass(frozen=True)
 class AlignConfig:
@@ -109,8 +109,7 @@ def align_dataset(path: str, cfg: AlignConfig = AlignConfig(), progress: bool = 
   """Aligns every split of the prepared dataset at `path` (emissions counted on `train`)
   and writes `path/alignments.npz`. Returns records aligned per split."""
   dataset = open_dataset(path)
-  with open(dataset.symbols_path, encoding="utf-8") as f:
-    num_phonemes = len(json.load(f)["symbols"])
+  num_phonemes = len(SymbolTable.load(dataset.symbols_path).symbols)
   codebook_size = int(dataset.codec_description["codebook_size"])
   def read(split):
     source = dataset.split(split)

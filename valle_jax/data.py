@@ -334,9 +334,6 @@ class BatchLoader:
     rows = len(examples) // self.process_count
     mine = examples[self.process_index * rows:(self.process_index + 1) * rows]
     records = [self._record(int(partner), int(i)) for partner, i in mine]
-    if self.alignments is not None:
-      records = [{**r, **self._pointer(int(partner), int(i))}
-                 for r, (partner, i) in zip(records, mine)]
     batch: dict[str, Any] = {"index": np.asarray(mine[:, 1], np.int64)}
     if self.kind in ("ar", "both"):
       batch["ar"] = self._ar(records, bucket)
@@ -346,27 +343,29 @@ class BatchLoader:
     return batch
 
   def _record(self, partner: int, index: int) -> dict[str, Any]:
-    """The example's phonemes and codes: the utterance's, after its partner's if paired."""
-    record = self.source[index]
-    if partner < 0:
-      return record
-    first = self.source[partner]
-    return {"phonemes": np.concatenate([np.asarray(first["phonemes"]),
-                                        np.asarray(record["phonemes"])]),
-            "codes": np.concatenate([np.asarray(first["codes"]), np.asarray(record["codes"])])}
+    """The example's phonemes and codes: the utterance's, after its partner's if paired.
 
-  def _pointer(self, partner: int, index: int) -> dict[str, Any]:
-    """The example's `phoneme_of_frame` and `target_start`: its utterance's alignment, after
-    (for a pair) the partner's frames split evenly over its phonemes, as a prompt is at
-    inference, where the prompt's alignment is not known."""
-    alignment = np.asarray(self.alignments[index], np.int32)
+    With alignments, also `phoneme_of_frame` and `target_start`: the utterance's alignment,
+    after (for a pair) the partner's frames split evenly over its phonemes, as a prompt is
+    at inference, where the prompt's alignment is not known.
+    """
+    record = self.source[index]
+    alignment = None if self.alignments is None else np.asarray(self.alignments[index],
+                                                                 np.int32)
     if partner < 0:
-      return {"phoneme_of_frame": alignment, "target_start": 0}
+      if alignment is None:
+        return record
+      return {**record, "phoneme_of_frame": alignment, "target_start": 0}
     first = self.source[partner]
-    num_frames, num_phon = len(first["codes"]), len(first["phonemes"])
-    prompt = even_split(num_frames, num_phon)
-    return {"phoneme_of_frame": np.concatenate([prompt, alignment + num_phon]),
-            "target_start": num_frames}
+    out = {"phonemes": np.concatenate([np.asarray(first["phonemes"]),
+                                       np.asarray(record["phonemes"])]),
+           "codes": np.concatenate([np.asarray(first["codes"]), np.asarray(record["codes"])])}
+    if alignment is not None:
+      num_frames, num_phon = len(first["codes"]), len(first["phonemes"])
+      out["phoneme_of_frame"] = np.concatenate([even_split(num_frames, num_phon),
+                                                alignment + num_phon])
+      out["target_start"] = num_frames
+    return out
 
   def _ar(self, records, bucket: Bucket) -> dict[str, np.ndarray]:
     codes = [np.asarray(r["codes"])[:, :1] for r in records]   # AR reads codebook 1 only

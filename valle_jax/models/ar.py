@@ -337,8 +337,7 @@ def pointer_inputs_and_targets(phoneme_of_frame: Array, code_lens: Array, phonem
     advance float32 [B, T + 1]: 1 where frame t + 1 is in the next phoneme (or after the
       last frame); mask bool [B, T + 1]: the slots whose advance is learnt.
   """
-  b, t = phoneme_of_frame.shape
-  slot = jnp.arange(t + 1)[None, :]
+  slot = jnp.arange(phoneme_of_frame.shape[1] + 1)[None, :]
   last = (phoneme_lens - 1)[:, None]
   frames = jnp.pad(phoneme_of_frame, [(0, 0), (0, 1)])
   pointers = jnp.where(slot < code_lens[:, None], frames, last).astype(jnp.int32)
