@@ -47,9 +47,11 @@ def _model(quick: bool) -> ml_collections.ConfigDict:
     c.data.same_speaker_pairs = 1.0
     c.data.frame_buckets = (300, 450, 600, 750, 900, 1200)
     c.data.phoneme_buckets = (128, 192, 256)
-    # Codebooks 2-4 carry most of the intelligibility the NAR adds (offline codec WER with
-    # 1 / 2 / 4 / 8 codebooks: 0.93 / 0.83 / 0.64 / 0.58), so they are drawn more often.
-    c.data.nar_stage_weights = (3, 2, 2, 1, 1, 1, 1)
+    # Codebooks 2-4 carry most of what the NAR adds (offline codec WER with 1 / 2 / 4 / 8
+    # codebooks: 0.93 / 0.83 / 0.64 / 0.58), so they are drawn more often. With the voice
+    # codebook (below), codebook 2 is the voice, one code per utterance copied from the
+    # prompt, and the frames' detail starts at codebook 3, which gets the largest weight.
+    c.data.nar_stage_weights = (2, 3, 2, 1, 1, 1, 1)
     c.data.max_tokens = 2400
     c.data.max_batch_size = 16
     c.train.steps = 1100
@@ -97,8 +99,11 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
   # 300 AR-only steps gave WER 1.015 / SIM 0.532 to the prompt vs 0.497 to other voices on
   # 20 held-out utterances (off: 1.019 / 0.481 vs 0.467). But codebook 1 then carries no
   # voice, and the full demo's NAR did not learn codebooks 3-8: SIM 0.537 to the prompt and
-  # to the other voices (README "The demo"); the default codec with the pointer is untried.
+  # to the other voices (README "The demo"). Hence Features.voice_codebooks: codebook 2 codes
+  # that utterance mean, one code per utterance, which the NAR has only to copy from the
+  # prompt; codebooks 3-8 code what is left of each frame.
   c.codec.content_first = True
+  c.codec.voice_codebooks = 1
 
   # Stage 4: training (AR and NAR together, train.model = "both").
   c.train = _model(quick)

@@ -135,6 +135,35 @@ def test_content_first_codebook_codes_content_not_the_voice(codec, train_feats, 
   assert np.mean(codec.quantize(feats)[:, 0] != codec.quantize(other)[:, 0]) > 0.1
 
 
+def test_voice_codebook_codes_each_utterance_voice_once(codec, train_feats, heldout):
+  """With `voice_codebooks=1`, codebook 1 is one code per utterance, its mean log F0 and
+  envelope: the same at every frame, another code for another voice; codebook 0 still
+  ignores the voice, and decoding follows it (the pitch higher: by less than the fifth, as
+  this codec knows 4 voices and a fifth above this one is outside them, 0.46 of it)."""
+  voice = offline.fit_features(train_feats, offline.FitConfig(
+      seed=0, iters=1, augment=0,
+      features=offline.Features(content_first=True, voice_codebooks=1)), progress=False)
+  feats = codec.analyze(heldout[0], 24000)
+  other = _another_voice(feats, codec.features)
+  codes, other_codes = voice.quantize(feats), voice.quantize(other)
+  assert len(np.unique(codes[:, 1])) == 1 and len(np.unique(other_codes[:, 1])) == 1
+  assert codes[0, 1] != other_codes[0, 1]
+  np.testing.assert_array_equal(codes[:, 0], other_codes[:, 0])
+  f0 = codec.features.columns("f0")
+  shift = np.mean(voice.dequantize(other_codes)[:, f0] - voice.dequantize(codes)[:, f0])
+  assert FIFTH / 3 < shift < FIFTH, shift
+  # 36 training utterances, fewer than 1024 entries: each utterance's mean is an entry, so
+  # a training utterance's voice code decodes its mean exactly.
+  z = (train_feats[0] - voice.mean) / voice.scale
+  offset = offline.utterance_offset(z, voice.features)
+  entry = voice.codebooks[1][voice.quantize(train_feats[0])[0, 1]]
+  np.testing.assert_allclose(entry, offset, atol=1e-5)
+  with pytest.raises(ValueError, match="content_first"):
+    offline.Features(voice_codebooks=1)
+  with pytest.raises(ValueError, match="voice_codebooks must be in"):
+    offline.Features(content_first=True, voice_codebooks=7)
+
+
 def test_more_codebooks_reconstruct_heldout_voice_better(codec, heldout):
   feats = codec.analyze(heldout[0], 24000)
   z = (feats - codec.mean) / codec.scale

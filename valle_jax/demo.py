@@ -84,7 +84,8 @@ def _codec(cfg, workdir: str, corpus: str) -> dict[str, Any]:
   from data_prep.synthetic import read_manifest  # pylint: disable=g-import-not-at-top
   from valle_jax.codec import offline  # pylint: disable=g-import-not-at-top
   paths = [r["audio"] for r in read_manifest(corpus, "train")]
-  features = offline.Features(content_first=cfg.codec.content_first)
+  features = offline.Features(content_first=cfg.codec.content_first,
+                              voice_codebooks=cfg.codec.voice_codebooks)
   codec = offline.fit(paths, offline.FitConfig(seed=cfg.seed, iters=cfg.codec.iters,
                                                max_frames=cfg.codec.max_frames,
                                                features=features),

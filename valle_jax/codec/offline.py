@@ -30,6 +30,10 @@ their utterance's mean log F0 and envelope: the voice's pitch level and timbre a
 later codebooks, so the first one, which the AR model predicts, codes what is said. On 30
 held-out utterances (DIO F0) decoding codebook 0 alone gave WER 0.790 instead of 0.943, the
 held-out voices used 424 of its entries instead of 181, and all 8 codebooks SIM 0.902 vs 0.912.
+With `Features.voice_codebooks = n` as well, codebooks 1..n code that mean once per
+utterance (residual k-means of the augmented training utterances' means), so every frame of
+an utterance has the same codes 1..n, and codebooks n+1..7 code the frames' remaining detail:
+the voice is n tokens, in the manner of FACodec's global timbre code (NaturalSpeech 3).
 **Synthesis**: the sum of the chosen codewords, unscaled, through WORLD synthesis.
 
 The fitted codec is one small `.npz` (8 x 1024 x 45 float32, ~1.5 MB); `describe()` names its
@@ -94,6 +98,24 @@ class Features:
   # it; codebooks 1..7 code the rest, that mean included. Off by default: in the full demo
   # the AR then lost the voice (numbers in configs/demo.py and the README).
   content_first: bool = False
+  # n > 0 (needs `content_first`): codebooks 1..n code that utterance mean itself (residual
+  # VQ fitted to the augmented training utterances' means), once per utterance: every frame
+  # of an utterance has the same codes 1..n, its voice. Codebooks n+1..7 code what is left
+  # frame by frame. The voice is then n codes the NAR copies from the prompt instead of a
+  # part of every frame's residual spread over 7 codebooks.
+  voice_codebooks: int = 0
+
+  def __post_init__(self):
+    if not 0 <= self.voice_codebooks < NUM_CODEBOOKS - 1:
+      raise ValueError(f"Features.voice_codebooks must be in [0, {NUM_CODEBOOKS - 2}], "
+                       f"got {self.voice_codebooks}")
+    if self.voice_codebooks and not self.content_first:
+      raise ValueError("Features.voice_codebooks code what content_first leaves out of "
+                       "codebook 0: set content_first=True too.")
+
+  def is_voice_codebook(self, q: int) -> bool:
+    """Whether codebook q codes the utterance's voice (one code per utterance)."""
+    return 1 <= q <= self.voice_codebooks
 
   def analysis_settings(self) -> dict[str, Any]:
     """The fields `analyze` reads (the rest only weigh or choose codes)."""
@@ -322,7 +344,14 @@ class OfflineCodec:
     offset = utterance_offset(residual, self.features)
     codes = np.empty((len(residual), num_codebooks), dtype=np.int16)
     for q in range(num_codebooks):
-      idx = _nearest(residual - offset if q == 0 else residual, self.codebooks[q])
+      if q == 0:
+        idx = _nearest(residual - offset, self.codebooks[q])
+      elif self.features.is_voice_codebook(q):   # the voice: what is left of the offset
+        voice = _nearest(offset[None], self.codebooks[q])
+        offset = offset - self.codebooks[q][voice[0]]
+        idx = np.repeat(voice, len(residual))
+      else:
+        idx = _nearest(residual, self.codebooks[q])
       codes[:, q] = idx
       residual = residual - self.codebooks[q][idx]
     return codes
@@ -475,6 +504,15 @@ def augment(feats: Sequence[np.ndarray], cfg: FitConfig, progress: bool = True
   return out
 
 
+def _voice_codebook(offsets: np.ndarray, iters: int, rng: np.random.Generator) -> np.ndarray:
+  """A voice codebook [1024, D]: k-means of what is left of the utterances' mean offsets
+  [U, D]; with no more utterances than entries, those themselves (repeated to fill it)."""
+  if len(offsets) > CODEBOOK_SIZE:
+    return kmeans(offsets.astype(np.float32), CODEBOOK_SIZE, iters, rng)
+  fill = np.resize(np.arange(len(offsets)), CODEBOOK_SIZE)
+  return offsets[fill].astype(np.float32)
+
+
 def fit_features(feats: Iterable[np.ndarray], cfg: FitConfig = FitConfig(),
                  progress: bool = True) -> OfflineCodec:
   """Fits scales and the 8 residual codebooks to training features [T_i, D] (augmented
@@ -503,9 +541,15 @@ def fit_features(feats: Iterable[np.ndarray], cfg: FitConfig = FitConfig(),
   codebooks = []
   for q in tqdm(range(NUM_CODEBOOKS), desc="codec k-means", unit="codebook",
                 disable=not progress):
-    target = residual - offsets[utterance_of_frame] if q == 0 else residual
-    c = kmeans(target, CODEBOOK_SIZE, cfg.iters, rng)
-    residual = residual - c[_nearest(target, c)]
+    if feat.is_voice_codebook(q):
+      c = _voice_codebook(offsets, cfg.iters, rng)
+      voice = c[_nearest(offsets, c)]    # [utterances, D]
+      offsets = offsets - voice
+      residual = residual - voice[utterance_of_frame]
+    else:
+      target = residual - offsets[utterance_of_frame] if q == 0 else residual
+      c = kmeans(target, CODEBOOK_SIZE, cfg.iters, rng)
+      residual = residual - c[_nearest(target, c)]
     codebooks.append(c)
   info = {"seed": cfg.seed, "iters": cfg.iters, "frames": frames, "augment": cfg.augment,
           "warp": list(cfg.warp), "f0_shift": cfg.f0_shift, "colour": cfg.colour}
@@ -532,7 +576,8 @@ def _main(argv: Sequence[str]) -> None:
     raise UserError("pass --corpus (a folder of audio files, e.g. CORPUS/train) and --out.")
   paths = sorted(os.path.join(d, n) for d, _, files in os.walk(f.corpus) for n in files
                  if n.lower().endswith((".wav", ".flac", ".ogg", ".mp3")))
-  feat = Features(f0_method=f.f0_method, sp_dims=f.sp_dims, content_first=f.content_first)
+  feat = Features(f0_method=f.f0_method, sp_dims=f.sp_dims, content_first=f.content_first,
+                  voice_codebooks=f.voice_codebooks)
   codec = fit(paths, FitConfig(seed=f.seed, iters=f.iters, max_frames=f.max_frames,
                                workers=f.workers, features=feat))
   codec.save(f.out)
@@ -551,6 +596,8 @@ if __name__ == "__main__":
   flags.DEFINE_integer("sp_dims", Features.sp_dims, "Mel-cepstral coefficients per frame.")
   flags.DEFINE_bool("content_first", Features.content_first, "Codebook 0 codes frames less "
                     "their utterance's mean log F0 and envelope (see Features).")
+  flags.DEFINE_integer("voice_codebooks", Features.voice_codebooks, "Codebooks 1..n code "
+                       "that mean, once per utterance (needs --content_first; see Features).")
 
   def _run(argv):
     try:
