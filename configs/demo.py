@@ -49,8 +49,11 @@ def _model(quick: bool) -> ml_collections.ConfigDict:
     c.data.phoneme_buckets = (128, 192, 256)
     # Codebooks 2-4 carry most of what the NAR adds (offline codec WER with 1 / 2 / 4 / 8
     # codebooks: 0.93 / 0.83 / 0.64 / 0.58), so they are drawn more often. With the voice
-    # codebook (below), codebook 2 is the voice, one code per utterance copied from the
-    # prompt, and the frames' detail starts at codebook 3, which gets the largest weight.
+    # codebook (below), codebook 2 is the voice, one code per utterance, and the frames'
+    # detail starts at codebook 3, which gets the largest weight. Synthesis copies the voice
+    # code from the prompt (sampling.decode_nar): the NAR's own guess of it, trained here,
+    # never named the prompt's code for a held-out voice (0 of 15), only training voices'.
+    # Its weight could go to 0; the measured run (README "The demo") trained it at 2.
     c.data.nar_stage_weights = (2, 3, 2, 1, 1, 1, 1)
     c.data.max_tokens = 2400
     c.data.max_batch_size = 16
@@ -100,8 +103,8 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
   # 20 held-out utterances (off: 1.019 / 0.481 vs 0.467). But codebook 1 then carries no
   # voice, and the full demo's NAR did not learn codebooks 3-8: SIM 0.537 to the prompt and
   # to the other voices (README "The demo"). Hence Features.voice_codebooks: codebook 2 codes
-  # that utterance mean, one code per utterance, which the NAR has only to copy from the
-  # prompt; codebooks 3-8 code what is left of each frame.
+  # that utterance mean, one code per utterance, which synthesis copies from the prompt
+  # (the voice is the prompt's); codebooks 3-8 code what is left of each frame.
   c.codec.content_first = True
   c.codec.voice_codebooks = 1
 

@@ -285,8 +285,10 @@ def test_prepare_batch_buckets_groups_and_padding():
 # --------------------------------------------------------------------------------- NAR
 
 
-def test_nar_decoding_is_greedy_stage_by_stage():
+@pytest.mark.parametrize("copied", [(), (1, 2)])
+def test_nar_decoding_is_greedy_stage_by_stage(copied):
   """decode_nar equals Q - 1 greedy full forwards, each reading the codebooks before it;
+  a copied codebook (one code per utterance) is the prompt's first frame's code instead;
   padding frames stay 0."""
   cfg = tiny.get_config().model
   nar = models.NARModel(cfg, rngs=nnx.Rngs(5))
@@ -297,11 +299,15 @@ def test_nar_decoding_is_greedy_stage_by_stage():
   first = rng.integers(0, V, (b, t))
   target_lens = np.array([12, 7, 4])
   out = np.asarray(sampling.decode_nar(*nnx.split(nar), batch.phonemes, batch.phoneme_lens,
-                                       batch.prompt, batch.prompt_lens, first, target_lens))
+                                       batch.prompt, batch.prompt_lens, first, target_lens,
+                                       copied_codebooks=copied))
   forward = nnx.jit(lambda m, *a: m(*a))
   codes = np.zeros((b, t, 8), np.int32)
   codes[..., 0] = first
   for stage in range(1, 8):
+    if stage in copied:
+      codes[..., stage] = batch.prompt[:, :1, stage]
+      continue
     logits = forward(nar, batch.phonemes, batch.phoneme_lens, batch.prompt,
                      batch.prompt_lens, codes, target_lens, np.full((b,), stage))
     codes[..., stage] = np.argmax(np.asarray(logits), -1)

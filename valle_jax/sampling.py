@@ -28,7 +28,9 @@ and derives `max_steps` from the phoneme bucket, so a new text rarely changes a 
 and `sample_ar` compiles once per (batch, bucket) pair.
 
 **NAR** (`decode_nar`): Q - 1 greedy passes (codebooks 2..Q) over the whole target, one
-`lax.fori_loop` over the stages inside one compiled function.
+`lax.fori_loop` over the stages inside one compiled function. A codec's one-per-utterance
+codebooks (`valle_jax.codec.utterance_codebooks`: the offline codec's voice code) are copied
+from the prompt instead of predicted.
 
 With `use_cache=False` the AR re-runs the full forward over the whole (padded) sequence at
 every step instead of using the cache, as the PyTorch implementations do; it exists as the
@@ -330,11 +332,15 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
 # ---------------------------------------------------------------------------------- NAR
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
+@functools.partial(jax.jit, static_argnames=("graphdef", "copied_codebooks"))
 def decode_nar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array,
                phoneme_lens: Array, prompt: Array, prompt_lens: Array, first: Array,
-               target_lens: Array) -> Array:
+               target_lens: Array, copied_codebooks: tuple[int, ...] = ()) -> Array:
   """Greedy NAR decoding of codebooks 2..Q, one pass per codebook over the whole target.
+
+  Codebooks in `copied_codebooks` (0-based, >= 1: the codec's `utterance_codebooks`, one code
+  per utterance) are not predicted: every target frame takes the prompt's code (its first
+  frame's), the voice being the prompt's.
 
   Args:
     graphdef, state: `nnx.split(nar_model)`.
@@ -349,12 +355,17 @@ def decode_nar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array,
   b, t = first.shape
   q = model.num_codebooks
   valid = jnp.arange(t)[None] < target_lens[:, None]                  # [B, T]
+  if any(not 1 <= j < q for j in copied_codebooks):
+    raise ValueError(f"copied_codebooks {copied_codebooks} must lie in [1, {q})")
   codes = jnp.zeros((b, t, q), jnp.int32).at[..., 0].set(jnp.where(valid, first, 0))
+  copied = np.isin(np.arange(q), copied_codebooks)                     # [Q] static
 
   def stage(j, codes):
     logits = model(phonemes, phoneme_lens, prompt, prompt_lens, codes, target_lens,
                    jnp.full((b,), j, jnp.int32))                      # [B, T, V]
-    predicted = jnp.where(valid, jnp.argmax(logits, axis=-1), 0).astype(jnp.int32)
+    predicted = jnp.argmax(logits, axis=-1)
+    predicted = jnp.where(jnp.asarray(copied)[j], prompt[:, :1, j], predicted)
+    predicted = jnp.where(valid, predicted, 0).astype(jnp.int32)
     return jax.lax.dynamic_update_index_in_dim(codes, predicted[..., None], j, axis=2)
 
   return jax.lax.fori_loop(1, q, stage, codes)

@@ -131,6 +131,8 @@ def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Req
     examples.append((words, prompt, 0 if continual else len(heard) + 1))
   ar_def, ar_state = nnx.split(ar)
   nar_def, nar_state = nnx.split(nar)
+  from valle_jax import codec as codec_lib  # pylint: disable=g-import-not-at-top
+  copied = codec_lib.utterance_codebooks(codec.describe())   # the prompt's voice codes
   key = jax.random.key(seed)
   wavs = []
   for start in range(0, len(examples), batch_size):
@@ -144,7 +146,8 @@ def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Req
                              max_steps=batch.max_steps,
                              prompt_phoneme_lens=batch.prompt_phoneme_lens)
     codes = sampling.decode_nar(nar_def, nar_state, batch.phonemes, batch.phoneme_lens,
-                                batch.prompt, batch.prompt_lens, out.codes, out.lengths)
+                                batch.prompt, batch.prompt_lens, out.codes, out.lengths,
+                                copied_codebooks=copied)
     codes, lengths, hit_limit = jax.device_get((codes, out.lengths, out.hit_limit))
     for i in range(len(chunk)):
       if hit_limit[i]:

@@ -323,6 +323,8 @@ class OfflineCodec:
         "num_codebooks": NUM_CODEBOOKS,
         "codebook_size": CODEBOOK_SIZE,
         "features": dataclasses.asdict(self.features),
+        # one code per utterance (`valle_jax.codec.utterance_codebooks`)
+        "utterance_codebooks": list(range(1, 1 + self.features.voice_codebooks)),
         "weights": self.checksum(),
         "fit": self.fit_info,
         "path": self.path,   # not part of the identity: `get_codec` reloads from here
