@@ -358,17 +358,22 @@ def decode_nar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array,
   if any(not 1 <= j < q for j in copied_codebooks):
     raise ValueError(f"copied_codebooks {copied_codebooks} must lie in [1, {q})")
   codes = jnp.zeros((b, t, q), jnp.int32).at[..., 0].set(jnp.where(valid, first, 0))
-  copied = np.isin(np.arange(q), copied_codebooks)                     # [Q] static
+  if copied_codebooks:   # set before the loop: stage j reads codebooks < j only
+    voice = list(copied_codebooks)
+    codes = codes.at[..., voice].set(
+        jnp.where(valid[..., None], prompt[:, :1, voice], 0).astype(jnp.int32))
 
-  def stage(j, codes):
+  def predict(j, codes):
     logits = model(phonemes, phoneme_lens, prompt, prompt_lens, codes, target_lens,
                    jnp.full((b,), j, jnp.int32))                      # [B, T, V]
-    predicted = jnp.argmax(logits, axis=-1)
-    predicted = jnp.where(jnp.asarray(copied)[j], prompt[:, :1, j], predicted)
-    predicted = jnp.where(valid, predicted, 0).astype(jnp.int32)
+    predicted = jnp.where(valid, jnp.argmax(logits, axis=-1), 0).astype(jnp.int32)
     return jax.lax.dynamic_update_index_in_dim(codes, predicted[..., None], j, axis=2)
 
-  return jax.lax.fori_loop(1, q, stage, codes)
+  if not copied_codebooks:
+    return jax.lax.fori_loop(1, q, predict, codes)
+  copied = jnp.asarray(np.isin(np.arange(q), copied_codebooks))         # [Q]
+  return jax.lax.fori_loop(1, q, lambda j, c: jax.lax.cond(
+      copied[j], lambda c: c, functools.partial(predict, j), c), codes)  # no pass for a copy
 
 
 # ------------------------------------------------------------------------------ batching
