@@ -176,6 +176,37 @@ def test_grad_accumulation_equals_whole_batch(tiny_dataset):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=2e-4, atol=1e-7)
 
 
+def test_ar_trained_with_the_nar_gets_the_updates_it_gets_alone(tiny_dataset):
+  """Each model's gradients are clipped by its own norm: with a clip that binds, 4 steps of
+  "both" leave the AR's parameters where 4 steps of the AR alone do (one clip over both
+  models would scale the AR's steps by the NAR's gradient norm, and Adam's later steps with
+  it)."""
+  cfg = _cfg(tiny_dataset, **{"optim.grad_clip_norm": 0.05, "optim.warmup_steps": 1})
+  mesh = sharding.make_mesh(cfg.mesh)
+  from valle_jax import data  # pylint: disable=g-import-not-at-top
+  source = data.open_dataset(tiny_dataset).split("train")
+  plan = data.BatchPlan(data.scan_lengths(source, progress=False), cfg.data, seed=0,
+                        batch_multiple=8)
+  loader = data.BatchLoader(source, plan, cfg.data, kind="both", num_codebooks=8,
+                            frame_rate=75.0)
+  batches = [loader(i) for i in range(4)]
+  for b in batches:
+    b.pop("index")
+  both = train.Trainer(cfg, mesh)
+  alone = train.Trainer(_cfg(tiny_dataset, **{"optim.grad_clip_norm": 0.05,
+                                              "optim.warmup_steps": 1, "train.model": "ar"}),
+                        mesh)
+  state_both, state_alone = both.init_state(), alone.init_state()
+  for b in batches:
+    state_both, m_both = both.train_step(state_both, sharding.shard_batch(b, mesh))
+    state_alone, _ = alone.train_step(state_alone, sharding.shard_batch({"ar": b["ar"]}, mesh))
+    assert float(m_both["model_grad_norms"]["ar"]) > 0.05           # the clip binds
+    assert float(m_both["model_grad_norms"]["nar"]) > 0.05
+  for a, b in zip(jax.tree.leaves(state_both["params"]["ar"]),
+                  jax.tree.leaves(state_alone["params"]["ar"])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
 def test_nan_guard_skips_poisoned_batch_and_continues(tiny_dataset):
   cfg = _cfg(tiny_dataset, **{"train.model": "ar"})
   mesh = sharding.make_mesh(cfg.mesh)

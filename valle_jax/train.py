@@ -8,7 +8,9 @@ with explicit shardings and donated state buffers:
 
 - `train.model` chooses "ar", "nar" or "both" (one optimiser over both models).
 - AdamW with linear warmup to `optim.peak_lr` and linear decay to 0 at `train.steps`,
-  global-norm gradient clipping, weight decay on matrices only.
+  gradient clipping to `optim.grad_clip_norm` by each model's own global norm (so training
+  AR and NAR together gives each the updates it would get alone), weight decay on matrices
+  only.
 - Gradient accumulation splits each global batch into `train.grad_accum_steps`
   micro-batches inside the step (a `lax.scan`), so memory scales with the micro-batch.
 - NaN/Inf guard: a step whose loss or gradients are not finite leaves params and
@@ -86,12 +88,24 @@ def make_schedule(cfg) -> optax.Schedule:
        optax.linear_schedule(peak, 0.0, max(steps - warmup, 1))], [warmup - 1])
 
 
+def clip_each_model_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+  """`optax.clip_by_global_norm` applied to each model's gradients ({"ar": ..., "nar": ...})
+  on its own: one clip over both would scale the AR's step by the NAR's gradient norm."""
+  clip = optax.clip_by_global_norm(max_norm)
+
+  def update(updates, state, params=None):
+    del params
+    return {name: clip.update(u, clip.init(u))[0] for name, u in updates.items()}, state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(cfg) -> optax.GradientTransformation:
-  """AdamW on `make_schedule`, after global-norm clipping; weight decay on matrices only."""
+  """AdamW on `make_schedule`, after each model's global-norm clipping; weight decay on
+  matrices only."""
   o = cfg.optim
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
   return optax.chain(
-      optax.clip_by_global_norm(o.grad_clip_norm),
+      clip_each_model_by_global_norm(o.grad_clip_norm),
       optax.adamw(make_schedule(cfg), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
                   mask=decay_mask))
 
@@ -227,6 +241,7 @@ class Trainer:
                       "nan_streak": jnp.where(finite, 0, opt["nan_streak"] + 1),
                       "skipped": opt["skipped"] + (~finite).astype(jnp.int32)}}
     out = {"loss": loss, "grad_norm": grad_norm, "finite": finite,
+           "model_grad_norms": {m: optax.tree.norm(grads[m]) for m in self.names},
            "lr": self.schedule(opt["step"]), **metrics}
     return state, out
 
@@ -475,6 +490,8 @@ def _log_window(logger: MetricLogger, step: int, window: list, window_start: flo
   values = summarize(summed)
   values["loss"] = float(np.mean([m["loss"] for m in metrics]))
   values["grad_norm"] = float(np.mean([m["grad_norm"] for m in metrics]))
+  for name in metrics[0]["model_grad_norms"]:   # what each model's clip sees
+    values[f"{name}/grad_norm"] = float(np.mean([m["model_grad_norms"][name] for m in metrics]))
   values["lr"] = float(metrics[-1]["lr"])
   values["skipped_steps"] = int(np.sum([not m["finite"] for m in metrics]))
   tokens = sum(values.get(f"{n}/tokens", 0.0) for n in ("ar", "nar"))
