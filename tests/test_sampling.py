@@ -353,3 +353,37 @@ def test_pointer_model_speaks_to_the_end_of_its_text():
                        batch.prompt[..., 0], batch.prompt_lens, jax.random.key(0),
                        options=dataclasses.replace(options, use_cache=False),
                        max_steps=batch.max_steps, prompt_phoneme_lens=batch.prompt_phoneme_lens)
+
+
+@pytest.mark.parametrize("advance_bias, dwell", [(30.0, {"min_dwell": 2.0}),
+                                                 (-30.0, {"max_dwell": 2.0})])
+def test_pointer_dwell_bounds_follow_the_prompts_speaking_rate(advance_bias, dwell):
+  """`min_dwell` holds an AR that always moves on, `max_dwell` moves on one that never
+  does, at 2 x the prompt's frames per phoneme: ceil(2 x 5/3, 2 x 3/2, 2 x 1/1) = 4, 3, 2
+  frames on each phoneme before the last (where the AR, always wanting EOS, stops)."""
+  cfg = tiny.get_config().model
+  cfg.ar_phoneme_pointer = True
+  model = models.ARModel(cfg, rngs=nnx.Rngs(7))
+  model.head_bias[...] = model.head_bias[...].at[EOS].add(30.0)
+  model.advance_bias[...] = jnp.full((1,), advance_bias)
+  phonemes, prompts = _inputs()
+  heard = (3, 2, 1)
+  options = sampling.SampleOptions(top_k=5, max_frames_per_phoneme=2.0, **dwell)
+  batch = sampling.prepare_batch(phonemes, prompts, 1, options, prompt_phoneme_lens=heard,
+                                 **BUCKETS)
+  out = sampling.sample_ar(*nnx.split(model), batch.phonemes, batch.phoneme_lens,
+                           batch.prompt[..., 0], batch.prompt_lens, jax.random.key(0),
+                           options=options, max_steps=batch.max_steps,
+                           prompt_phoneme_lens=batch.prompt_phoneme_lens)
+  before_last = np.array([n - 1 - h for n, h in zip(PHONEME_LENS, heard)])    # 3, 2, 1
+  np.testing.assert_array_equal(np.asarray(out.lengths), before_last * [4, 3, 2])
+  assert not np.asarray(out.hit_limit).any()
+
+
+def test_dwell_options_are_checked():
+  for bad in ({"min_dwell": -1.0}, {"min_dwell": 2.0, "max_dwell": 1.0}):
+    with pytest.raises(ValueError, match="min_dwell"):
+      sampling.SampleOptions(**bad)
+  model = models.ARModel(tiny.get_config().model, rngs=nnx.Rngs(7))   # no pointer
+  with pytest.raises(ValueError, match="ar_phoneme_pointer"):
+    _sample(model, sampling.SampleOptions(min_dwell=1.0))

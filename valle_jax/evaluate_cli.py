@@ -27,7 +27,7 @@ reuses the wavs made so far, so only the scoring is redone (with other scorers, 
 interrupted run goes on; other settings in the same --out_dir are refused.
 
 Shared with `valle-jax synthesize`: --checkpoint, --nar_checkpoint, --temperature,
---top_k, --top_p, --ras, --seed, --batch_size, --lang, --out_dir.
+--top_k, --top_p, --ras, --min_dwell, --max_dwell, --seed, --batch_size, --lang, --out_dir.
 """
 from __future__ import annotations
 

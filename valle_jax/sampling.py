@@ -72,6 +72,11 @@ class SampleOptions:
       prompt transcript's phonemes included) even without EOS.
     max_frames: cap on the frames one sequence may generate (sizes the KV cache).
     use_cache: False re-runs the full forward each step (the no-cache baseline).
+    min_dwell, max_dwell: for an AR with `ar_phoneme_pointer`, bounds on the frames the
+      pointer stays on one phoneme, as multiples of the prompt's frames per phoneme (its
+      speaking rate): it does not move on before `min_dwell` x that many frames and moves
+      on at `max_dwell` x (0: no bound). Between them it moves on with the model's
+      probability.
   """
   temperature: float = 1.0
   top_k: int = 0
@@ -82,6 +87,8 @@ class SampleOptions:
   max_frames_per_phoneme: float = 12.0
   max_frames: int = 3000
   use_cache: bool = True
+  min_dwell: float = 0.0
+  max_dwell: float = 0.0
 
   def __post_init__(self):
     problems = []
@@ -95,6 +102,10 @@ class SampleOptions:
       problems.append(f"ras_window must be >= 1, got {self.ras_window}")
     if not 0 <= self.ras_threshold < 1:
       problems.append(f"ras_threshold must be in [0, 1), got {self.ras_threshold}")
+    if self.min_dwell < 0 or self.max_dwell < 0 or (
+        self.max_dwell and self.max_dwell < self.min_dwell):
+      problems.append(f"need 0 <= min_dwell <= max_dwell (0: no bound), got "
+                      f"{self.min_dwell} and {self.max_dwell}")
     if not self.max_frames_per_phoneme > 0 or self.max_frames < 1:
       problems.append("max_frames_per_phoneme and max_frames must be positive")
     if problems:
@@ -200,6 +211,7 @@ class _Loop(NamedTuple):
   lengths: Array         # int32 [B] frames so far
   hit_limit: Array       # bool [B]
   ras_fallbacks: Array   # int32 [B]
+  dwell: Array           # int32 [B] frames chosen so far on the pointer's phoneme
   all_logits: Array | None  # [B, max_steps, G, V + 1] or None
 
 
@@ -250,7 +262,8 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
     return_logits: also return every step's logits (for tests and analysis).
     prompt_phoneme_lens: int [B], for an AR with `ar_phoneme_pointer`: phonemes of the
       prompt's transcript (the text to say starts after them). The pointer starts there
-      and each step moves on with the probability the model gives.
+      and each step moves on with the probability the model gives, within the options'
+      `min_dwell` and `max_dwell`.
   Returns:
     `ARSample`.
   """
@@ -269,6 +282,9 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
     if prompt_phoneme_lens is None:
       raise ValueError("an AR with ar_phoneme_pointer needs prompt_phoneme_lens.")
     pointers = models.prompt_pointers(prompt_phoneme_lens, used, audio.shape[1])
+  elif options.min_dwell or options.max_dwell:
+    raise ValueError("min_dwell and max_dwell bound the phoneme pointer; this AR has none "
+                     "(model.ar_phoneme_pointer).")
   start = _cached_decoder if options.use_cache else _full_forward_decoder
   (logits, decoder), step_fn = start(model, phonemes, phoneme_lens, audio, 1 + groups,
                                      max_steps, pointers)
@@ -278,6 +294,9 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
   window = used[:, None] - k + jnp.arange(k)[None]                    # [B, K]
   recent = jnp.where(window >= 0, jnp.take_along_axis(prompt, jnp.maximum(window, 0), 1), -1)
   frame_limit = jnp.ceil(options.max_frames_per_phoneme * phoneme_lens).astype(jnp.int32)
+  if pointers is not None:   # the prompt's frames per phoneme [B]
+    rate = used / jnp.maximum(prompt_phoneme_lens, 1)
+    min_dwell, max_dwell = options.min_dwell * rate, options.max_dwell * rate
   group_limit = jnp.minimum((frame_limit + g - 1) // g, max_steps)   # [B] groups
 
   def body(s: _Loop) -> _Loop:
@@ -298,10 +317,17 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
     new_frames = jnp.where(ended, jnp.argmax(is_eos, axis=1), g)
     all_logits = (None if s.all_logits is None
                   else s.all_logits.at[:, s.step].set(s.logits))
+    dwell = s.dwell
     if pointers is None:
       logits, decoder = step_fn(tokens, s.decoder)
     else:
       advance = jax.random.bernoulli(advance_rng, jax.nn.sigmoid(s.decoder["advance_logit"]))
+      dwell = s.dwell + 1                                # with the frame just chosen
+      if options.min_dwell:
+        advance &= dwell >= min_dwell
+      if options.max_dwell:
+        advance |= dwell >= max_dwell
+      dwell = jnp.where(advance, 0, dwell)
       logits, decoder = step_fn(tokens, s.decoder, advance)
     return _Loop(
         step=s.step + 1, logits=logits, decoder=decoder,
@@ -310,7 +336,7 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
         lengths=s.lengths + jnp.where(active, new_frames, 0),
         hit_limit=s.hit_limit | (active & ~ended & at_limit),
         ras_fallbacks=s.ras_fallbacks + jnp.where(active, jnp.sum(fell_back, axis=1), 0),
-        all_logits=all_logits)
+        dwell=dwell, all_logits=all_logits)
 
   def cond(s: _Loop) -> Array:
     return (s.step < max_steps) & ~jnp.all(s.finished)
@@ -320,7 +346,7 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
       step=jnp.zeros((), jnp.int32), logits=logits, decoder=decoder,
       finished=jnp.zeros((b,), bool), recent=recent.astype(jnp.int32), rng=rng,
       codes=jnp.zeros((b, max_steps, g), jnp.int32), lengths=zeros,
-      hit_limit=jnp.zeros((b,), bool), ras_fallbacks=zeros,
+      hit_limit=jnp.zeros((b,), bool), ras_fallbacks=zeros, dwell=zeros,
       all_logits=jnp.zeros((b, max_steps) + logits.shape[1:], jnp.float32)
       if return_logits else None)
   s = jax.lax.while_loop(cond, body, init)

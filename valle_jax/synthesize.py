@@ -206,14 +206,19 @@ _TEMPERATURE = flags.DEFINE_float("temperature", None, "AR sampling temperature.
 _TOP_K = flags.DEFINE_integer("top_k", None, "AR top-k (0: off).")
 _TOP_P = flags.DEFINE_float("top_p", None, "AR top-p (1: off).")
 _RAS = flags.DEFINE_bool("ras", None, "Repetition-aware sampling (VALL-E 2).")
+_MIN_DWELL = flags.DEFINE_float("min_dwell", None, "Phoneme pointer (ar_phoneme_pointer): "
+                                "frames it stays on a phoneme at least, x the prompt's frames "
+                                "per phoneme (0: no bound).")
+_MAX_DWELL = flags.DEFINE_float("max_dwell", None, "Phoneme pointer: frames after which it "
+                                "moves on, x the prompt's frames per phoneme (0: no bound).")
 
 
 def sample_flags() -> dict[str, Any]:
   """The AR sampling options given on the command line (--temperature, --top_k, --top_p,
-  --ras), as `SampleOptions` overrides."""
+  --ras, --min_dwell, --max_dwell), as `SampleOptions` overrides."""
   return {name: flag.value for name, flag in (
-      ("temperature", _TEMPERATURE), ("top_k", _TOP_K), ("top_p", _TOP_P), ("ras", _RAS))
-          if flag.value is not None}
+      ("temperature", _TEMPERATURE), ("top_k", _TOP_K), ("top_p", _TOP_P), ("ras", _RAS),
+      ("min_dwell", _MIN_DWELL), ("max_dwell", _MAX_DWELL)) if flag.value is not None}
 
 
 def sample_options(config, overrides: dict[str, Any]) -> sampling.SampleOptions:
