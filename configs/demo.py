@@ -49,12 +49,11 @@ def _model(quick: bool) -> ml_collections.ConfigDict:
     c.data.phoneme_buckets = (128, 192, 256)
     # Codebooks 2-4 carry most of what the NAR adds (offline codec WER with 1 / 2 / 4 / 8
     # codebooks: 0.93 / 0.83 / 0.64 / 0.58), so they are drawn more often. With the voice
-    # codebook (below), codebook 2 is the voice, one code per utterance, and the frames'
-    # detail starts at codebook 3, which gets the largest weight. Synthesis copies the voice
-    # code from the prompt (sampling.decode_nar): the NAR's own guess of it, trained here,
-    # never named the prompt's code for a held-out voice (0 of 15), only training voices'.
-    # Its weight could go to 0; the measured run (README "The demo") trained it at 2.
-    c.data.nar_stage_weights = (2, 3, 2, 1, 1, 1, 1)
+    # codebook (below), codebook 2 is the voice, one code per utterance, which synthesis
+    # copies from the prompt (sampling.decode_nar), so the NAR never learns it (weight 0):
+    # trained at weight 2, its guess never named the prompt's code for a held-out voice
+    # (0 of 15), only training voices'. The frames' detail starts at codebook 3.
+    c.data.nar_stage_weights = (0, 3, 2, 1, 1, 1, 1)
     c.data.max_tokens = 2400
     c.data.max_batch_size = 16
     c.train.steps = 1100

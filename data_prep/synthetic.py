@@ -6,7 +6,8 @@
 Text is the public-domain King James Bible (Debian `bible-kjv-text`, read through its `bible`
 program), split into sentences, normalised and kept when it has `min_words..max_words`
 words. Each voice of the config is one speaker: an `espeak-ng` voice + variant (+ pitch and
-speed), a `flite` voice or a `festival` voice. Voices named in `heldout_voices` speak only in
+speed), a `flite` voice or a `festival` voice, any of them optionally warped (`/warp=W`:
+pitch, formants and tempo scaled together, a new speaker from an old one). Voices named in `heldout_voices` speak only in
 the `test` split, and their sentences are never spoken in `train`: they are unseen speakers
 saying unseen text, for zero-shot evaluation.
 
@@ -111,12 +112,16 @@ def kjv_sentences(min_words: int, max_words: int) -> tuple[str, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class Voice:
-  """One speaker: `engine:voice[/pitch=P][/speed=S]`, e.g. `espeak-ng:en-us+f3/pitch=60`,
-  `flite:slt`, `festival:kal_diphone`. Pitch (0-99) and speed (words/min) are espeak-ng's."""
+  """One speaker: `engine:voice[/pitch=P][/speed=S][/warp=W]`, e.g.
+  `espeak-ng:en-us+f3/pitch=60`, `flite:slt`, `festival:kal_diphone`, `flite:slt/warp=85`.
+  Pitch (0-99) and speed (words/min) are espeak-ng's. Warp (percent, any engine) plays the
+  voice's audio at W% of its rate: every frequency (pitch and formants, the vocal tract's
+  length) times W/100 and the tempo with them, as vocal tract length perturbation does."""
   engine: str
   voice: str
   pitch: int | None = None
   speed: int | None = None
+  warp: int | None = None
 
   @classmethod
   def parse(cls, spec: str) -> "Voice":
@@ -127,17 +132,19 @@ class Voice:
     kw: dict[str, int] = {}
     for opt in opts:
       key, _, value = opt.partition("=")
-      if key not in ("pitch", "speed") or not value.isdigit():
-        raise UserError(f"bad option {opt!r} in voice {spec!r}; use pitch=N or speed=N.")
+      if key not in ("pitch", "speed", "warp") or not value.isdigit():
+        raise UserError(f"bad option {opt!r} in voice {spec!r}; use pitch=N, speed=N or "
+                        "warp=N.")
       kw[key] = int(value)
-    if kw and engine != "espeak-ng":
+    if "warp" in kw and not 50 <= kw["warp"] <= 200:
+      raise UserError(f"voice {spec!r}: warp is a percentage in [50, 200].")
+    if {"pitch", "speed"} & set(kw) and engine != "espeak-ng":
       raise UserError(f"voice {spec!r}: pitch and speed are options of espeak-ng voices only.")
     return cls(engine, voice, **kw)
 
   @property
   def spec(self) -> str:
-    opts = "".join(f"/{k}={v}" for k, v in (("pitch", self.pitch), ("speed", self.speed))
-                   if v is not None)
+    opts = "".join(f"/{k}={v}" for k, v in self._options() if v is not None)
     return f"{self.engine}:{self.voice}{opts}"
 
   @property
@@ -145,9 +152,11 @@ class Voice:
     """A file-name-safe speaker id, unique per spec (`espeak-en-us-f3-p60`)."""
     short = {"espeak-ng": "espeak", "flite": "flite", "festival": "festival"}[self.engine]
     name = self.voice.replace("_diphone", "").replace("_arctic_hts", "")
-    parts = [short, name] + [f"{k[0]}{v}" for k, v in (("pitch", self.pitch),
-                                                        ("speed", self.speed)) if v is not None]
+    parts = [short, name] + [f"{k[0]}{v}" for k, v in self._options() if v is not None]
     return re.sub(r"[^A-Za-z0-9]+", "-", "-".join(parts)).strip("-").lower()
+
+  def _options(self):
+    return (("pitch", self.pitch), ("speed", self.speed), ("warp", self.warp))
 
 
 def _run(cmd: Sequence[str], **kw) -> bytes:
@@ -194,6 +203,8 @@ def synthesize(voice: Voice, texts: Sequence[str], sample_rate: int) -> list[np.
       if not os.path.exists(path):
         raise RuntimeError(f"{voice.spec} wrote no audio (is the voice installed?)")
       wav, sr = sf.read(path, dtype="float32", always_2d=True)
+      if voice.warp is not None:   # the samples played at warp% of their rate
+        sr = round(sr * voice.warp / 100)
       wavs.append(_tidy(resample(wav.mean(axis=1), sr, sample_rate), sample_rate))
   return wavs
 

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 import soundfile as sf
 
@@ -68,9 +69,27 @@ def test_voice_specs():
   assert synthetic.Voice.parse(v.spec) == v
   assert v.speaker == "espeak-en-us-f3-p70-s150"
   assert synthetic.Voice.parse("festival:kal_diphone").speaker == "festival-kal"
-  for bad in ("sapi:foo", "flite:slt/pitch=3", "espeak-ng:en/volume=3", "flite"):
+  warped = synthetic.Voice.parse("flite:slt/warp=85")
+  assert (warped.warp, warped.speaker, warped.spec) == (85, "flite-slt-w85", "flite:slt/warp=85")
+  for bad in ("sapi:foo", "flite:slt/pitch=3", "espeak-ng:en/volume=3", "flite",
+              "flite:slt/warp=20", "flite:slt/warp=0.9"):
     with pytest.raises(UserError):
       synthetic.Voice.parse(bad)
+
+
+def test_warp_scales_frequencies_and_tempo_together():
+  """warp=80: the speech lasts 1/0.8 as long and its spectrum's centroid is 0.8 as high."""
+  text = ["In the beginning God created the heaven and the earth."]
+  sr = 16000
+  plain = synthetic.synthesize(synthetic.Voice.parse("flite:slt"), text, sr)[0]
+  warped = synthetic.synthesize(synthetic.Voice.parse("flite:slt/warp=80"), text, sr)[0]
+  pad = 2 * int(0.1 * sr)                        # _tidy keeps 0.1 s of silence at each end
+  assert (len(warped) - pad) / (len(plain) - pad) == pytest.approx(1 / 0.8, rel=0.03)
+
+  def centroid(wav):
+    power = np.abs(np.fft.rfft(wav)) ** 2
+    return np.sum(np.fft.rfftfreq(len(wav), 1 / sr) * power) / np.sum(power)
+  assert centroid(warped) / centroid(plain) == pytest.approx(0.8, rel=0.05)
 
 
 def test_the_folder_builder_reads_it(corpus):
