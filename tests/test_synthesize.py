@@ -134,3 +134,15 @@ def test_prompt_transcript_runs_on_without_its_final_punctuation():
   assert symbols.symbols[full[-1]] == "."
   np.testing.assert_array_equal(cut, full[:-1])
   assert "," in [symbols.symbols[i] for i in cut]   # punctuation inside is kept
+
+
+def test_dwell_flags_need_the_phoneme_pointer():
+  """--min_dwell on a run whose AR has no pointer is one sentence, not a traceback; with the
+  pointer it becomes a sampling option."""
+  cfg = tiny.get_config()
+  with pytest.raises(UserError, match="has none"):
+    synthesize.sample_options(cfg, {"min_dwell": 0.5})
+  cfg.model.ar_phoneme_pointer = True
+  assert synthesize.sample_options(cfg, {"min_dwell": 0.5}).min_dwell == 0.5
+  with pytest.raises(UserError, match="min_dwell"):
+    synthesize.sample_options(cfg, {"min_dwell": 2.0, "max_dwell": 1.0})

@@ -224,9 +224,13 @@ def sample_flags() -> dict[str, Any]:
 def sample_options(config, overrides: dict[str, Any]) -> sampling.SampleOptions:
   """A run's sampling options (its config's `sample` section) with `overrides`."""
   try:
-    return sampling.SampleOptions.from_config(config.get("sample"), **overrides)
+    options = sampling.SampleOptions.from_config(config.get("sample"), **overrides)
   except ValueError as e:
     raise UserError(str(e)) from None
+  if (options.min_dwell or options.max_dwell) and not config.model.get("ar_phoneme_pointer"):
+    raise UserError("--min_dwell and --max_dwell bound the AR's phoneme pointer; this run's "
+                    "AR has none (model.ar_phoneme_pointer = False).")
+  return options
 
 
 def load_models(path: str, nar_path: str | None = None):
