@@ -45,7 +45,7 @@ def base() -> ml_collections.ConfigDict:
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
   c.optim.weight_decay = 0.01
-  c.optim.grad_clip_norm = 1.0
+  c.optim.grad_clip_norm = 1.0    # each model clipped by its own global gradient norm
 
   # Input pipeline (valle_jax/data.py).
   c.data = ml_collections.ConfigDict()
