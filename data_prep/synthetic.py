@@ -7,9 +7,9 @@ Text is the public-domain King James Bible (Debian `bible-kjv-text`, read throug
 program), split into sentences, normalised and kept when it has `min_words..max_words`
 words. Each voice of the config is one speaker: an `espeak-ng` voice + variant (+ pitch and
 speed), a `flite` voice or a `festival` voice, any of them optionally warped (`/warp=W`:
-pitch, formants and tempo scaled together, a new speaker from an old one). Voices named in `heldout_voices` speak only in
-the `test` split, and their sentences are never spoken in `train`: they are unseen speakers
-saying unseen text, for zero-shot evaluation.
+pitch, formants and tempo scaled together, a new speaker from an old one). Voices named in
+`heldout_voices` speak only in the `test` split, and their sentences are never spoken in
+`train`: they are unseen speakers saying unseen text, for zero-shot evaluation.
 
 The output is an ordinary folder corpus, read by the folder builder like any user corpus:
 
