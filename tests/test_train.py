@@ -148,22 +148,25 @@ class _PoisonableTrainer(train.Trainer):
     return total * jnp.where(poisoned, jnp.nan, 1.0), metrics
 
 
-def _first_batch(dataset_path, cfg, kind):
+def _batches(dataset_path, cfg, kind, count):
+  """The loader's first `count` global batches (without their "index")."""
   from valle_jax import data  # pylint: disable=g-import-not-at-top
   source = data.open_dataset(dataset_path).split("train")
   plan = data.BatchPlan(data.scan_lengths(source, progress=False), cfg.data, seed=0,
                         batch_multiple=8)
-  batch = data.BatchLoader(source, plan, cfg.data, kind=kind, num_codebooks=8,
-                           frame_rate=75.0)(0)
-  batch.pop("index")
-  return batch
+  loader = data.BatchLoader(source, plan, cfg.data, kind=kind, num_codebooks=8,
+                            frame_rate=75.0)
+  batches = [loader(i) for i in range(count)]
+  for batch in batches:
+    batch.pop("index")
+  return batches
 
 
 def test_grad_accumulation_equals_whole_batch(tiny_dataset):
   """2 token-weighted micro-batches give the whole batch's gradients and loss."""
   cfg = _cfg(tiny_dataset)
   mesh = sharding.make_mesh(cfg.mesh)
-  batch = sharding.shard_batch(_first_batch(tiny_dataset, cfg, "both"), mesh)
+  batch = sharding.shard_batch(_batches(tiny_dataset, cfg, "both", 1)[0], mesh)
   whole = train.Trainer(cfg, mesh)
   params = whole.init_state()["params"]
   accumulated = train.Trainer(_cfg(tiny_dataset, **{"train.grad_accum_steps": 2}), mesh)
@@ -181,21 +184,12 @@ def test_ar_trained_with_the_nar_gets_the_updates_it_gets_alone(tiny_dataset):
   "both" leave the AR's parameters where 4 steps of the AR alone do (one clip over both
   models would scale the AR's steps by the NAR's gradient norm, and Adam's later steps with
   it)."""
-  cfg = _cfg(tiny_dataset, **{"optim.grad_clip_norm": 0.05, "optim.warmup_steps": 1})
+  binding_clip = {"optim.grad_clip_norm": 0.05, "optim.warmup_steps": 1}
+  cfg = _cfg(tiny_dataset, **binding_clip)
   mesh = sharding.make_mesh(cfg.mesh)
-  from valle_jax import data  # pylint: disable=g-import-not-at-top
-  source = data.open_dataset(tiny_dataset).split("train")
-  plan = data.BatchPlan(data.scan_lengths(source, progress=False), cfg.data, seed=0,
-                        batch_multiple=8)
-  loader = data.BatchLoader(source, plan, cfg.data, kind="both", num_codebooks=8,
-                            frame_rate=75.0)
-  batches = [loader(i) for i in range(4)]
-  for b in batches:
-    b.pop("index")
+  batches = _batches(tiny_dataset, cfg, "both", 4)
   both = train.Trainer(cfg, mesh)
-  alone = train.Trainer(_cfg(tiny_dataset, **{"optim.grad_clip_norm": 0.05,
-                                              "optim.warmup_steps": 1, "train.model": "ar"}),
-                        mesh)
+  alone = train.Trainer(_cfg(tiny_dataset, **binding_clip, **{"train.model": "ar"}), mesh)
   state_both, state_alone = both.init_state(), alone.init_state()
   for b in batches:
     state_both, m_both = both.train_step(state_both, sharding.shard_batch(b, mesh))
@@ -211,7 +205,7 @@ def test_nan_guard_skips_poisoned_batch_and_continues(tiny_dataset):
   cfg = _cfg(tiny_dataset, **{"train.model": "ar"})
   mesh = sharding.make_mesh(cfg.mesh)
   trainer = _PoisonableTrainer(cfg, mesh)
-  batch = _first_batch(tiny_dataset, cfg, "ar")
+  batch = _batches(tiny_dataset, cfg, "ar", 1)[0]
   poisoned = jax.tree.map(np.copy, batch)
   poisoned["ar"]["phonemes"][0, 0] = -1
   state = trainer.init_state()

@@ -229,7 +229,8 @@ class Trainer:
     opt = state["optimizer"]
     rng = jax.random.fold_in(jax.random.wrap_key_data(opt["rng"]), opt["step"])
     grads, loss, metrics = self._grads(state["params"], batch, rng)
-    grad_norm = optax.tree.norm(grads)
+    model_grad_norms = {m: optax.tree.norm(grads[m]) for m in self.names}  # what each clip sees
+    grad_norm = jnp.sqrt(sum(n ** 2 for n in model_grad_norms.values()))
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, new_opt_state = self.tx.update(grads, opt["opt_state"], state["params"])
     new_params = optax.apply_updates(state["params"], updates)
@@ -241,7 +242,7 @@ class Trainer:
                       "nan_streak": jnp.where(finite, 0, opt["nan_streak"] + 1),
                       "skipped": opt["skipped"] + (~finite).astype(jnp.int32)}}
     out = {"loss": loss, "grad_norm": grad_norm, "finite": finite,
-           "model_grad_norms": {m: optax.tree.norm(grads[m]) for m in self.names},
+           "model_grad_norms": model_grad_norms,
            "lr": self.schedule(opt["step"]), **metrics}
     return state, out
 
