@@ -65,6 +65,23 @@ def test_batch_equals_one_by_one(codec, wavs):
     np.testing.assert_allclose(d, codec.decode(c), atol=1e-5)
 
 
+def test_fewer_codebooks_decode_their_sum(codec, wavs):
+  """Codes [T, q] decode from the sum of the first q codebooks' entries (EnCodec's lower
+  bandwidths); q = 8 is the full decode; other widths are refused."""
+  codes = codec.encode(wavs[0], 24_000)
+  vectors = codec.codebook_vectors()                                # [8, 1024, 128]
+  for q in (1, 2, 8):
+    latent = sum(vectors[j][codes[:, j].astype(np.int64)] for j in range(q))  # [T, 128]
+    with torch.inference_mode():
+      expected = codec._model.decoder(torch.from_numpy(latent.T[None].copy()))[0, 0].numpy()
+    np.testing.assert_array_equal(codec.decode(codes[:, :q]), expected[:len(codes) * 320])
+  # random weights: the decoder barely hears its input, but the widths differ (by ~1e-4)
+  assert not np.array_equal(codec.decode(codes[:, :2]), codec.decode(codes))
+  for bad in ([codes[:, :0]], [codes[:, :2], codes[:, :3]], [np.zeros((4, 9), np.int16)]):
+    with pytest.raises(ValueError, match="same q in"):
+      codec.decode_batch(bad)
+
+
 def test_deterministic_across_instances(codec, wavs):
   other = get_codec(RANDOM)
   np.testing.assert_array_equal(other.encode(wavs[2], 24_000), codec.encode(wavs[2], 24_000))

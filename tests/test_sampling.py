@@ -289,7 +289,7 @@ def test_prepare_batch_buckets_groups_and_padding():
 def test_nar_decoding_is_greedy_stage_by_stage(copied):
   """decode_nar equals Q - 1 greedy full forwards, each reading the codebooks before it;
   a copied codebook (one code per utterance) is the prompt's first frame's code instead;
-  padding frames stay 0."""
+  padding frames stay 0; `codebooks=3` makes the first 3 of the same codes."""
   cfg = tiny.get_config().model
   nar = models.NARModel(cfg, rngs=nnx.Rngs(5))
   phonemes, prompts = _inputs(4)
@@ -314,6 +314,13 @@ def test_nar_decoding_is_greedy_stage_by_stage(copied):
   for i, n in enumerate(target_lens):
     np.testing.assert_array_equal(out[i, :n], codes[i, :n])
     assert (out[i, n:] == 0).all()
+  first3 = sampling.decode_nar(*nnx.split(nar), batch.phonemes, batch.phoneme_lens,
+                               batch.prompt, batch.prompt_lens, first, target_lens,
+                               copied_codebooks=copied, codebooks=3)
+  np.testing.assert_array_equal(first3, out[..., :3])
+  with pytest.raises(ValueError, match="codebooks must be in"):
+    sampling.decode_nar(*nnx.split(nar), batch.phonemes, batch.phoneme_lens, batch.prompt,
+                        batch.prompt_lens, first, target_lens, codebooks=9)
 
 
 # ------------------------------------------------------------------ AR phoneme pointer
@@ -355,16 +362,18 @@ def test_pointer_model_speaks_to_the_end_of_its_text():
                        max_steps=batch.max_steps, prompt_phoneme_lens=batch.prompt_phoneme_lens)
 
 
-@pytest.mark.parametrize("advance_bias, dwell", [(30.0, {"min_dwell": 2.0}),
-                                                 (-30.0, {"max_dwell": 2.0})])
-def test_pointer_dwell_bounds_follow_the_prompts_speaking_rate(advance_bias, dwell):
+@pytest.mark.parametrize("advance_bias, eos_bias, dwell", [
+    (30.0, 30.0, {"min_dwell": 2.0}), (-30.0, 30.0, {"max_dwell": 2.0}),
+    (30.0, -30.0, {"max_dwell": 2.0})], ids=["min holds", "max moves on", "max ends"])
+def test_pointer_dwell_bounds_follow_the_prompts_speaking_rate(advance_bias, eos_bias, dwell):
   """`min_dwell` holds an AR that always moves on, `max_dwell` moves on one that never
   does, at 2 x the prompt's frames per phoneme: ceil(2 x 5/3, 2 x 3/2, 2 x 1/1) = 4, 3, 2
-  frames on each phoneme before the last (where the AR, always wanting EOS, stops)."""
+  frames on each phoneme before the last (where the AR, always wanting EOS, stops). On the
+  last phoneme `max_dwell` ends an AR that never wants EOS after as many frames."""
   cfg = tiny.get_config().model
   cfg.ar_phoneme_pointer = True
   model = models.ARModel(cfg, rngs=nnx.Rngs(7))
-  model.head_bias[...] = model.head_bias[...].at[EOS].add(30.0)
+  model.head_bias[...] = model.head_bias[...].at[EOS].add(eos_bias)
   model.advance_bias[...] = jnp.full((1,), advance_bias)
   phonemes, prompts = _inputs()
   heard = (3, 2, 1)
@@ -376,7 +385,9 @@ def test_pointer_dwell_bounds_follow_the_prompts_speaking_rate(advance_bias, dwe
                            options=options, max_steps=batch.max_steps,
                            prompt_phoneme_lens=batch.prompt_phoneme_lens)
   before_last = np.array([n - 1 - h for n, h in zip(PHONEME_LENS, heard)])    # 3, 2, 1
-  np.testing.assert_array_equal(np.asarray(out.lengths), before_last * [4, 3, 2])
+  bound = np.array([4, 3, 2])
+  expected = before_last * bound if eos_bias > 0 else before_last + bound
+  np.testing.assert_array_equal(np.asarray(out.lengths), expected)
   assert not np.asarray(out.hit_limit).any()
 
 

@@ -53,7 +53,8 @@ def _run(kit, requests, **kw):
 def test_zero_shot_and_continual(kit, wavs):
   """Two requests in one batch (a mono 24 kHz and a stereo 44.1 kHz prompt); each output
   is whole codec frames, at most 1 frame a phoneme of the limit; the same seed gives the
-  same speech; continual output starts with the prompt's frames."""
+  same speech, and with `codebooks=2` the same frames decoded at a lower bandwidth;
+  continual output starts with the prompt's frames, also at 2 codebooks."""
   requests = [synthesize.Request("Hello there, my friend.", wavs["mono"], "A quiet tone."),
               synthesize.Request("Good morning.", wavs["stereo"], "Another tone.")]
   out = _run(kit, requests, batch_size=2)
@@ -67,9 +68,20 @@ def test_zero_shot_and_continual(kit, wavs):
   again = _run(kit, requests, batch_size=2)
   for a, b in zip(out, again):
     np.testing.assert_array_equal(a, b)
-  (cont,) = _run(kit, [synthesize.Request("Hello there, my friend.", wavs["mono"])],
-                 continual=True, batch_size=2)
+  for a, b in zip(out, _run(kit, requests, batch_size=2, codebooks=2)):
+    assert len(a) == len(b) and np.isfinite(b).all() and not np.array_equal(a, b)
+  continual = [synthesize.Request("Hello there, my friend.", wavs["mono"])]
+  (cont,) = _run(kit, continual, continual=True, batch_size=2)
   assert len(cont) // hop >= 113                   # 1.5 s of prompt (113 frames) + more
+  (cont2,) = _run(kit, continual, continual=True, batch_size=2, codebooks=2)
+  assert len(cont2) == len(cont)
+
+
+def test_codebooks_out_of_range_is_refused(kit, wavs):
+  request = synthesize.Request("Hello.", wavs["mono"], "A tone.")
+  for bad in (-1, 9):
+    with pytest.raises(UserError, match=r"--codebooks must be in \[1, 8\]"):
+      _run(kit, [request], codebooks=bad)
 
 
 @pytest.mark.parametrize("request_kw, message", [

@@ -1,7 +1,7 @@
 """`valle-jax demo`: VALL-E end to end on this machine, offline, ending with DIR/report.html.
 
-    valle-jax demo --workdir=demo            # the full demo: about 80 minutes on a 2-core CPU
-    valle-jax demo --workdir=demo --budget=120   # twice the training steps
+    valle-jax demo --workdir=demo            # the full demo: about 55 minutes on a 2-core CPU
+    valle-jax demo --workdir=demo --budget=160   # twice the training steps (budget_minutes 80)
     valle-jax demo --workdir=ci --quick      # every stage in a few minutes (CI)
 
 Stages (configs/demo.py holds every setting):
@@ -156,7 +156,8 @@ def _synthesize(cfg, workdir: str, corpus: str, run: str) -> dict[str, Any]:
   out_dir = os.path.join(workdir, "samples")
   samples = evaluate.synthesize_samples(bundle.ar, bundle.nar, bundle.symbols, codec, pairs,
                                         options, out_dir, seed=cfg.synthesis.seed,
-                                        batch_size=cfg.synthesis.batch_size)
+                                        batch_size=cfg.synthesis.batch_size,
+                                        codebooks=cfg.synthesis.codebooks)
   return {"samples": os.path.join(out_dir, "samples.json"), "count": len(samples),
           "checkpoint_step": bundle.step, "sample_options": cfg.synthesis.sample.to_dict()}
 
@@ -190,6 +191,9 @@ def _report(cfg, workdir: str, samples_path: str, table, run: str, evaluation, s
       f"Model: {cfg.train.model.num_layers} layers, width {cfg.train.model.width}, "
       f"{cfg.train.train.steps} training steps (AR and NAR).",
   ]
+  if cfg.synthesis.codebooks:
+    notes.append(f"valle-jax makes and decodes the codec's first {cfg.synthesis.codebooks} "
+                 "codebooks (a lower bandwidth); the codec resynthesis decodes all of them.")
   gain = evaluation.get("ar/text_gain")
   if gain is not None:
     notes.append(

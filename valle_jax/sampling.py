@@ -30,7 +30,8 @@ and `sample_ar` compiles once per (batch, bucket) pair.
 **NAR** (`decode_nar`): Q - 1 greedy passes (codebooks 2..Q) over the whole target, one
 `lax.fori_loop` over the stages inside one compiled function. A codec's one-per-utterance
 codebooks (`valle_jax.codec.utterance_codebooks`: the offline codec's voice code) are copied
-from the prompt instead of predicted.
+from the prompt instead of predicted. `codebooks=K` makes only the first K (K - 1 passes), a
+lower codec bandwidth.
 
 With `use_cache=False` the AR re-runs the full forward over the whole (padded) sequence at
 every step instead of using the cache, as the PyTorch implementations do; it exists as the
@@ -75,8 +76,9 @@ class SampleOptions:
     min_dwell, max_dwell: for an AR with `ar_phoneme_pointer`, bounds on the frames the
       pointer stays on one phoneme, as multiples of the prompt's frames per phoneme (its
       speaking rate): it does not move on before `min_dwell` x that many frames and moves
-      on at `max_dwell` x (0: no bound). Between them it moves on with the model's
-      probability.
+      on at `max_dwell` x (0: no bound); on the last phoneme, moving on is EOS, so
+      `max_dwell` also ends an utterance the AR would not end. Between them it moves on
+      with the model's probability.
   """
   temperature: float = 1.0
   top_k: int = 0
@@ -308,6 +310,10 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
       reading = s.decoder["pointer"] < s.decoder["phoneme_lens"] - 1             # [B]
       logits = logits.at[..., eos].set(jnp.where(reading[:, None], -jnp.inf,
                                                  logits[..., eos]))
+      if options.max_dwell:   # moving on from the last phoneme is the end: EOS
+        ends = ~reading & (s.dwell >= max_dwell)                                   # [B]
+        only_eos = jnp.where(jnp.arange(logits.shape[-1]) == eos, 0.0, -jnp.inf)  # [V + 1]
+        logits = jnp.where(ends[:, None, None], only_eos, logits)
     tokens, fell_back, recent = _choose_group(logits, s.recent, step_rng, options)
     is_eos = tokens == eos                                            # [B, G]
     tokens = jnp.where(jnp.cumsum(is_eos, axis=1) > 0, eos, tokens)  # EOS ends the group
@@ -327,7 +333,7 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
         advance &= dwell >= min_dwell
       if options.max_dwell:
         advance |= dwell >= max_dwell
-      dwell = jnp.where(advance, 0, dwell)
+      dwell = jnp.where(advance & reading, 0, dwell)   # the last phoneme's frames add up
       logits, decoder = step_fn(tokens, s.decoder, advance)
     return _Loop(
         step=s.step + 1, logits=logits, decoder=decoder,
@@ -358,15 +364,17 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
 # ---------------------------------------------------------------------------------- NAR
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "copied_codebooks"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "copied_codebooks", "codebooks"))
 def decode_nar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array,
                phoneme_lens: Array, prompt: Array, prompt_lens: Array, first: Array,
-               target_lens: Array, copied_codebooks: tuple[int, ...] = ()) -> Array:
-  """Greedy NAR decoding of codebooks 2..Q, one pass per codebook over the whole target.
+               target_lens: Array, copied_codebooks: tuple[int, ...] = (),
+               codebooks: int = 0) -> Array:
+  """Greedy NAR decoding of codebooks 2..K, one pass per codebook over the whole target.
 
   Codebooks in `copied_codebooks` (0-based, >= 1: the codec's `utterance_codebooks`, one code
   per utterance) are not predicted: every target frame takes the prompt's code (its first
-  frame's), the voice being the prompt's.
+  frame's), the voice being the prompt's. `codebooks` is K, how many codebooks to make (the
+  first K: a lower codec bandwidth, and K - 1 NAR passes); 0 makes all Q.
 
   Args:
     graphdef, state: `nnx.split(nar_model)`.
@@ -375,14 +383,18 @@ def decode_nar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array,
     first: int [B, T] codebook-1 codes of the target (the AR's output).
     target_lens: int [B] valid target frames.
   Returns:
-    int32 codes [B, T, Q]; 0 past `target_lens`.
+    int32 codes [B, T, K]; 0 past `target_lens`.
   """
   model = nnx.merge(graphdef, state)
   b, t = first.shape
-  q = model.num_codebooks
+  if not 0 <= codebooks <= model.num_codebooks:
+    raise ValueError(f"codebooks must be in [1, {model.num_codebooks}] (0: all), got "
+                     f"{codebooks}")
+  q, k = model.num_codebooks, codebooks or model.num_codebooks
   valid = jnp.arange(t)[None] < target_lens[:, None]                  # [B, T]
   if any(not 1 <= j < q for j in copied_codebooks):
     raise ValueError(f"copied_codebooks {copied_codebooks} must lie in [1, {q})")
+  copied_codebooks = tuple(j for j in copied_codebooks if j < k)
   codes = jnp.zeros((b, t, q), jnp.int32).at[..., 0].set(jnp.where(valid, first, 0))
   if copied_codebooks:   # set before the loop: stage j reads codebooks < j only
     voice = list(copied_codebooks)
@@ -396,10 +408,10 @@ def decode_nar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array,
     return jax.lax.dynamic_update_index_in_dim(codes, predicted[..., None], j, axis=2)
 
   if not copied_codebooks:
-    return jax.lax.fori_loop(1, q, predict, codes)
+    return jax.lax.fori_loop(1, k, predict, codes)[..., :k]
   copied = jnp.asarray(np.isin(np.arange(q), copied_codebooks))         # [Q]
-  return jax.lax.fori_loop(1, q, lambda j, c: jax.lax.cond(
-      copied[j], lambda c: c, functools.partial(predict, j), c), codes)  # no pass for a copy
+  return jax.lax.fori_loop(1, k, lambda j, c: jax.lax.cond(   # no pass for a copy
+      copied[j], lambda c: c, functools.partial(predict, j), c), codes)[..., :k]
 
 
 # ------------------------------------------------------------------------------ batching

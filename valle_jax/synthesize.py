@@ -98,7 +98,7 @@ def _prompt_codes(path: str, codec, seconds: float | None) -> np.ndarray:
 def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Request],
                options: sampling.SampleOptions, *, continual: bool = False,
                continual_seconds: float = 3.0, lang: str = "en-us", seed: int = 0,
-               batch_size: int = 1) -> list[np.ndarray]:
+               batch_size: int = 1, codebooks: int = 0) -> list[np.ndarray]:
   """Makes each request's speech.
 
   Args:
@@ -110,11 +110,16 @@ def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Req
     continual: continual mode (see the module docstring) instead of zero-shot.
     seed: the AR's sampling seed (the same seed gives the same speech).
     batch_size: requests per compiled call (the last batch is padded to it).
+    codebooks: make and decode only the codec's first K codebooks (a lower bandwidth, K - 1
+      NAR passes); 0: all.
   Returns:
     float32 waveforms at `codec.sample_rate`, one per request (empty when the AR ended at
     once). Logs a warning for each that stopped at the length limit instead of EOS.
   """
   g = ar.group_size
+  if not 0 <= codebooks <= codec.num_codebooks:
+    raise UserError(f"--codebooks must be in [1, {codec.num_codebooks}] (0: all of the "
+                    f"codec's), got {codebooks}.")
   if continual and ar.phoneme_pointer:
     raise UserError("this AR moves a phoneme pointer (model.ar_phoneme_pointer) and needs to "
                     "know where the prompt's words end: use zero-shot mode (a prompt and "
@@ -147,7 +152,7 @@ def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Req
                              prompt_phoneme_lens=batch.prompt_phoneme_lens)
     codes = sampling.decode_nar(nar_def, nar_state, batch.phonemes, batch.phoneme_lens,
                                 batch.prompt, batch.prompt_lens, out.codes, out.lengths,
-                                copied_codebooks=copied)
+                                copied_codebooks=copied, codebooks=codebooks)
     codes, lengths, hit_limit = jax.device_get((codes, out.lengths, out.hit_limit))
     for i in range(len(chunk)):
       if hit_limit[i]:
@@ -155,7 +160,7 @@ def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Req
                         start + i + 1, lengths[i])
       made = codes[i, :lengths[i]]
       if continual:
-        made = np.concatenate([batch.prompt[i, :batch.prompt_lens[i]], made])
+        made = np.concatenate([batch.prompt[i, :batch.prompt_lens[i], :made.shape[1]], made])
       wavs.append(np.asarray(codec.decode(made), np.float32) if len(made) else
                   np.zeros((0,), np.float32))
   return wavs
@@ -202,6 +207,8 @@ _CONTINUAL_SECONDS = flags.DEFINE_float("continual_seconds", 3.0, "Prompt length
 _LANG = flags.DEFINE_string("lang", "en-us", "espeak-ng language of the texts.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _BATCH = flags.DEFINE_integer("batch_size", 1, "Requests per compiled batch.")
+_CODEBOOKS = flags.DEFINE_integer("codebooks", 0, "Make and decode only the codec's first "
+                                  "K codebooks, a lower bandwidth (0: all).")
 _TEMPERATURE = flags.DEFINE_float("temperature", None, "AR sampling temperature.")
 _TOP_K = flags.DEFINE_integer("top_k", None, "AR top-k (0: off).")
 _TOP_P = flags.DEFINE_float("top_p", None, "AR top-p (1: off).")
@@ -210,7 +217,8 @@ _MIN_DWELL = flags.DEFINE_float("min_dwell", None, "Phoneme pointer (ar_phoneme_
                                 "frames it stays on a phoneme at least, x the prompt's frames "
                                 "per phoneme (0: no bound).")
 _MAX_DWELL = flags.DEFINE_float("max_dwell", None, "Phoneme pointer: frames after which it "
-                                "moves on, x the prompt's frames per phoneme (0: no bound).")
+                                "moves on, x the prompt's frames per phoneme; on the last "
+                                "phoneme the utterance ends (0: no bound).")
 
 
 def sample_flags() -> dict[str, Any]:
@@ -272,7 +280,8 @@ def main(argv):
   options = sample_options(bundle.config, sample_flags())
   wavs = synthesize(bundle.ar, nar, symbols, codec, requests, options,
                     continual=_CONTINUAL.value, continual_seconds=_CONTINUAL_SECONDS.value,
-                    lang=_LANG.value, seed=_SEED.value, batch_size=_BATCH.value)
+                    lang=_LANG.value, seed=_SEED.value, batch_size=_BATCH.value,
+                    codebooks=_CODEBOOKS.value)
   import soundfile as sf  # pylint: disable=g-import-not-at-top
   for request, wav in zip(requests, wavs):
     os.makedirs(os.path.dirname(os.path.abspath(request.out)), exist_ok=True)

@@ -23,7 +23,8 @@ class Codec(Protocol):
     """float mono waveform [N] at rate `sr` (resampled if needed) -> int16 codes [T, Q]."""
 
   def decode(self, codes: np.ndarray) -> np.ndarray:
-    """int codes [T, Q] -> float32 waveform [N] at `sample_rate`."""
+    """int codes [T, q] -> float32 waveform [N] at `sample_rate`; q <= Q decodes from the
+    first (coarsest) q codebooks, a lower bandwidth."""
 
   def encode_batch(self, wavs: Sequence[np.ndarray], sr: int) -> list[np.ndarray]:
     """Batch variant of `encode`; equals encoding one by one."""

@@ -211,18 +211,21 @@ class EncodecCodec:
     return self.decode_batch([codes])[0]
 
   def decode_batch(self, codes: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """int [T_i, Q] each -> float32 [T_i * 320] each at 24 kHz (causal decoder, so padding
-    the batch at the end does not change any clip)."""
+    """int [T_i, q] each -> float32 [T_i * 320] each at 24 kHz (causal decoder, so padding
+    the batch at the end does not change any clip). q <= Q: the first q codebooks, EnCodec's
+    lower bandwidths (2 codebooks = 1.5 kbps); every clip of a batch has the same q."""
     torch = self._torch
+    widths = {c.shape[1] if c.ndim == 2 else -1 for c in codes}
+    if len(widths) > 1 or not widths <= set(range(1, self.num_codebooks + 1)):
+      raise ValueError(f"codes must be [T, q] with the same q in [1, {self.num_codebooks}] "
+                       f"for every clip, got {sorted({c.shape for c in codes})}")
     for c in codes:
-      if c.ndim != 2 or c.shape[1] != self.num_codebooks:
-        raise ValueError(f"codes must be [T, {self.num_codebooks}], got {c.shape}")
       if c.size and (c.min() < 0 or c.max() >= self.codebook_size):
         raise ValueError(f"codes must lie in [0, {self.codebook_size})")
     longest = max((c.shape[0] for c in codes), default=0)
     if longest == 0:
       return [np.zeros((0,), np.float32) for _ in codes]
-    batch = np.zeros((len(codes), self.num_codebooks, longest), np.int64)  # [B, Q, T]
+    batch = np.zeros((len(codes), widths.pop(), longest), np.int64)  # [B, q, T]
     for row, c in enumerate(codes):
       batch[row, :, :c.shape[0]] = c.T
     with torch.inference_mode():
