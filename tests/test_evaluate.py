@@ -210,6 +210,12 @@ def test_summarize_is_corpus_wer_and_mean_similarities():
       ["the cat sat", "a quick brown fox jumps", "hello there"],
       ["the cat sat", "a quick fox jumps over", ""]))
   assert truth["wer"] == pytest.approx(jiwer.wer("the cat sat", "the bat sat"))
+  # valle: 3 + 4 hits of 10 words; "brown" and "hello there" deleted, "over" inserted
+  assert {k: valle[k] for k in ("words", "hits", "substitutions", "deletions",
+                                "insertions")} == {"words": 10, "hits": 7, "substitutions": 0,
+                                                   "deletions": 3, "insertions": 1}
+  assert valle["heard"] == pytest.approx(0.7)
+  assert (truth["hits"], truth["substitutions"], truth["heard"]) == (2, 1, pytest.approx(2 / 3))
   assert valle["sim_prompt"] == pytest.approx(np.mean([0.5, 0.3]))        # NaN left out
   assert valle["sim_other"] == pytest.approx(np.mean([0.1, -0.1]))
   assert truth["sim_original"] == pytest.approx(1.0)

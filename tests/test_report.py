@@ -14,12 +14,12 @@ from valle_jax import report
 
 SR = 24000
 TABLE = [
-    {"system": "ground truth", "n": 2, "wer": 0.25, "sim_prompt": 0.91, "sim_original": 1.0,
-     "sim_other": 0.6},
-    {"system": "codec resynthesis", "n": 2, "wer": 0.5, "sim_prompt": 0.85,
+    {"system": "ground truth", "n": 2, "wer": 0.25, "heard": 0.8, "sim_prompt": 0.91,
+     "sim_original": 1.0, "sim_other": 0.6},
+    {"system": "codec resynthesis", "n": 2, "wer": 0.5, "heard": 0.6, "sim_prompt": 0.85,
      "sim_original": 0.9, "sim_other": 0.61},
-    {"system": "valle-jax", "n": 2, "wer": 0.75, "sim_prompt": 0.7, "sim_original": 0.72,
-     "sim_other": float("nan")},
+    {"system": "valle-jax", "n": 2, "wer": 0.75, "heard": 0.3, "sim_prompt": 0.7,
+     "sim_original": 0.72, "sim_other": float("nan")},
 ]
 
 # Injected into a copy of the report (the report itself has no script): once the page has
@@ -139,8 +139,8 @@ def test_report_in_headless_chromium(built, tmp_path):
   # One synthesis is empty (its duration is NaN, JSON null); the others last 1.5 s.
   assert sum((a["duration"] or 0) > 1.4 for a in audio) == 7
   table = re.search(r"<table id=\"results\">(.*?)</table>", dom, re.S).group(1)
-  assert re.findall(r"<td class=\"num\">(\d\.\d{3})</td>", table)[:4] == [
-      "0.250", "0.910", "1.000", "0.600"]
+  assert re.findall(r"<td class=\"num\">(\d\.\d{3})</td>", table)[:5] == [
+      "0.250", "0.800", "0.910", "1.000", "0.600"]
   # The probe does catch a broken page: a missing audio file and a console error.
   broken = source.replace(f"{report.FILES}/000_0.wav", f"{report.FILES}/missing.wav")
   broken = broken.replace("</body>", "<script>console.error('boom')</script></body>")

@@ -55,16 +55,26 @@ def normalize_text(text: str) -> str:
   return " ".join(text.split())
 
 
-def wer(references: Sequence[str], hypotheses: Sequence[str]) -> float:
-  """Corpus word error rate (total edits / total reference words) after `normalize_text`."""
+def word_errors(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, Any]:
+  """The corpus alignment after `normalize_text`: {wer (total edits / reference words),
+  words (reference words), hits, substitutions, deletions, insertions, heard (hits /
+  words)}. Near WER 1, `heard` tells saying less (fewer insertions) from being followed."""
   import jiwer  # pylint: disable=g-import-not-at-top
   if len(references) != len(hypotheses):
     raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
   refs = [normalize_text(r) for r in references]
   if not refs or any(not r for r in refs):
     raise ValueError("every reference needs at least one word after normalisation")
-  hyps = [normalize_text(h) for h in hypotheses]
-  return float(jiwer.wer(refs, hyps))
+  out = jiwer.process_words(refs, [normalize_text(h) for h in hypotheses])
+  words = out.hits + out.substitutions + out.deletions
+  return {"wer": float(out.wer), "words": words, "hits": out.hits,
+          "substitutions": out.substitutions, "deletions": out.deletions,
+          "insertions": out.insertions, "heard": out.hits / words}
+
+
+def wer(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+  """Corpus word error rate (total edits / total reference words) after `normalize_text`."""
+  return word_errors(references, hypotheses)["wer"]
 
 
 def utterance_wer(reference: str, hypothesis: str) -> float:
@@ -590,15 +600,15 @@ def score_samples(samples: Sequence[Mapping[str, Any]], asr: AsrScorer,
 
 def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
   """Per-utterance rows (`score_samples`) -> one row per system present, in `SYSTEMS` order:
-  {system, n, wer (corpus WER), sim_prompt, sim_original, sim_other (means of the finite
-  values)}."""
+  {system, n, the corpus `word_errors` (wer, heard, words, hits, substitutions, deletions,
+  insertions), sim_prompt, sim_original, sim_other (means of the finite values)}."""
   table = []
   for key, name in SYSTEMS:
     mine = [r for r in rows if r["system"] == key]
     if not mine:
       continue
     row = {"system": name, "n": len(mine),
-           "wer": wer([r["text"] for r in mine], [r["hypothesis"] for r in mine])}
+           **word_errors([r["text"] for r in mine], [r["hypothesis"] for r in mine])}
     for col in ("sim_prompt", "sim_original", "sim_other"):
       values = [r[col] for r in mine if np.isfinite(r[col])]
       row[col] = float(np.mean(values)) if values else float("nan")

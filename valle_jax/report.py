@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import math
 import os
 import shutil
 from typing import Any, Mapping, Sequence
@@ -21,8 +22,9 @@ import numpy as np
 
 FILES = "report_files"
 AUDIO_RATE = 16000            # copies in the report are resampled to this (keeps files small)
-TABLE_COLUMNS = (("wer", "WER ↓"), ("sim_prompt", "SIM to prompt ↑"),
-                 ("sim_original", "SIM to original ↑"), ("sim_other", "SIM to other voices ↓"))
+TABLE_COLUMNS = (("wer", "WER ↓"), ("heard", "words heard ↑"),
+                 ("sim_prompt", "SIM to prompt ↑"), ("sim_original", "SIM to original ↑"),
+                 ("sim_other", "SIM to other voices ↓"))
 
 
 def _matplotlib():
@@ -115,13 +117,14 @@ def _fmt(value: Any) -> str:
 
 
 def results_table(rows: Sequence[Mapping[str, Any]]) -> str:
-  """Rows {system, n, wer, sim_prompt, sim_original, sim_other} as a plain-text table."""
+  """Rows {system, n, wer, heard, sim_prompt, sim_original, sim_other} as a plain-text
+  table."""
   head = f"{'system':<20} {'n':>3} " + " ".join(f"{label.split(' ↓')[0].split(' ↑')[0]:>18}"
                                                 for _, label in TABLE_COLUMNS)
   lines = [head, "-" * len(head)]
   for r in rows:
     lines.append(f"{r['system']:<20} {r['n']:>3} " + " ".join(
-        f"{r[key]:>18.3f}" for key, _ in TABLE_COLUMNS))
+        f"{r.get(key, math.nan):>18.3f}" for key, _ in TABLE_COLUMNS))   # older results: NaN
   return "\n".join(lines)
 
 
@@ -132,7 +135,7 @@ def write_report(out_dir: str, *, table: Sequence[Mapping[str, Any]],
   """Writes `out_dir/report.html` (+ `out_dir/report_files/`); returns the HTML's path.
 
   Args:
-    table: result rows {system, n, wer, sim_prompt, sim_original, sim_other}.
+    table: result rows {system, n, wer, heard, sim_prompt, sim_original, sim_other}.
     samples: per utterance {id, speaker, text, prompt_text, audio: {label: wav path}}; the
       audio labels are the columns of players and spectrograms, in order.
     metrics_path: a training run's metrics.jsonl for the curves (optional).
@@ -154,7 +157,8 @@ def write_report(out_dir: str, *, table: Sequence[Mapping[str, Any]],
                "</tr>")
   for r in table:
     parts.append(f"<tr><td>{html.escape(r['system'])}</td><td>{r['n']}</td>" +
-                 "".join(f"<td class='num'>{_fmt(r[key])}</td>" for key, _ in TABLE_COLUMNS) +
+                 "".join(f"<td class='num'>{_fmt(r.get(key, math.nan))}</td>"
+                         for key, _ in TABLE_COLUMNS) +
                  "</tr>")
   parts.append("</table>")
 
