@@ -26,6 +26,11 @@ def base() -> ml_collections.ConfigDict:
   # next frame moves on to the next phoneme. Trained on the dataset's forced alignments
   # (`valle-jax align`); the sampler moves the pointer itself. Needs ar_group_size = 1.
   c.model.ar_phoneme_pointer = False
+  # Text dropout (beyond the paper; classifier-free guidance): the share of AR training
+  # examples whose every phoneme is replaced by <pad> (their count kept), so the same AR also
+  # learns to continue audio without the text, which the sampler guides against
+  # (SampleOptions.text_guidance).
+  c.model.ar_text_dropout = 0.0
   c.model.nar_stage_conditioning = "adaln"  # "adaln" (VALL-E) | "token" (VALL-E 2)
   c.model.nar_tie_output = True      # prediction layer j tied to acoustic embedding j+1
   # "random" (the paper) | "codec": acoustic embeddings start from the dataset codec's

@@ -468,6 +468,38 @@ def test_ar_pointer_kv_cache_matches_full_forward(pointer_model, batch):
                                atol=2e-5, rtol=1e-5)
 
 
+def test_text_dropout_hides_the_whole_text_of_some_examples_in_training_only(cfg, batch):
+  """`ar_text_dropout`: in training each example's loss is the loss of its text or of no
+  text (every phoneme <pad>, the pointer's too), both occurring over keys; evaluation
+  (no rng) always reads the text."""
+  model = models.ARModel(_with(cfg, ar_phoneme_pointer=True, ar_text_dropout=0.5,
+                               dropout=0.0), rngs=nnx.Rngs(5))
+  pb = _pointer_batch(batch)
+  dropped = models.drop_text(pb["phonemes"], 0.5, jax.random.key(0))
+  assert all(bool((row == models.NO_TEXT).all() or (row == orig).all())
+             for row, orig in zip(dropped, pb["phonemes"]))
+  many = jnp.ones((64, 3), jnp.int32)          # one draw decides each example on its own
+  assert 0 < int((models.drop_text(many, 0.5, jax.random.key(1)) == 0).all(1).sum()) < 64
+
+  @nnx.jit
+  def per_example_loss(model, batch, rng=None):
+    return jax.vmap(lambda ex: models.ar_loss(
+        model, jax.tree.map(lambda x: x[None], ex), rng)[1]["loss_sum"])(batch)
+  with_text = per_example_loss(model, pb)
+  no_text = per_example_loss(model, {**pb, "phonemes": jnp.zeros_like(pb["phonemes"])})
+  assert (jnp.abs(with_text - no_text) > 1e-3).all()
+  seen = set()
+  for key in range(12):
+    trained = per_example_loss(model, pb, jax.random.key(key))
+    is_text = np.isclose(trained, with_text, rtol=1e-5)
+    assert (is_text | np.isclose(trained, no_text, rtol=1e-5)).all()
+    seen.update(is_text.tolist())
+  assert seen == {True, False}
+  np.testing.assert_allclose(per_example_loss(model, pb), with_text, rtol=1e-6)
+  with pytest.raises(ValueError, match="ar_text_dropout"):
+    models.ARModel(_with(cfg, ar_text_dropout=1.0), rngs=nnx.Rngs(0))
+
+
 def test_ar_pointer_needs_group_size_1(cfg):
   with pytest.raises(ValueError, match="ar_group_size"):
     models.ARModel(_with(cfg, ar_phoneme_pointer=True, ar_group_size=2), rngs=nnx.Rngs(0))

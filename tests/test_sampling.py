@@ -71,11 +71,8 @@ def _groups_made(out, g):
   return np.where(out.hit_limit, out.lengths // g, out.lengths // g + 1)
 
 
-def test_cached_logits_equal_full_forward(sampled):
-  """At every step of every sequence (ragged prompts), the logits the sampler saw equal a
-  full forward over phonemes + BOS + prompt + the groups generated so far."""
-  model, batch, out, _ = sampled
-  g = model.group_size
+def _teacher_forced(batch, out, g):
+  """BOS + prompt groups + the groups the sampler chose [B, A, G] and (groups, made) [B]."""
   groups = batch.prompt_lens // g
   made = _groups_made(out, g)
   b = len(PHONEME_LENS)
@@ -86,6 +83,15 @@ def test_cached_logits_equal_full_forward(sampled):
     stream = np.full(made[i] * g, EOS)           # codes, then EOS to the end of the group
     stream[:out.lengths[i]] = out.codes[i, :out.lengths[i]]
     audio[i, 1 + groups[i]:1 + groups[i] + made[i]] = stream.reshape(-1, g)
+  return audio, groups, made
+
+
+def test_cached_logits_equal_full_forward(sampled):
+  """At every step of every sequence (ragged prompts), the logits the sampler saw equal a
+  full forward over phonemes + BOS + prompt + the groups generated so far."""
+  model, batch, out, _ = sampled
+  b = len(PHONEME_LENS)
+  audio, groups, made = _teacher_forced(batch, out, model.group_size)
   full = _full_forward(model, batch.phonemes[:b], batch.phoneme_lens[:b], audio,
                        1 + groups + made)
   for i in range(b):
@@ -217,6 +223,30 @@ def test_top_k_1_is_greedy_and_the_length_limit_stops_a_model_without_eos(never_
   assert not out.ras_fallbacks.any()
 
 
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no_cache"])
+def test_text_guidance_samples_from_guided_logits(use_cache):
+  """With `text_guidance` w, at every step of every sequence the logits tokens were drawn
+  from are l_text + w (l_text - l_none): full forwards over the same audio with the text and
+  with every phoneme <pad> (lengths kept)."""
+  model, w = _model(1, 6.5), 1.5
+  options = dataclasses.replace(SAMPLED, text_guidance=w, use_cache=use_cache)
+  batch, out = _sample(model, options, key=2, return_logits=True)
+  b = len(PHONEME_LENS)
+  audio, groups, made = _teacher_forced(batch, out, 1)
+  assert len(set(made.tolist())) > 1                 # sequences ended at their own steps
+  phonemes, lens = batch.phonemes[:b], batch.phoneme_lens[:b]
+  with_text = _full_forward(model, phonemes, lens, audio, 1 + groups + made)
+  no_text = _full_forward(model, np.full_like(phonemes, models.NO_TEXT), lens, audio,
+                          1 + groups + made)
+  guided = with_text + w * (with_text - no_text)
+  for i in range(b):
+    np.testing.assert_allclose(out.logits[i, :made[i]],
+                               guided[i, groups[i]:groups[i] + made[i]], atol=5e-5,
+                               rtol=1e-5)
+  with pytest.raises(ValueError, match="text_guidance"):
+    sampling.SampleOptions(text_guidance=-1.0)
+
+
 # ------------------------------------------------------------------------ token choice
 
 
@@ -326,17 +356,20 @@ def test_nar_decoding_is_greedy_stage_by_stage(copied):
 # ------------------------------------------------------------------ AR phoneme pointer
 
 
-def test_pointer_model_speaks_to_the_end_of_its_text():
+@pytest.mark.parametrize("guidance", [0.0, 2.0], ids=["plain", "text guidance"])
+def test_pointer_model_speaks_to_the_end_of_its_text(guidance):
   """With `ar_phoneme_pointer` the pointer starts at the target text (after the prompt's
   phonemes) and EOS is allowed only on the last phoneme: an AR that always moves on and
-  always wants EOS makes exactly L - 1 - P frames; one that never moves on never ends."""
+  always wants EOS makes exactly L - 1 - P frames; one that never moves on never ends.
+  With text guidance the pointer moves with the text's advance logits."""
   cfg = tiny.get_config().model
   cfg.ar_phoneme_pointer = True
   model = models.ARModel(cfg, rngs=nnx.Rngs(7))
   model.head_bias[...] = model.head_bias[...].at[EOS].add(30.0)
   phonemes, prompts = _inputs()
   heard = (3, 2, 1)
-  options = sampling.SampleOptions(top_k=5, max_frames_per_phoneme=2.0)
+  options = sampling.SampleOptions(top_k=5, max_frames_per_phoneme=2.0,
+                                   text_guidance=guidance)
   batch = sampling.prepare_batch(phonemes, prompts, 1, options, prompt_phoneme_lens=heard,
                                  **BUCKETS)
   lengths = {}

@@ -180,3 +180,11 @@ def test_dwell_flags_need_the_phoneme_pointer():
   assert synthesize.sample_options(cfg, {"min_dwell": 0.5}).min_dwell == 0.5
   with pytest.raises(UserError, match="min_dwell"):
     synthesize.sample_options(cfg, {"min_dwell": 2.0, "max_dwell": 1.0})
+
+
+def test_text_guidance_needs_text_dropout():
+  cfg = tiny.get_config()
+  with pytest.raises(UserError, match="ar_text_dropout"):
+    synthesize.sample_options(cfg, {"text_guidance": 1.0})
+  cfg.model.ar_text_dropout = 0.1
+  assert synthesize.sample_options(cfg, {"text_guidance": 1.0}).text_guidance == 1.0

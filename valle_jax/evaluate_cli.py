@@ -27,8 +27,8 @@ reuses the wavs made so far, so only the scoring is redone (with other scorers, 
 interrupted run goes on; other settings in the same --out_dir are refused.
 
 Shared with `valle-jax synthesize`: --checkpoint, --nar_checkpoint, --temperature,
---top_k, --top_p, --ras, --min_dwell, --max_dwell, --seed, --batch_size, --codebooks, --lang,
---out_dir (the codec resynthesis always decodes all the codebooks).
+--top_k, --top_p, --ras, --min_dwell, --max_dwell, --text_guidance, --seed, --batch_size,
+--codebooks, --lang, --out_dir (the codec resynthesis always decodes all the codebooks).
 """
 from __future__ import annotations
 
@@ -130,7 +130,9 @@ def run(checkpoint: str, out_dir: str, *, test_list: str | None = None,
               "librispeech": absolute(librispeech), "split": split or None, "mode": mode,
               "prompt_seconds": prompt_seconds, "min_seconds": lo,
               "max_seconds": hi if math.isfinite(hi) else None,
-              "sample_options": dataclasses.asdict(options), "seed": seed,
+              "sample_options": {k: v for k, v in dataclasses.asdict(options).items()
+                                 if k != "text_guidance" or v},   # older folders: none
+              "seed": seed,
               "batch_size": batch_size, "lang": lang,
               **({"codebooks": codebooks} if codebooks else {})}   # older folders: none
   evaluate.check_settings(os.path.join(out_dir, "settings.json"), settings, "samples",

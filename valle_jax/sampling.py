@@ -23,6 +23,11 @@ repetition-aware sampling (VALL-E 2 §3.4.1) the nucleus sample is kept unless t
 r of the previous K frames (prompt included) equal to it exceeds t_r, in which case that
 frame is drawn again from the full (temperature-scaled) distribution.
 
+**Text guidance** (`text_guidance` w > 0, for an AR trained with `ar_text_dropout`):
+classifier-free guidance. Each example is decoded twice in one batch of 2B, with its text
+and with every phoneme <pad>, and tokens are drawn from l_text + w (l_text - l_none); the
+phoneme pointer moves by the text's advance logits.
+
 **Shapes and recompiles**: `prepare_batch` pads phonemes and prompts to a few bucket sizes
 and derives `max_steps` from the phoneme bucket, so a new text rarely changes a shape
 and `sample_ar` compiles once per (batch, bucket) pair.
@@ -79,6 +84,10 @@ class SampleOptions:
       on at `max_dwell` x (0: no bound); on the last phoneme, moving on is EOS, so
       `max_dwell` also ends an utterance the AR would not end. Between them it moves on
       with the model's probability.
+    text_guidance: w, classifier-free guidance on the text, for an AR trained with
+      `ar_text_dropout`: tokens are chosen from l_text + w (l_text - l_none), where l_none
+      are the same AR's logits with every phoneme replaced by <pad> (no text; the prompt's
+      audio kept). 0: off. It runs the AR on a batch twice the size.
   """
   temperature: float = 1.0
   top_k: int = 0
@@ -91,6 +100,7 @@ class SampleOptions:
   use_cache: bool = True
   min_dwell: float = 0.0
   max_dwell: float = 0.0
+  text_guidance: float = 0.0
 
   def __post_init__(self):
     problems = []
@@ -108,6 +118,8 @@ class SampleOptions:
         self.max_dwell and self.max_dwell < self.min_dwell):
       problems.append(f"need 0 <= min_dwell <= max_dwell (0: no bound), got "
                       f"{self.min_dwell} and {self.max_dwell}")
+    if self.text_guidance < 0:
+      problems.append(f"text_guidance must be >= 0 (0: off), got {self.text_guidance}")
     if not self.max_frames_per_phoneme > 0 or self.max_frames < 1:
       problems.append("max_frames_per_phoneme and max_frames must be positive")
     if problems:
@@ -245,6 +257,32 @@ def _full_forward_decoder(model, phonemes, phoneme_lens, audio, audio_lens, max_
   return (forward(buffer, audio_lens), (buffer, audio_lens)), step
 
 
+def _text_guided(start, weight: float):
+  """`start` (a decoder maker above) made to decode each example twice, with its text and
+  with none (every phoneme <pad>, the count kept: as `ar_text_dropout` trained it), and to
+  return the guided logits l_text + w (l_text - l_none) [B, G, V + 1]. The decoder state
+  holds both halves ([2B] rows, the texted first); the step takes [B] tokens and advances."""
+  def guide(logits):                                                   # [2B, G, V + 1]
+    with_text, without = jnp.split(logits, 2)
+    return with_text + weight * (with_text - without)
+
+  def twice(x):
+    return None if x is None else jnp.concatenate([x, x])
+
+  def guided_start(model, phonemes, phoneme_lens, audio, audio_lens, max_steps,
+                   pointers=None):
+    no_text = jnp.full_like(phonemes, models.NO_TEXT)
+    (logits, decoder), step_fn = start(model, jnp.concatenate([phonemes, no_text]),
+                                       twice(phoneme_lens), twice(audio), twice(audio_lens),
+                                       max_steps, twice(pointers))
+
+    def guided_step(tokens, decoder, *advance):
+      logits, decoder = step_fn(twice(tokens), decoder, *map(twice, advance))
+      return guide(logits), decoder
+    return (guide(logits), decoder), guided_step
+  return guided_start
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "options", "max_steps",
                                              "return_logits"))
 def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme_lens: Array,
@@ -288,6 +326,8 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
     raise ValueError("min_dwell and max_dwell bound the phoneme pointer; this AR has none "
                      "(model.ar_phoneme_pointer).")
   start = _cached_decoder if options.use_cache else _full_forward_decoder
+  if options.text_guidance:
+    start = _text_guided(start, options.text_guidance)
   (logits, decoder), step_fn = start(model, phonemes, phoneme_lens, audio, 1 + groups,
                                      max_steps, pointers)
 
@@ -307,7 +347,8 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
     if pointers is not None:
       rng, advance_rng = jax.random.split(rng)
       # The utterance ends with its text: EOS only once the pointer is on the last phoneme.
-      reading = s.decoder["pointer"] < s.decoder["phoneme_lens"] - 1             # [B]
+      # (Rows past B are text guidance's second half, which follows the first.)
+      reading = s.decoder["pointer"][:b] < s.decoder["phoneme_lens"][:b] - 1     # [B]
       logits = logits.at[..., eos].set(jnp.where(reading[:, None], -jnp.inf,
                                                  logits[..., eos]))
       if options.max_dwell:   # moving on from the last phoneme is the end: EOS
@@ -327,7 +368,8 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
     if pointers is None:
       logits, decoder = step_fn(tokens, s.decoder)
     else:
-      advance = jax.random.bernoulli(advance_rng, jax.nn.sigmoid(s.decoder["advance_logit"]))
+      advance = jax.random.bernoulli(advance_rng,
+                                     jax.nn.sigmoid(s.decoder["advance_logit"][:b]))
       dwell = s.dwell + 1                                # with the frame just chosen
       if options.min_dwell:
         advance &= dwell >= min_dwell

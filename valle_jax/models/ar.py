@@ -38,6 +38,11 @@ from valle_jax.models import layers
 Array = jax.Array
 
 
+# The phoneme id that stands for "no text" (text dropout and classifier-free guidance): the
+# symbol table's <pad> (valle_jax.text: pad = 0), which no valid phoneme slot holds otherwise.
+NO_TEXT = 0
+
+
 def eos_id(codebook_size: int) -> int:
   return codebook_size
 
@@ -57,6 +62,9 @@ class ARModel(nnx.Module):
     self.dtype = layers.compute_dtype(cfg.compute_dtype)
     self.dropout_rate = cfg.dropout
     self.phoneme_pointer = bool(cfg.get("ar_phoneme_pointer", False))
+    self.text_dropout = float(cfg.get("ar_text_dropout", 0.0))
+    if not 0 <= self.text_dropout < 1:
+      raise ValueError(f"ar_text_dropout must be in [0, 1), got {self.text_dropout}.")
     if self.phoneme_pointer and self.group_size != 1:
       raise ValueError("ar_phoneme_pointer needs ar_group_size = 1.")
     embed = layers.embed_init(d)
@@ -262,6 +270,13 @@ class ARModel(nnx.Module):
     if self.phoneme_pointer:
       cache.update(pointer=pointer, advance_logit=self.advance_logits(h)[:, 0])
     return self._head(h)[:, 0], cache
+
+
+def drop_text(phonemes: Array, rate: float, rng: Array) -> Array:
+  """phonemes [B, L] with each example's every id replaced by NO_TEXT with probability
+  `rate` (text dropout): the lengths stay, the symbols go."""
+  dropped = jax.random.bernoulli(rng, rate, (phonemes.shape[0], 1))     # [B, 1]
+  return jnp.where(dropped, NO_TEXT, phonemes)
 
 
 def _pointed(phonemes: Array, pointers: Array | None) -> Array | None:
