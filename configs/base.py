@@ -31,6 +31,11 @@ def base() -> ml_collections.ConfigDict:
   # learns to continue audio without the text, which the sampler guides against
   # (SampleOptions.text_guidance).
   c.model.ar_text_dropout = 0.0
+  # Training only: each AR input token's embedding (BOS's excepted) is zeroed with this
+  # probability; its position and, with the pointer, its phoneme stay (Tacotron's pre-net
+  # dropout). The previous frames then predict less and the text more, so that free-running
+  # synthesis, which feeds back its own frames, follows the text (README "The demo").
+  c.model.ar_audio_token_dropout = 0.0
   c.model.nar_stage_conditioning = "adaln"  # "adaln" (VALL-E) | "token" (VALL-E 2)
   c.model.nar_tie_output = True      # prediction layer j tied to acoustic embedding j+1
   # "random" (the paper) | "codec": acoustic embeddings start from the dataset codec's

@@ -500,6 +500,37 @@ def test_text_dropout_hides_the_whole_text_of_some_examples_in_training_only(cfg
     models.ARModel(_with(cfg, ar_text_dropout=1.0), rngs=nnx.Rngs(0))
 
 
+def test_audio_token_dropout_hides_the_dropped_frames_in_training_only(cfg, batch, ar_io):
+  """`ar_audio_token_dropout`: in training a dropped input frame has no effect on any
+  logit (its embedding is zeroed; BOS is never dropped) while a kept one does; evaluation
+  (no rng) is the model without it."""
+  inputs, _, lens = ar_io
+  model = models.ARModel(_with(cfg, ar_audio_token_dropout=0.5, dropout=0.0),
+                         rngs=nnx.Rngs(6))
+  plain = models.ARModel(_with(cfg, dropout=0.0), rngs=nnx.Rngs(6))   # the same weights
+  key = jax.random.key(3)
+  keep = models.keep_audio_tokens(jax.random.split(key)[1], inputs.shape[:2], 0.5)  # as
+  assert keep[:, 0].all()                                   # ARModel.__call__ splits it
+  valid = jnp.arange(inputs.shape[1])[None] < lens[:, None]
+  dropped, kept = valid & ~keep, valid & keep & (jnp.arange(inputs.shape[1]) > 0)[None]
+  assert dropped.any() and kept.any()
+
+  @nnx.jit
+  def train_logits(model, tokens):
+    return model(batch["phonemes"], batch["phoneme_lens"], tokens, lens, dropout_rng=key)
+  logits = train_logits(model, inputs)
+  other = (inputs + 1) % cfg.codebook_size
+  np.testing.assert_allclose(
+      train_logits(model, jnp.where(dropped[..., None], other, inputs)), logits, atol=1e-5)
+  b, s = map(int, np.argwhere(np.asarray(kept))[0])         # change one kept frame
+  changed = train_logits(model, inputs.at[b, s].set(other[b, s]))
+  assert float(jnp.abs(changed[b, s:lens[b]] - logits[b, s:lens[b]]).max()) > 1e-4
+  evaluated = nnx.jit(lambda m: m(batch["phonemes"], batch["phoneme_lens"], inputs, lens))
+  np.testing.assert_allclose(evaluated(model), evaluated(plain), atol=1e-6)
+  with pytest.raises(ValueError, match="ar_audio_token_dropout"):
+    models.ARModel(_with(cfg, ar_audio_token_dropout=1.0), rngs=nnx.Rngs(0))
+
+
 def test_ar_pointer_needs_group_size_1(cfg):
   with pytest.raises(ValueError, match="ar_group_size"):
     models.ARModel(_with(cfg, ar_phoneme_pointer=True, ar_group_size=2), rngs=nnx.Rngs(0))

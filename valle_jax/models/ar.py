@@ -65,6 +65,10 @@ class ARModel(nnx.Module):
     self.text_dropout = float(cfg.get("ar_text_dropout", 0.0))
     if not 0 <= self.text_dropout < 1:
       raise ValueError(f"ar_text_dropout must be in [0, 1), got {self.text_dropout}.")
+    self.audio_token_dropout = float(cfg.get("ar_audio_token_dropout", 0.0))
+    if not 0 <= self.audio_token_dropout < 1:
+      raise ValueError("ar_audio_token_dropout must be in [0, 1), got "
+                       f"{self.audio_token_dropout}.")
     if self.phoneme_pointer and self.group_size != 1:
       raise ValueError("ar_phoneme_pointer needs ar_group_size = 1.")
     embed = layers.embed_init(d)
@@ -99,11 +103,13 @@ class ARModel(nnx.Module):
     return x.astype(self.dtype)
 
   def _embed_audio(self, tokens: Array, positions: Array,
-                   pointer_phonemes: Array | None = None) -> Array:
+                   pointer_phonemes: Array | None = None,
+                   keep_tokens: Array | None = None) -> Array:
     """tokens [B, T, G], positions [B, T] -> [B, T, D] (compute dtype).
 
     With `ar_phoneme_pointer`, `pointer_phonemes` [B, T] (the phoneme id each slot's frame is
-    spoken in) adds that phoneme's embedding.
+    spoken in) adds that phoneme's embedding. `keep_tokens` bool [B, T] (audio token
+    dropout) zeroes the token embedding where False; the phoneme and position stay.
     """
     b, t, g = tokens.shape
     d = self.audio_embed.shape[1]
@@ -112,6 +118,8 @@ class ARModel(nnx.Module):
       x = x.reshape(b, t, g * d) @ self.group_proj[...]
     else:
       x = x[:, :, 0]
+    if keep_tokens is not None:
+      x = jnp.where(keep_tokens[..., None], x, jnp.zeros_like(x))
     if self.phoneme_pointer:
       if pointer_phonemes is None:
         raise ValueError("ar_phoneme_pointer needs the phoneme of each audio slot.")
@@ -156,8 +164,13 @@ class ARModel(nnx.Module):
       `return_advance` (`ar_phoneme_pointer`), also `advance_logits` [B, Ta].
     """
     self._check_tokens(audio_tokens)
+    keep_tokens = None
+    if self.audio_token_dropout and dropout_rng is not None:  # split only then: other runs
+      dropout_rng, token_rng = jax.random.split(dropout_rng)  # keep their dropout masks
+      keep_tokens = keep_audio_tokens(token_rng, audio_tokens.shape[:2],
+                                      self.audio_token_dropout)
     x, mask = self._inputs_and_mask(phonemes, phoneme_lens, audio_tokens, audio_lens,
-                                    phoneme_pointers)
+                                    phoneme_pointers, keep_tokens)
     embed_rng, layers_rng = _split_or_none(dropout_rng)
     x = layers.dropout(x, self.dropout_rate, embed_rng)
     h, _ = self.transformer(x, mask, dropout_rng=layers_rng)
@@ -167,13 +180,14 @@ class ARModel(nnx.Module):
     return self._head(h)
 
   def _inputs_and_mask(self, phonemes, phoneme_lens, audio_tokens, audio_lens,
-                       phoneme_pointers=None):
+                       phoneme_pointers=None, keep_tokens=None):
     """Embedded sequence [B, L + Ta, D] and its attention mask [B, 1, L + Ta, L + Ta]."""
     num_phon, num_audio = phonemes.shape[1], audio_tokens.shape[1]
     audio_positions = jnp.broadcast_to(jnp.arange(num_audio), audio_tokens.shape[:2])
     pointer_phonemes = _pointed(phonemes, phoneme_pointers)
     x = jnp.concatenate([self._embed_phonemes(phonemes),
-                         self._embed_audio(audio_tokens, audio_positions, pointer_phonemes)],
+                         self._embed_audio(audio_tokens, audio_positions, pointer_phonemes,
+                                           keep_tokens)],
                         axis=1)
     valid = _segment_valid(phoneme_lens, num_phon, audio_lens, num_audio)  # [B, L + Ta]
     slot = jnp.arange(num_phon + num_audio)
@@ -277,6 +291,13 @@ def drop_text(phonemes: Array, rate: float, rng: Array) -> Array:
   `rate` (text dropout): the lengths stay, the symbols go."""
   dropped = jax.random.bernoulli(rng, rate, (phonemes.shape[0], 1))     # [B, 1]
   return jnp.where(dropped, NO_TEXT, phonemes)
+
+
+def keep_audio_tokens(rng: Array, shape: tuple[int, int], rate: float) -> Array:
+  """bool [B, T]: which audio input tokens keep their embedding under audio token dropout
+  (each but BOS, slot 0, is dropped with probability `rate`)."""
+  keep = jax.random.bernoulli(rng, 1.0 - rate, shape)
+  return keep | (jnp.arange(shape[1]) == 0)[None]
 
 
 def _pointed(phonemes: Array, pointers: Array | None) -> Array | None:
