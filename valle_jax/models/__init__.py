@@ -15,5 +15,5 @@ from valle_jax.models.nar import NARModel
 
 __all__ = ["NO_TEXT", "ARModel", "NARModel", "ar_inputs_and_targets", "ar_loss", "bos_id",
            "drop_text", "eos_id", "example_batch", "keep_audio_tokens", "nar_loss",
-           "pointer_inputs_and_targets",
-           "prompt_pointers", "reverse_valid", "token_nll_and_topk"]
+           "pointer_inputs_and_targets", "prompt_pointers", "reverse_valid",
+           "token_nll_and_topk"]
