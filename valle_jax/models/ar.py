@@ -62,13 +62,8 @@ class ARModel(nnx.Module):
     self.dtype = layers.compute_dtype(cfg.compute_dtype)
     self.dropout_rate = cfg.dropout
     self.phoneme_pointer = bool(cfg.get("ar_phoneme_pointer", False))
-    self.text_dropout = float(cfg.get("ar_text_dropout", 0.0))
-    if not 0 <= self.text_dropout < 1:
-      raise ValueError(f"ar_text_dropout must be in [0, 1), got {self.text_dropout}.")
-    self.audio_token_dropout = float(cfg.get("ar_audio_token_dropout", 0.0))
-    if not 0 <= self.audio_token_dropout < 1:
-      raise ValueError("ar_audio_token_dropout must be in [0, 1), got "
-                       f"{self.audio_token_dropout}.")
+    self.text_dropout = _dropout_rate(cfg, "ar_text_dropout")
+    self.audio_token_dropout = _dropout_rate(cfg, "ar_audio_token_dropout")
     if self.phoneme_pointer and self.group_size != 1:
       raise ValueError("ar_phoneme_pointer needs ar_group_size = 1.")
     embed = layers.embed_init(d)
@@ -158,15 +153,21 @@ class ARModel(nnx.Module):
       audio_lens: int [B] valid audio groups per example (BOS included).
       phoneme_pointers: int [B, Ta], with `ar_phoneme_pointer`: the index into `phonemes`
         of the phoneme each slot's frame is spoken in (`pointer_inputs_and_targets`).
-      dropout_rng: PRNG key for dropout, or None for deterministic evaluation.
+      dropout_rng: PRNG key for dropout (and `ar_text_dropout`, `ar_audio_token_dropout`),
+        or None for deterministic evaluation.
     Returns:
       float32 logits [B, Ta, G, V + 1]; slot t predicts audio group t. With
       `return_advance` (`ar_phoneme_pointer`), also `advance_logits` [B, Ta].
     """
     self._check_tokens(audio_tokens)
+    # Training-only input dropouts; each splits the key only when on, so that other runs
+    # keep their dropout masks.
+    if self.text_dropout and dropout_rng is not None:
+      dropout_rng, text_rng = jax.random.split(dropout_rng)
+      phonemes = drop_text(phonemes, self.text_dropout, text_rng)
     keep_tokens = None
-    if self.audio_token_dropout and dropout_rng is not None:  # split only then: other runs
-      dropout_rng, token_rng = jax.random.split(dropout_rng)  # keep their dropout masks
+    if self.audio_token_dropout and dropout_rng is not None:
+      dropout_rng, token_rng = jax.random.split(dropout_rng)
       keep_tokens = keep_audio_tokens(token_rng, audio_tokens.shape[:2],
                                       self.audio_token_dropout)
     x, mask = self._inputs_and_mask(phonemes, phoneme_lens, audio_tokens, audio_lens,
@@ -298,6 +299,13 @@ def keep_audio_tokens(rng: Array, shape: tuple[int, int], rate: float) -> Array:
   (each but BOS, slot 0, is dropped with probability `rate`)."""
   keep = jax.random.bernoulli(rng, 1.0 - rate, shape)
   return keep | (jnp.arange(shape[1]) == 0)[None]
+
+
+def _dropout_rate(cfg, name: str) -> float:
+  rate = float(cfg.get(name, 0.0))
+  if not 0 <= rate < 1:
+    raise ValueError(f"{name} must be in [0, 1), got {rate}.")
+  return rate
 
 
 def _pointed(phonemes: Array, pointers: Array | None) -> Array | None:

@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from valle_jax.models.ar import (ARModel, ar_inputs_and_targets, drop_text,
-                                 pointer_inputs_and_targets, prompt_pointers)
+from valle_jax.models.ar import (ARModel, ar_inputs_and_targets, pointer_inputs_and_targets,
+                                 prompt_pointers)
 from valle_jax.models.nar import NARModel
 
 Array = jax.Array
@@ -47,7 +47,7 @@ def reverse_valid(phonemes: Array, phoneme_lens: Array) -> Array:
 def ar_loss(model: ARModel, batch: dict[str, Array], dropout_rng: Array | None = None
             ) -> tuple[Array, dict[str, Array]]:
   """Causal LM loss on codebook 1 (all audio positions, EOS included). In training
-  (`dropout_rng` given), the model's `text_dropout` share of examples see no text."""
+  (`dropout_rng` given), the model applies its text and audio token dropout."""
   inputs, targets, group_lens = ar_inputs_and_targets(
       batch["codes"][..., 0], batch["code_lens"], model.codebook_size, model.group_size)
   pointers = None
@@ -58,11 +58,7 @@ def ar_loss(model: ARModel, batch: dict[str, Array], dropout_rng: Array | None =
     pointers, advance, advance_mask = pointer_inputs_and_targets(
         batch["phoneme_of_frame"], batch["code_lens"], batch["phoneme_lens"],
         batch["target_start"])
-  phonemes = batch["phonemes"]
-  if model.text_dropout and dropout_rng is not None:
-    dropout_rng, text_rng = jax.random.split(dropout_rng)
-    phonemes = drop_text(phonemes, model.text_dropout, text_rng)
-  out = model(phonemes, batch["phoneme_lens"], inputs, group_lens,
+  out = model(batch["phonemes"], batch["phoneme_lens"], inputs, group_lens,
               phoneme_pointers=pointers, dropout_rng=dropout_rng,
               return_advance=model.phoneme_pointer)
   logits = out[0] if model.phoneme_pointer else out            # [B, Ta, G, V + 1]
