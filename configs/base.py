@@ -36,6 +36,11 @@ def base() -> ml_collections.ConfigDict:
   # dropout). The previous frames then predict less and the text more, so that free-running
   # synthesis, which feeds back its own frames, follows the text (README "The demo").
   c.model.ar_audio_token_dropout = 0.0
+  # Training only (parallel scheduled sampling): a first, gradient-free pass draws the AR's
+  # own code for every frame, and each of the target's input frames is replaced by it with
+  # this probability, so the AR learns to read back frames like those it will generate.
+  # Costs one more forward pass per step.
+  c.model.ar_scheduled_sampling = 0.0
   c.model.nar_stage_conditioning = "adaln"  # "adaln" (VALL-E) | "token" (VALL-E 2)
   c.model.nar_tie_output = True      # prediction layer j tied to acoustic embedding j+1
   # "random" (the paper) | "codec": acoustic embeddings start from the dataset codec's

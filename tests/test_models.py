@@ -531,6 +531,49 @@ def test_audio_token_dropout_hides_the_dropped_frames_in_training_only(cfg, batc
     models.ARModel(_with(cfg, ar_audio_token_dropout=1.0), rngs=nnx.Rngs(0))
 
 
+def test_scheduled_sampling_feeds_back_own_codes_into_the_target_only(cfg, batch, ar_io):
+  """`feed_back_samples`: a target input slot holds the true frame or the code drawn from
+  the previous slot's logits (never EOS), about `rate` of them the drawn one; BOS, the
+  prompt utterance's frames and padding stay. `ar_loss` in training is the plain loss on
+  such inputs; evaluation (no rng) is the model without it."""
+  inputs, targets, lens = ar_io
+  v, (b, ta, _) = cfg.codebook_size, inputs.shape
+  peak = (jnp.arange(ta)[None] * 7 + jnp.arange(b)[:, None] + 1) % v         # [B, Ta]
+  peak = jnp.where(peak == jnp.roll(inputs[..., 0], -1, axis=1), (peak + 1) % v, peak)
+  logits = 60.0 * jax.nn.one_hot(peak, v + 1)[:, :, None]                  # [B, Ta, 1, V+1]
+  logits = logits.at[..., v].set(80.0)                           # EOS likelier: not drawn
+  own = jnp.concatenate([inputs[:, :1, 0], peak[:, :-1]], axis=1)          # [B, Ta]
+  start = jnp.array([0, 3, 1])
+  slot = jnp.arange(ta)[None]
+  target = (slot >= 1) & (slot < lens[:, None]) & (slot - 1 >= start[:, None])
+  fed = lambda rate, key: models.feed_back_samples(inputs, logits, lens, start, rate,
+                                                   jax.random.key(key))[..., 0]
+  assert (fed(1.0, 0) == jnp.where(target, own, inputs[..., 0])).all()
+  assert (fed(0.0, 0) == inputs[..., 0]).all()
+  replaced = np.mean([np.asarray(fed(0.5, k) == own)[np.asarray(target)] for k in range(20)])
+  assert 0.35 < replaced < 0.65
+
+  model = models.ARModel(_with(cfg, ar_scheduled_sampling=0.5, dropout=0.0), rngs=nnx.Rngs(7))
+  plain = models.ARModel(_with(cfg, dropout=0.0), rngs=nnx.Rngs(7))     # the same weights
+  key = jax.random.key(4)
+  apply = lambda m, tokens: m(batch["phonemes"], batch["phoneme_lens"], tokens, lens)
+  first = nnx.jit(apply)(plain, inputs)
+  mixed = models.feed_back_samples(inputs, first, lens, jnp.zeros_like(lens), 0.5,
+                                   jax.random.split(key)[1])   # as ar_loss splits the key
+  assert (mixed != inputs).any()
+  nll, _ = models.token_nll_and_topk(nnx.jit(apply)(plain, mixed), targets)
+  valid = (slot < lens[:, None])[..., None]
+  expected = jnp.sum(nll * valid) / jnp.sum(valid)
+  loss = nnx.jit(models.ar_loss)(model, batch, key)[0]
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+  assert abs(float(loss - nnx.jit(models.ar_loss)(plain, batch, key)[0])) > 1e-4
+  np.testing.assert_allclose(nnx.jit(models.ar_loss)(model, batch)[0],
+                             nnx.jit(models.ar_loss)(plain, batch)[0], rtol=1e-6)
+  with pytest.raises(ValueError, match="ar_scheduled_sampling"):
+    models.ARModel(_with(cfg, ar_scheduled_sampling=1.5), rngs=nnx.Rngs(0))
+
+
 def test_ar_pointer_needs_group_size_1(cfg):
   with pytest.raises(ValueError, match="ar_group_size"):
     models.ARModel(_with(cfg, ar_phoneme_pointer=True, ar_group_size=2), rngs=nnx.Rngs(0))
+

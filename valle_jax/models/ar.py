@@ -64,6 +64,9 @@ class ARModel(nnx.Module):
     self.phoneme_pointer = bool(cfg.get("ar_phoneme_pointer", False))
     self.text_dropout = _dropout_rate(cfg, "ar_text_dropout")
     self.audio_token_dropout = _dropout_rate(cfg, "ar_audio_token_dropout")
+    self.scheduled_sampling = float(cfg.get("ar_scheduled_sampling", 0.0))
+    if not 0 <= self.scheduled_sampling <= 1:
+      raise ValueError(f"ar_scheduled_sampling must be in [0, 1], got {self.scheduled_sampling}.")
     if self.phoneme_pointer and self.group_size != 1:
       raise ValueError("ar_phoneme_pointer needs ar_group_size = 1.")
     embed = layers.embed_init(d)
@@ -299,6 +302,27 @@ def keep_audio_tokens(rng: Array, shape: tuple[int, int], rate: float) -> Array:
   (each but BOS, slot 0, is dropped with probability `rate`)."""
   keep = jax.random.bernoulli(rng, 1.0 - rate, shape)
   return keep | (jnp.arange(shape[1]) == 0)[None]
+
+
+def feed_back_samples(inputs: Array, logits: Array, group_lens: Array, start_frames: Array,
+                      rate: float, rng: Array) -> Array:
+  """Parallel scheduled sampling (Duckworth et al., 2019): the AR inputs [B, Ta, G] with
+  some frames replaced by the model's own samples, as free-running synthesis feeds them.
+
+  `logits` [B, Ta, G, V + 1] are a teacher-forced pass's (slot t predicts the group input
+  slot t + 1 holds); a code (not EOS) is drawn from each. Each input group of the target
+  (input slots 1 .. group_lens - 1 whose frames start at or after `start_frames` [B], the
+  prompt utterance's frames staying true) is replaced with probability `rate`.
+  """
+  sample_rng, mix_rng = jax.random.split(rng)
+  num_codes = logits.shape[-1] - 1
+  own = jax.random.categorical(sample_rng, logits[..., :num_codes]).astype(inputs.dtype)
+  own = jnp.concatenate([inputs[:, :1], own[:, :-1]], axis=1)          # [B, Ta, G]
+  slot = jnp.arange(inputs.shape[1])[None, :]
+  first_frame = (slot - 1) * inputs.shape[2]                           # of input slot s
+  target = (slot >= 1) & (slot < group_lens[:, None]) & (first_frame >= start_frames[:, None])
+  replace = target & jax.random.bernoulli(mix_rng, rate, target.shape)
+  return jnp.where(replace[..., None], own, inputs)
 
 
 def _dropout_rate(cfg, name: str) -> float:

@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from valle_jax.models.ar import (ARModel, ar_inputs_and_targets, pointer_inputs_and_targets,
-                                 prompt_pointers)
+from valle_jax.models.ar import (ARModel, ar_inputs_and_targets, feed_back_samples,
+                                 pointer_inputs_and_targets, prompt_pointers)
 from valle_jax.models.nar import NARModel
 
 Array = jax.Array
@@ -47,7 +47,9 @@ def reverse_valid(phonemes: Array, phoneme_lens: Array) -> Array:
 def ar_loss(model: ARModel, batch: dict[str, Array], dropout_rng: Array | None = None
             ) -> tuple[Array, dict[str, Array]]:
   """Causal LM loss on codebook 1 (all audio positions, EOS included). In training
-  (`dropout_rng` given), the model applies its text and audio token dropout."""
+  (`dropout_rng` given), the model applies its text and audio token dropout, and with
+  `ar_scheduled_sampling` a first, gradient-free pass draws the frames that
+  `feed_back_samples` mixes into the inputs of the second."""
   inputs, targets, group_lens = ar_inputs_and_targets(
       batch["codes"][..., 0], batch["code_lens"], model.codebook_size, model.group_size)
   pointers = None
@@ -58,6 +60,13 @@ def ar_loss(model: ARModel, batch: dict[str, Array], dropout_rng: Array | None =
     pointers, advance, advance_mask = pointer_inputs_and_targets(
         batch["phoneme_of_frame"], batch["code_lens"], batch["phoneme_lens"],
         batch["target_start"])
+  if model.scheduled_sampling and dropout_rng is not None:
+    dropout_rng, feedback_rng = jax.random.split(dropout_rng)
+    first = model(batch["phonemes"], batch["phoneme_lens"], inputs, group_lens,
+                  phoneme_pointers=pointers)
+    start = batch.get("target_start", jnp.zeros_like(batch["code_lens"]))
+    inputs = feed_back_samples(inputs, jax.lax.stop_gradient(first), group_lens, start,
+                               model.scheduled_sampling, feedback_rng)
   out = model(batch["phonemes"], batch["phoneme_lens"], inputs, group_lens,
               phoneme_pointers=pointers, dropout_rng=dropout_rng,
               return_advance=model.phoneme_pointer)
