@@ -428,10 +428,20 @@ def test_ar_pointer_reads_the_pointed_phoneme(pointer_model, batch):
     models.ar_loss(pointer_model, {k: v for k, v in batch.items() if k != "phoneme_of_frame"})
 
 
-def test_ar_pointer_kv_cache_matches_full_forward(pointer_model, batch):
+def test_dwell_of_counts_the_frames_before_on_the_same_phoneme():
+  dwell = models.dwell_of(jnp.array([[0, 0, 1, 1, 1, 2, 2], [0, 1, 1, 1, 1, 1, 1]]))
+  np.testing.assert_array_equal(dwell, [[0, 1, 0, 1, 2, 0, 1], [0, 0, 1, 2, 3, 4, 5]])
+
+
+@pytest.mark.parametrize("dwell_embeddings", [0, 3])
+def test_ar_pointer_kv_cache_matches_full_forward(pointer_model, cfg, batch, dwell_embeddings):
   """Prefill with prompt pointers, then decode moving the pointer as the full forward's
-  pointers move: every step's code and advance logits equal the full forward's."""
+  pointers move: every step's code and advance logits equal the full forward's (with the
+  dwell embeddings too, counted by the cache as the full forward counts them, clipped)."""
   model = pointer_model
+  if dwell_embeddings:
+    model = models.ARModel(_with(cfg, ar_phoneme_pointer=True,
+                                 ar_dwell_embeddings=dwell_embeddings), rngs=nnx.Rngs(5))
   pb = _pointer_batch(batch)
   inputs, _, lens = models.ar_inputs_and_targets(batch["codes"][..., 0], batch["code_lens"],
                                                  model.codebook_size)
@@ -576,4 +586,25 @@ def test_scheduled_sampling_feeds_back_own_codes_into_the_target_only(cfg, batch
 def test_ar_pointer_needs_group_size_1(cfg):
   with pytest.raises(ValueError, match="ar_group_size"):
     models.ARModel(_with(cfg, ar_phoneme_pointer=True, ar_group_size=2), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="ar_dwell_embeddings needs ar_phoneme_pointer"):
+    models.ARModel(_with(cfg, ar_dwell_embeddings=4), rngs=nnx.Rngs(0))
 
+
+def test_ar_dwell_embedding_reads_where_in_its_phoneme_a_frame_is(cfg, batch):
+  """Two pointer paths over phonemes 1 and 2, which hold the same symbol, point at the same
+  symbols slot by slot and differ only in the dwell: without `ar_dwell_embeddings` the
+  logits are the same, with it they differ from the first slot whose dwell differs."""
+  phonemes = batch["phonemes"].at[:, 2].set(batch["phonemes"][:, 1])
+  inputs, _, lens = models.ar_inputs_and_targets(batch["codes"][..., 0], batch["code_lens"],
+                                                 cfg.codebook_size)
+  stay = jnp.broadcast_to(jnp.array([0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]), lens.shape + (13,))
+  move = stay.at[:, 4:].set(2)                  # same symbols; dwell 0, 1, 2 from slot 4
+  apply = nnx.jit(lambda m, p: m(phonemes, batch["phoneme_lens"], inputs, lens,
+                                 phoneme_pointers=p))
+  for dwell_embeddings in (0, 8):
+    model = models.ARModel(_with(cfg, ar_phoneme_pointer=True,
+                                 ar_dwell_embeddings=dwell_embeddings), rngs=nnx.Rngs(5))
+    a, b = apply(model, stay), apply(model, move)
+    np.testing.assert_allclose(a[:, :4], b[:, :4], atol=1e-6)
+    differs = float(jnp.abs(a[0, 4:] - b[0, 4:]).max()) > 1e-4
+    assert differs == bool(dwell_embeddings)

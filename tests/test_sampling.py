@@ -357,14 +357,17 @@ def test_nar_decoding_is_greedy_stage_by_stage(copied):
 # ------------------------------------------------------------------ AR phoneme pointer
 
 
-@pytest.mark.parametrize("guidance", [0.0, 2.0], ids=["plain", "text guidance"])
-def test_pointer_model_speaks_to_the_end_of_its_text(guidance):
+@pytest.mark.parametrize("guidance, dwell_embeddings", [(0.0, 0), (2.0, 0), (0.0, 4)],
+                         ids=["plain", "text guidance", "dwell embeddings"])
+def test_pointer_model_speaks_to_the_end_of_its_text(guidance, dwell_embeddings):
   """With `ar_phoneme_pointer` the pointer starts at the target text (after the prompt's
   phonemes) and EOS is allowed only on the last phoneme: an AR that always moves on and
   always wants EOS makes exactly L - 1 - P frames; one that never moves on never ends.
-  With text guidance the pointer moves with the text's advance logits."""
+  With text guidance the pointer moves with the text's advance logits; the dwell
+  embeddings' count rides in the cache through the sampler's loop."""
   cfg = tiny.get_config().model
   cfg.ar_phoneme_pointer = True
+  cfg.ar_dwell_embeddings = dwell_embeddings
   model = models.ARModel(cfg, rngs=nnx.Rngs(7))
   model.head_bias[...] = model.head_bias[...].at[EOS].add(30.0)
   phonemes, prompts = _inputs()

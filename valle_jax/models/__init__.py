@@ -7,14 +7,14 @@
 `models` depends on jax and flax only (never on data, codec, text, train or checkpoint).
 """
 from valle_jax.models.ar import (NO_TEXT, ARModel, ar_inputs_and_targets, bos_id, drop_text,
-                                 eos_id, feed_back_samples, keep_audio_tokens,
+                                 dwell_of, eos_id, feed_back_samples, keep_audio_tokens,
                                  pointer_inputs_and_targets, prompt_pointers)
 from valle_jax.models.losses import (ar_loss, example_batch, nar_loss, reverse_valid,
                                      token_nll_and_topk)
 from valle_jax.models.nar import NARModel
 
 __all__ = ["NO_TEXT", "ARModel", "NARModel", "ar_inputs_and_targets", "ar_loss", "bos_id",
-           "drop_text", "eos_id", "example_batch", "feed_back_samples", "keep_audio_tokens",
+           "drop_text", "dwell_of", "eos_id", "example_batch", "feed_back_samples", "keep_audio_tokens",
            "nar_loss",
            "pointer_inputs_and_targets", "prompt_pointers", "reverse_valid",
            "token_nll_and_topk"]

@@ -21,6 +21,7 @@ KV cache (for the sampler): a dict of arrays
   and with `ar_phoneme_pointer`:
     phonemes   [B, L] int32, phoneme_lens [B] int32   the text the pointer moves along
     pointer    [B] int32                 the phoneme of the frame the next slot predicts
+    dwell      [B] int32                 the frames that phoneme had before that frame
     advance_logit [B] float32            the last slot's "next frame moves on" logit
 `prefill` runs the prompt (phonemes + BOS + prompt codes) through the model and fills
 slots [0, L + Ta); `decode_step` appends one group per example at its own `next_slot`,
@@ -69,6 +70,10 @@ class ARModel(nnx.Module):
       raise ValueError(f"ar_scheduled_sampling must be in [0, 1], got {self.scheduled_sampling}.")
     if self.phoneme_pointer and self.group_size != 1:
       raise ValueError("ar_phoneme_pointer needs ar_group_size = 1.")
+    self.num_dwell_embeddings = int(cfg.get("ar_dwell_embeddings", 0))
+    if self.num_dwell_embeddings and not self.phoneme_pointer:
+      raise ValueError("ar_dwell_embeddings needs ar_phoneme_pointer (the dwell is counted "
+                       "on the pointer's phoneme).")
     embed = layers.embed_init(d)
     self.phoneme_embed = layers.make_param(rngs, embed, (cfg.phoneme_vocab_size, d),
                                            ("vocab", "embed"))
@@ -90,6 +95,9 @@ class ARModel(nnx.Module):
       self.advance_kernel = layers.make_param(rngs, jax.nn.initializers.lecun_normal(),
                                               (d, 1), ("embed", None))
       self.advance_bias = layers.make_param(rngs, jax.nn.initializers.zeros, (1,), (None,))
+    if self.num_dwell_embeddings:  # where in its phoneme each slot's frame is
+      self.dwell_embed = layers.make_param(rngs, embed, (self.num_dwell_embeddings, d),
+                                           (None, "embed"))
 
   # -- embeddings and head -------------------------------------------------------------
 
@@ -102,12 +110,14 @@ class ARModel(nnx.Module):
 
   def _embed_audio(self, tokens: Array, positions: Array,
                    pointer_phonemes: Array | None = None,
-                   keep_tokens: Array | None = None) -> Array:
+                   keep_tokens: Array | None = None, dwell: Array | None = None) -> Array:
     """tokens [B, T, G], positions [B, T] -> [B, T, D] (compute dtype).
 
     With `ar_phoneme_pointer`, `pointer_phonemes` [B, T] (the phoneme id each slot's frame is
-    spoken in) adds that phoneme's embedding. `keep_tokens` bool [B, T] (audio token
-    dropout) zeroes the token embedding where False; the phoneme and position stay.
+    spoken in) adds that phoneme's embedding, and with `ar_dwell_embeddings`, `dwell` [B, T]
+    (the frames that phoneme had before) adds the dwell's embedding (clipped to the last).
+    `keep_tokens` bool [B, T] (audio token dropout) zeroes the token embedding where False;
+    the phoneme, dwell and position stay.
     """
     b, t, g = tokens.shape
     d = self.audio_embed.shape[1]
@@ -122,6 +132,9 @@ class ARModel(nnx.Module):
       if pointer_phonemes is None:
         raise ValueError("ar_phoneme_pointer needs the phoneme of each audio slot.")
       x = x + layers.embed(self.phoneme_embed[...], pointer_phonemes)
+    if self.num_dwell_embeddings:
+      x = x + layers.embed(self.dwell_embed[...],
+                           jnp.minimum(dwell, self.num_dwell_embeddings - 1))
     x = x + layers.sinusoidal_positions(positions, d)
     return x.astype(self.dtype)
 
@@ -189,9 +202,10 @@ class ARModel(nnx.Module):
     num_phon, num_audio = phonemes.shape[1], audio_tokens.shape[1]
     audio_positions = jnp.broadcast_to(jnp.arange(num_audio), audio_tokens.shape[:2])
     pointer_phonemes = _pointed(phonemes, phoneme_pointers)
+    dwell = dwell_of(phoneme_pointers) if self.num_dwell_embeddings else None
     x = jnp.concatenate([self._embed_phonemes(phonemes),
                          self._embed_audio(audio_tokens, audio_positions, pointer_phonemes,
-                                           keep_tokens)],
+                                           keep_tokens, dwell)],
                         axis=1)
     valid = _segment_valid(phoneme_lens, num_phon, audio_lens, num_audio)  # [B, L + Ta]
     slot = jnp.arange(num_phon + num_audio)
@@ -253,6 +267,8 @@ class ARModel(nnx.Module):
       cache.update(phonemes=phonemes, phoneme_lens=phoneme_lens.astype(jnp.int32),
                    pointer=phoneme_pointers[rows, audio_lens - 1].astype(jnp.int32),
                    advance_logit=self.advance_logits(last)[:, 0])
+      if self.num_dwell_embeddings:
+        cache["dwell"] = dwell_of(phoneme_pointers)[rows, audio_lens - 1]
     return self._head(last)[:, 0], cache
 
   def decode_step(self, tokens: Array, cache: dict[str, Array], advance: Array | None = None
@@ -269,15 +285,18 @@ class ARModel(nnx.Module):
     The caller must not step past the cache's slots (the sampler bounds its loop).
     """
     batch = tokens.shape[0]
-    pointer_phonemes, pointer = None, None
+    pointer_phonemes, pointer, dwell = None, None, None
     if self.phoneme_pointer:
       if advance is None:
         raise ValueError("ar_phoneme_pointer: decode_step needs `advance`.")
       pointer = jnp.minimum(cache["pointer"] + advance.astype(jnp.int32),
                             cache["phoneme_lens"] - 1)
       pointer_phonemes = _pointed(cache["phonemes"], pointer[:, None])         # [B, 1]
+      if self.num_dwell_embeddings:
+        dwell = jnp.where(pointer == cache["pointer"], cache["dwell"] + 1, 0)   # [B]
     x = self._embed_audio(tokens[:, None, :], cache["audio_pos"][:, None],
-                          pointer_phonemes=pointer_phonemes)                   # [B, 1, D]
+                          pointer_phonemes=pointer_phonemes,
+                          dwell=None if dwell is None else dwell[:, None])     # [B, 1, D]
     write_slots = cache["next_slot"][:, None]                                  # [B, 1]
     valid = cache["valid"].at[jnp.arange(batch), cache["next_slot"]].set(True)
     mask = valid[:, None, None, :]                                            # [B, 1, 1, S]
@@ -287,6 +306,8 @@ class ARModel(nnx.Module):
              "audio_pos": cache["audio_pos"] + 1}
     if self.phoneme_pointer:
       cache.update(pointer=pointer, advance_logit=self.advance_logits(h)[:, 0])
+      if self.num_dwell_embeddings:
+        cache["dwell"] = dwell
     return self._head(h)[:, 0], cache
 
 
@@ -323,6 +344,16 @@ def feed_back_samples(inputs: Array, logits: Array, group_lens: Array, start_fra
   target = (slot >= 1) & (slot < group_lens[:, None]) & (first_frame >= start_frames[:, None])
   replace = target & jax.random.bernoulli(mix_rng, rate, target.shape)
   return jnp.where(replace[..., None], own, inputs)
+
+
+def dwell_of(pointers: Array) -> Array:
+  """int32 [B, T]: for each slot of phoneme pointers [B, T], how many slots before it in a
+  row point at the same phoneme (0 where the pointer moves on)."""
+  slot = jnp.arange(pointers.shape[1])
+  moved = jnp.concatenate([jnp.ones_like(pointers[:, :1], bool),
+                           pointers[:, 1:] != pointers[:, :-1]], axis=1)
+  run_start = jax.lax.cummax(jnp.where(moved, slot[None], 0), axis=1)
+  return (slot[None] - run_start).astype(jnp.int32)
 
 
 def _dropout_rate(cfg, name: str) -> float:
