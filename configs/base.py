@@ -26,15 +26,15 @@ def base() -> ml_collections.ConfigDict:
   # next frame moves on to the next phoneme. Trained on the dataset's forced alignments
   # (`valle-jax align`); the sampler moves the pointer itself. Needs ar_group_size = 1.
   c.model.ar_phoneme_pointer = False
+  # With the pointer: N > 0 adds to each audio slot an embedding of how many frames its
+  # phoneme has had before (0 .. N-1, clipped), so the AR knows where in a phoneme it is
+  # without reading it off its own frames. 0: off (the paper has no pointer).
+  c.model.ar_dwell_embeddings = 0
   # Text dropout (beyond the paper; classifier-free guidance): the share of AR training
   # examples whose every phoneme is replaced by <pad> (their count kept), so the same AR also
   # learns to continue audio without the text, which the sampler guides against
   # (SampleOptions.text_guidance).
   c.model.ar_text_dropout = 0.0
-  # With the pointer: N > 0 adds to each audio slot an embedding of how many frames its
-  # phoneme has had before (0 .. N-1, clipped), so the AR knows where in a phoneme it is
-  # without reading it off its own frames. 0: off (the paper has no pointer).
-  c.model.ar_dwell_embeddings = 0
   # Training only: each AR input token's embedding (BOS's excepted) is zeroed with this
   # probability; its position and, with the pointer, its phoneme stay (Tacotron's pre-net
   # dropout). The previous frames then predict less and the text more, so that free-running

@@ -579,7 +579,8 @@ def test_scheduled_sampling_feeds_back_own_codes_into_the_target_only(cfg, batch
   assert abs(float(loss - nnx.jit(models.ar_loss)(plain, batch, key)[0])) > 1e-4
   np.testing.assert_allclose(nnx.jit(models.ar_loss)(model, batch)[0],
                              nnx.jit(models.ar_loss)(plain, batch)[0], rtol=1e-6)
-  with pytest.raises(ValueError, match="ar_scheduled_sampling"):
+  models.ARModel(_with(cfg, ar_scheduled_sampling=1.0), rngs=nnx.Rngs(0))   # all fed back
+  with pytest.raises(ValueError, match=r"ar_scheduled_sampling must be in \[0, 1\]"):
     models.ARModel(_with(cfg, ar_scheduled_sampling=1.5), rngs=nnx.Rngs(0))
 
 
@@ -597,8 +598,9 @@ def test_ar_dwell_embedding_reads_where_in_its_phoneme_a_frame_is(cfg, batch):
   phonemes = batch["phonemes"].at[:, 2].set(batch["phonemes"][:, 1])
   inputs, _, lens = models.ar_inputs_and_targets(batch["codes"][..., 0], batch["code_lens"],
                                                  cfg.codebook_size)
-  stay = jnp.broadcast_to(jnp.array([0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]), lens.shape + (13,))
-  move = stay.at[:, 4:].set(2)                  # same symbols; dwell 0, 1, 2 from slot 4
+  slot = jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape[:2])
+  stay = jnp.where(slot >= 2, 1, 0)             # phoneme 0 for 2 slots, then phoneme 1
+  move = jnp.where(slot >= 4, 2, stay)          # same symbols; dwell 0, 1, 2 from slot 4
   apply = nnx.jit(lambda m, p: m(phonemes, batch["phoneme_lens"], inputs, lens,
                                  phoneme_pointers=p))
   for dwell_embeddings in (0, 8):

@@ -14,7 +14,6 @@ from valle_jax.models.losses import (ar_loss, example_batch, nar_loss, reverse_v
 from valle_jax.models.nar import NARModel
 
 __all__ = ["NO_TEXT", "ARModel", "NARModel", "ar_inputs_and_targets", "ar_loss", "bos_id",
-           "drop_text", "dwell_of", "eos_id", "example_batch", "feed_back_samples", "keep_audio_tokens",
-           "nar_loss",
-           "pointer_inputs_and_targets", "prompt_pointers", "reverse_valid",
-           "token_nll_and_topk"]
+           "drop_text", "dwell_of", "eos_id", "example_batch", "feed_back_samples",
+           "keep_audio_tokens", "nar_loss", "pointer_inputs_and_targets", "prompt_pointers",
+           "reverse_valid", "token_nll_and_topk"]

@@ -63,11 +63,10 @@ class ARModel(nnx.Module):
     self.dtype = layers.compute_dtype(cfg.compute_dtype)
     self.dropout_rate = cfg.dropout
     self.phoneme_pointer = bool(cfg.get("ar_phoneme_pointer", False))
-    self.text_dropout = _dropout_rate(cfg, "ar_text_dropout")
-    self.audio_token_dropout = _dropout_rate(cfg, "ar_audio_token_dropout")
-    self.scheduled_sampling = float(cfg.get("ar_scheduled_sampling", 0.0))
-    if not 0 <= self.scheduled_sampling <= 1:
-      raise ValueError(f"ar_scheduled_sampling must be in [0, 1], got {self.scheduled_sampling}.")
+    self.text_dropout = _rate(cfg, "ar_text_dropout")
+    self.audio_token_dropout = _rate(cfg, "ar_audio_token_dropout")
+    # Every target frame may be fed back (rate 1), but not every token dropped.
+    self.scheduled_sampling = _rate(cfg, "ar_scheduled_sampling", one_allowed=True)
     if self.phoneme_pointer and self.group_size != 1:
       raise ValueError("ar_phoneme_pointer needs ar_group_size = 1.")
     self.num_dwell_embeddings = int(cfg.get("ar_dwell_embeddings", 0))
@@ -356,10 +355,11 @@ def dwell_of(pointers: Array) -> Array:
   return (slot[None] - run_start).astype(jnp.int32)
 
 
-def _dropout_rate(cfg, name: str) -> float:
+def _rate(cfg, name: str, one_allowed: bool = False) -> float:
+  """The probability `cfg.<name>` (default 0), checked to be in [0, 1) or [0, 1]."""
   rate = float(cfg.get(name, 0.0))
-  if not 0 <= rate < 1:
-    raise ValueError(f"{name} must be in [0, 1), got {rate}.")
+  if not (0 <= rate <= 1 if one_allowed else 0 <= rate < 1):
+    raise ValueError(f"{name} must be in [0, 1{']' if one_allowed else ')'}, got {rate}.")
   return rate
 
 
