@@ -8,9 +8,14 @@
 Each utterance's codec frames are split into one run of >= 1 frames per phoneme, in order,
 by Viterbi training of a left-to-right model whose emissions are discrete: P(code | phoneme)
 for the first `num_codebooks` codebooks (independent given the phoneme), counted over the
-training split. Start: each utterance cut evenly (phoneme l gets frames near l * T / L);
-then `iterations` rounds of (count emissions, re-align every utterance). No acoustic model,
-lexicon or download is needed: the codes themselves are the observations.
+training split, less any the codec codes once per utterance (`codec.utterance_codebooks`,
+the offline codec's voice code): a code that is the same at every frame cannot tell which
+phoneme a frame is in, and its P(code | phoneme) would act as a per-phoneme length bias,
+wrong on voices the counts never saw (on the demo's held-out voices, with it, word
+boundaries and stress marks took 6 frames each, 3.5 and 3.7 without). Start: each
+utterance cut evenly (phoneme l gets frames near l * T / L); then `iterations` rounds of
+(count emissions, re-align every utterance). No acoustic model, lexicon or download is
+needed: the codes themselves are the observations.
 
 The result, per record, is `phoneme_of_frame` int32 [T]: the phoneme index (0..L-1) each
 frame is spoken in, non-decreasing, stepping by 0 or 1, from 0 to L - 1. The AR's phoneme
@@ -26,6 +31,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
+from valle_jax.codec import utterance_codebooks
 from valle_jax.data import ALIGNMENTS_FILE, even_split, open_dataset
 from valle_jax.errors import UserError
 from valle_jax.text import SymbolTable
@@ -33,7 +39,7 @@ from valle_jax.text import SymbolTable
 @dataclasses.dataclass(frozen=True)
 class AlignConfig:
   iterations: int = 4
-  num_codebooks: int = 2      # codebooks whose codes are the observations
+  num_codebooks: int = 2      # the first codebooks, less per-utterance ones: observations
   smoothing: float = 0.05     # added to every emission count
   floor: float = 0.2          # weight of the phoneme-independent code distribution
 
@@ -61,47 +67,66 @@ def viterbi(log_emission: np.ndarray) -> np.ndarray:
   return path
 
 
+def observed_codebooks(num_codebooks: int, per_utterance: Sequence[int] = ()
+                       ) -> tuple[int, ...]:
+  """The codebooks (0-based) whose codes the aligner observes: the first `num_codebooks`,
+  less those coded once per utterance (`per_utterance`)."""
+  observed = tuple(q for q in range(num_codebooks) if q not in set(per_utterance))
+  if not observed:
+    raise UserError(f"the first {num_codebooks} codebooks are all coded once per utterance; "
+                    "align on more (--num_codebooks).")
+  return observed
+
+
 def _log_emissions(records, paths, num_phonemes: int, codebook_size: int,
-                   cfg: AlignConfig) -> np.ndarray:
-  """[Q, P, V] log P(code | phoneme), counted over `records` aligned by `paths` and mixed
-  with P(code) (weight `cfg.floor`) so that an unseen pair is unlikely, not impossible."""
-  counts = np.zeros((cfg.num_codebooks, num_phonemes, codebook_size))
+                   cfg: AlignConfig, codebooks: Sequence[int]) -> np.ndarray:
+  """[len(codebooks), P, V] log P(code | phoneme), counted over `records` aligned by `paths`
+  and mixed with P(code) (weight `cfg.floor`) so that an unseen pair is unlikely, not
+  impossible."""
+  counts = np.zeros((len(codebooks), num_phonemes, codebook_size))
   for r, path in zip(records, paths):
     phonemes, codes = np.asarray(r["phonemes"]), np.asarray(r["codes"])
-    for q in range(cfg.num_codebooks):
-      np.add.at(counts[q], (phonemes[path], codes[:, q]), 1)
+    for i, q in enumerate(codebooks):
+      np.add.at(counts[i], (phonemes[path], codes[:, q]), 1)
   counts += cfg.smoothing
   given = counts / counts.sum(-1, keepdims=True)
   marginal = counts.sum(1, keepdims=True) / counts.sum((1, 2), keepdims=True)
   return np.log((1 - cfg.floor) * given + cfg.floor * marginal)
 
 
-def _realign(records, paths: list[np.ndarray], log_p: np.ndarray) -> int:
-  """Re-aligns each record in place in `paths`; returns how many cannot be (L > T)."""
+def _realign(records, paths: list[np.ndarray], log_p: np.ndarray, codebooks: Sequence[int]
+             ) -> int:
+  """Re-aligns each record in place in `paths` (`log_p` from `_log_emissions` over
+  `codebooks`); returns how many cannot be (L > T)."""
   unaligned = 0
   for i, r in enumerate(records):
     phonemes, codes = np.asarray(r["phonemes"]), np.asarray(r["codes"])
     if not 0 < len(phonemes) <= len(codes):
       unaligned += 1
       continue
-    emission = sum(log_p[q][phonemes][:, codes[:, q]] for q in range(len(log_p)))  # [L, T]
+    emission = sum(log_p[j][phonemes][:, codes[:, q]]                      # [L, T]
+                   for j, q in enumerate(codebooks))
     paths[i] = viterbi(emission.T)
   return unaligned
 
 
 def fit_alignments(train_records: Sequence[dict], num_phonemes: int, codebook_size: int,
-                   cfg: AlignConfig = AlignConfig(), progress: bool = True
+                   cfg: AlignConfig = AlignConfig(), progress: bool = True,
+                   codebooks: Sequence[int] | None = None
                    ) -> tuple[list[np.ndarray], np.ndarray, int]:
-  """Viterbi training on `train_records`: (their alignments, the final log emissions
-  [Q, P, V] for aligning other records with `_realign`, records left unaligned)."""
-  if any(np.asarray(r["codes"]).shape[1] < cfg.num_codebooks for r in train_records):
-    raise UserError(f"aligning needs {cfg.num_codebooks} codebooks per record.")
+  """Viterbi training on `train_records`, observing `codebooks` (default: the first
+  `cfg.num_codebooks`): (their alignments, the final log emissions [len(codebooks), P, V]
+  for aligning other records with `_realign`, records left unaligned)."""
+  codebooks = tuple(range(cfg.num_codebooks)) if codebooks is None else tuple(codebooks)
+  if any(np.asarray(r["codes"]).shape[1] <= max(codebooks) for r in train_records):
+    raise UserError(f"aligning needs {max(codebooks) + 1} codebooks per record.")
   paths = [even_split(len(r["codes"]), len(r["phonemes"])) for r in train_records]
   unaligned = 0
+  emissions = lambda: _log_emissions(train_records, paths, num_phonemes, codebook_size, cfg,
+                                     codebooks)
   for _ in tqdm(range(cfg.iterations), desc="aligning (Viterbi rounds)", disable=not progress):
-    log_p = _log_emissions(train_records, paths, num_phonemes, codebook_size, cfg)
-    unaligned = _realign(train_records, paths, log_p)
-  return paths, _log_emissions(train_records, paths, num_phonemes, codebook_size, cfg), unaligned
+    unaligned = _realign(train_records, paths, emissions(), codebooks)
+  return paths, emissions(), unaligned
 
 
 def align_dataset(path: str, cfg: AlignConfig = AlignConfig(), progress: bool = True
@@ -115,13 +140,16 @@ def align_dataset(path: str, cfg: AlignConfig = AlignConfig(), progress: bool = 
     source = dataset.split(split)
     return [source[i] for i in tqdm(range(len(source)), desc=f"reading {split}",
                                     disable=not progress, unit="rec", mininterval=2.0)]
+  codebooks = observed_codebooks(cfg.num_codebooks,
+                                 utterance_codebooks(dataset.codec_description))
   train = read("train")
-  paths, log_p, unaligned = fit_alignments(train, num_phonemes, codebook_size, cfg, progress)
+  paths, log_p, unaligned = fit_alignments(train, num_phonemes, codebook_size, cfg, progress,
+                                           codebooks)
   aligned = {"train": paths}
   for split in sorted(set(dataset.splits) - {"train"}):
     records = read(split)
     aligned[split] = [even_split(len(r["codes"]), len(r["phonemes"])) for r in records]
-    unaligned += _realign(records, aligned[split], log_p)
+    unaligned += _realign(records, aligned[split], log_p, codebooks)
   arrays = {}
   for split, split_paths in aligned.items():
     arrays[f"{split}/frames"] = np.concatenate(split_paths).astype(np.int32)

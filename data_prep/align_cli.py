@@ -14,7 +14,8 @@ _DATASET = flags.DEFINE_string("dataset", None, "A prepared dataset: the <builde
 _ITERATIONS = flags.DEFINE_integer("iterations", align.AlignConfig.iterations,
                                    "Viterbi training rounds.")
 _NUM_CODEBOOKS = flags.DEFINE_integer("num_codebooks", align.AlignConfig.num_codebooks,
-                                      "Codebooks whose codes are the observations.")
+                                      "Codebooks whose codes are the observations (the "
+                                      "first N, less those coded once per utterance).")
 
 
 def main(argv):

@@ -1,4 +1,5 @@
 """Forced alignment (data_prep/align.py) and the phoneme pointer's batches (data.py)."""
+import json
 import os
 import shutil
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from data_prep import align
-from valle_jax import data
+from valle_jax import data, text
 from valle_jax.errors import UserError
 
 NUM_PHONEMES, V = 8, 64
@@ -76,6 +77,36 @@ def test_align_dataset_writes_what_training_reads(tiny_dataset, tmp_path):
     assert len(a) == len(record["codes"])
     assert a[0] == 0 and a[-1] == len(record["phonemes"]) - 1
     assert set(np.diff(a).tolist()) <= {0, 1}
+
+
+def test_codebooks_coded_once_per_utterance_are_not_observed(tiny_dataset, tmp_path):
+  """A codec whose codebook 2 is one code per utterance (the offline codec's voice code):
+  `align_dataset` aligns on codebook 1 alone, exactly as `fit_alignments` observing only it,
+  which differs from observing both. With nothing left to observe the error says what to do."""
+  assert align.observed_codebooks(2) == (0, 1)
+  assert align.observed_codebooks(3, (1,)) == (0, 2)
+  with pytest.raises(UserError, match="--num_codebooks"):
+    align.observed_codebooks(1, (0,))
+  path = str(tmp_path / "dataset")
+  shutil.copytree(tiny_dataset, path)
+  with open(os.path.join(path, "codec.json"), encoding="utf-8") as f:
+    description = json.load(f)
+  with open(os.path.join(path, "codec.json"), "w", encoding="utf-8") as f:
+    json.dump({**description, "utterance_codebooks": [1]}, f)
+  cfg = align.AlignConfig(iterations=2)
+  align.align_dataset(path, cfg, progress=False)
+  dataset = data.open_dataset(path)
+  source = dataset.split("train")
+  records = [source[i] for i in range(len(source))]
+  num_phonemes = len(text.SymbolTable.load(dataset.symbols_path).symbols)
+  codebook_size = int(description["codebook_size"])
+  first_only, _, _ = align.fit_alignments(records, num_phonemes, codebook_size, cfg, False,
+                                          codebooks=(0,))
+  both, _, _ = align.fit_alignments(records, num_phonemes, codebook_size, cfg, False)
+  written = dataset.alignments("train")
+  for i, path_i in enumerate(first_only):
+    np.testing.assert_array_equal(written[i], path_i)
+  assert any((a != b).any() for a, b in zip(first_only, both))
 
 
 def test_pointer_batches_split_the_partner_evenly():
