@@ -117,7 +117,7 @@ def fit_alignments(train_records: Sequence[dict], num_phonemes: int, codebook_si
   """Viterbi training on `train_records`, observing `codebooks` (default: the first
   `cfg.num_codebooks`): (their alignments, the final log emissions [len(codebooks), P, V]
   for aligning other records with `_realign`, records left unaligned)."""
-  codebooks = tuple(range(cfg.num_codebooks)) if codebooks is None else tuple(codebooks)
+  codebooks = tuple(observed_codebooks(cfg.num_codebooks) if codebooks is None else codebooks)
   if any(np.asarray(r["codes"]).shape[1] <= max(codebooks) for r in train_records):
     raise UserError(f"aligning needs {max(codebooks) + 1} codebooks per record.")
   paths = [even_split(len(r["codes"]), len(r["phonemes"])) for r in train_records]
