@@ -46,6 +46,10 @@ def base() -> ml_collections.ConfigDict:
   # Costs one more forward pass per step.
   c.model.ar_scheduled_sampling = 0.0
   c.model.nar_stage_conditioning = "adaln"  # "adaln" (VALL-E) | "token" (VALL-E 2)
+  # Beyond the paper: the NAR also predicts codebook 1 (stage 0), for every frame at once,
+  # given each frame's phoneme (forced alignments in training; the AR's phoneme pointer at
+  # inference, which then sets the timing and the NAR the codes). See models/nar.py.
+  c.model.nar_codebook1 = False
   c.model.nar_tie_output = True      # prediction layer j tied to acoustic embedding j+1
   # "random" (the paper) | "codec": acoustic embeddings start from the dataset codec's
   # codebook vectors, projected to `width` (models/layers.py codebook_embeddings).
@@ -81,7 +85,7 @@ def base() -> ml_collections.ConfigDict:
   # (concatenated; data.py): for corpora of short utterances, so training sequences are as
   # long as zero-shot ones (prompt + text). 0 = single utterances (the paper's LibriLight).
   c.data.same_speaker_pairs = 0.0
-  c.data.nar_stage_weights = ()     # NAR stage sampling, one weight per codebook 2..Q; () = uniform
+  c.data.nar_stage_weights = ()     # NAR stage sampling, one weight per codebook 2..Q (1..Q with nar_codebook1); () = uniform
   c.data.num_threads = 2            # Grain reader threads
   c.data.prefetch = 4               # batches prepared ahead
 

@@ -268,3 +268,46 @@ def test_nar_stage_weights(records, lengths):
     with pytest.raises(UserError, match="nar_stage_weights"):
       data.BatchLoader(records, plan, _cfg(nar_stage_weights=bad), kind="nar",
                        num_codebooks=8, frame_rate=75.0)
+
+
+def _alignments(records):
+  """Alignments of `records`: each one's frames split evenly over its phonemes."""
+  rows = [data.even_split(len(r["codes"]), len(r["phonemes"])) for r in records]
+  return data.Alignments(np.concatenate(rows),
+                         np.concatenate([[0], np.cumsum([len(a) for a in rows])]))
+
+
+def test_nar_codebook1_batches_carry_each_target_frames_phoneme(records, lengths):
+  """With `nar_first_stage=0` (model.nar_codebook1) the NAR also learns codebook 1 (stage
+  0, one weight per codebook 1..Q) and each target frame carries its phoneme from the
+  alignments: a pair's partner's alignment, then the utterance's (after the partner's
+  phonemes), less the frames the prompt took. Without alignments it is refused."""
+  cfg = _cfg(same_speaker_pairs=1.0, nar_stage_weights=(2, 0, 1, 0, 0, 0, 0, 0))
+  plan = data.BatchPlan(lengths, cfg, seed=0)
+  alignments = _alignments(records)
+  loader = data.BatchLoader(records, plan, cfg, kind="nar", num_codebooks=8,
+                            frame_rate=75.0, alignments=alignments, nar_first_stage=0)
+  stages, pairs = [], 0
+  for index in range(plan.batches_per_epoch):
+    nar = loader(index)["nar"]
+    stages.append(nar["stage"])
+    for row, (partner, member) in enumerate(plan.batch(index)[1]):
+      own = alignments[member]
+      if partner >= 0:
+        pairs += 1
+        own = np.concatenate([alignments[partner],
+                              own + len(records[partner]["phonemes"])])
+      n, p = nar["code_lens"][row], nar["prompt_lens"][row]
+      np.testing.assert_array_equal(nar["frame_phonemes"][row, :n], own[p:p + n])
+      assert not nar["frame_phonemes"][row, n:].any()
+  assert pairs > 0
+  stages = np.concatenate(stages)
+  assert set(stages.tolist()) == {0, 2}
+  assert 0.5 < np.mean(stages == 0) < 0.85
+  with pytest.raises(UserError, match="valle-jax align"):
+    data.BatchLoader(records, plan, cfg, kind="nar", num_codebooks=8, frame_rate=75.0,
+                     nar_first_stage=0)
+  with pytest.raises(UserError, match=r"needs 8 .*codebooks 1\.\.8"):
+    data.BatchLoader(records, plan, _cfg(nar_stage_weights=(1,) * 7), kind="nar",
+                     num_codebooks=8, frame_rate=75.0, alignments=alignments,
+                     nar_first_stage=0)

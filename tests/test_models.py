@@ -1,12 +1,14 @@
 """AR and NAR models: shapes, masks, KV cache, AdaLN, weight tying, dtypes, param counts."""
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
 from configs import paper, tiny
 from valle_jax import models
+from valle_jax.models import nar as nar_lib
 
 B, L, T, P, Q = 3, 7, 12, 5, 8
 PHONEME_LENS = np.array([7, 5, 3])
@@ -267,6 +269,47 @@ def test_nar_stage_as_token_variant(cfg, batch):
 
 
 # ---------------------------------------------------------------------- losses & dtypes
+
+
+def test_frames_since_and_until_their_phonemes_boundaries():
+  since, until = nar_lib.frames_since_and_until(
+      jnp.array([[3, 3, 3, 4, 4, 5, 0, 0], [0, 0, 1, 1, 1, 1, 1, 1]]), jnp.array([6, 8]))
+  np.testing.assert_array_equal(since[0, :6], [0, 1, 2, 0, 1, 0])
+  np.testing.assert_array_equal(until[0, :6], [2, 1, 0, 1, 0, 0])
+  np.testing.assert_array_equal(since[1], [0, 1, 0, 1, 2, 3, 4, 5])
+  np.testing.assert_array_equal(until[1], [1, 0, 5, 4, 3, 2, 1, 0])
+
+
+def test_nar_codebook1_reads_when_each_frame_is_spoken_and_no_target_code(cfg, batch):
+  """With `nar_codebook1`, stage 0 (codebook 1) reads no target code, and each valid frame
+  reads its phoneme (`frame_phonemes`): moving a boundary by one frame moves that example's
+  logits, changing padding frames' entries moves none; without `frame_phonemes` it is an
+  error, and the loss learns stage 0 like any other."""
+  c = ml_collections.ConfigDict(cfg.to_dict())
+  c.nar_codebook1 = True
+  model = models.NARModel(c, rngs=nnx.Rngs(1))
+  graphdef, state = nnx.split(model)
+  stage0 = jnp.zeros((B,), jnp.int32)
+
+  @jax.jit
+  def apply(codes, frame_phonemes):
+    return nnx.merge(graphdef, state)(*_nar_args(batch, codes=codes, stage=stage0),
+                                      frame_phonemes=frame_phonemes)
+  timing = batch["frame_phonemes"]
+  logits = apply(batch["codes"], timing)
+  assert logits.shape == (B, T, c.codebook_size)
+  np.testing.assert_array_equal(apply((batch["codes"] + 11) % 1024, timing), logits)
+  valid = jnp.arange(T)[None] < batch["code_lens"][:, None]
+  padding_changed = apply(batch["codes"], jnp.where(valid, timing, 2))
+  moved = apply(batch["codes"], timing.at[:, 1].set(timing[:, 0] + 1))
+  for b in range(B):
+    n = int(batch["code_lens"][b])
+    np.testing.assert_array_equal(padding_changed[b, :n], logits[b, :n])
+    assert not np.allclose(moved[b, :n], logits[b, :n])
+  with pytest.raises(ValueError, match="frame_phonemes"):
+    model(*_nar_args(batch, stage=stage0))
+  _, metrics = models.nar_loss(model, {**batch, "stage": stage0})
+  np.testing.assert_allclose(metrics["count_per_codebook"][0], float(np.sum(CODE_LENS)))
 
 
 def test_losses_and_top10(cfg, ar_model, nar_model, batch):

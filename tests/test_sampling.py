@@ -4,6 +4,7 @@ top-p, repetition-aware sampling), stopping, grouped codes, determinism, recompi
 Compiles are the cost here (seconds each on CPU), so each compiled sampler is built once in
 a module-scoped fixture and shared by the tests that read it."""
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -354,6 +355,44 @@ def test_nar_decoding_is_greedy_stage_by_stage(copied):
                         batch.prompt_lens, first, target_lens, codebooks=9)
 
 
+def test_nar_codebook1_is_made_on_the_given_timing():
+  """A `nar_codebook1` NAR with `make_codebook1` makes codebook 1 as the greedy stage-0
+  forward on `frame_phonemes` (the AR's codes are not read), then the copied voice code;
+  without the timing, or asked of a NAR that never learnt codebook 1, it is an error."""
+  cfg = tiny.get_config().model
+  cfg.nar_codebook1 = True
+  nar = models.NARModel(cfg, rngs=nnx.Rngs(5))
+  phonemes, prompts = _inputs(4)
+  batch = sampling.prepare_batch(phonemes, prompts, 1, sampling.SampleOptions(), **BUCKETS)
+  t, b = 12, len(phonemes)
+  target_lens = np.array([12, 7, 4])
+  timing = np.minimum(np.arange(t)[None] // 3 + 2, np.asarray(PHONEME_LENS)[:, None] - 1)
+  decode = functools.partial(sampling.decode_nar, *nnx.split(nar), batch.phonemes,
+                             batch.phoneme_lens, batch.prompt, batch.prompt_lens,
+                             target_lens=target_lens, copied_codebooks=(1,), codebooks=2)
+  first = np.random.default_rng(1).integers(0, V, (b, t))
+  out = np.asarray(decode(first, frame_phonemes=timing, make_codebook1=True))
+  np.testing.assert_array_equal(out, decode(first + 1, frame_phonemes=timing,
+                                            make_codebook1=True))
+  logits = nnx.jit(lambda m, *a, **k: m(*a, **k))(
+      nar, batch.phonemes, batch.phoneme_lens, batch.prompt, batch.prompt_lens,
+      np.zeros((b, t, 8), np.int32), target_lens, np.zeros((b,), np.int32),
+      frame_phonemes=timing)
+  for i, n in enumerate(target_lens):
+    np.testing.assert_array_equal(out[i, :n, 0], np.argmax(np.asarray(logits[i, :n]), -1))
+    np.testing.assert_array_equal(out[i, :n, 1], batch.prompt[i, 0, 1])
+    assert not out[i, n:].any()
+  kept = np.asarray(decode(first, frame_phonemes=timing))   # the AR's codebook 1 kept
+  np.testing.assert_array_equal(kept[..., 0], np.where(np.arange(t) < target_lens[:, None],
+                                                       first, 0))
+  with pytest.raises(ValueError, match="frame_phonemes"):
+    decode(first, make_codebook1=True)
+  plain = models.NARModel(tiny.get_config().model, rngs=nnx.Rngs(5))
+  with pytest.raises(ValueError, match="nar_codebook1"):
+    sampling.decode_nar(*nnx.split(plain), batch.phonemes, batch.phoneme_lens, batch.prompt,
+                        batch.prompt_lens, first, target_lens, make_codebook1=True)
+
+
 # ------------------------------------------------------------------ AR phoneme pointer
 
 
@@ -384,6 +423,11 @@ def test_pointer_model_speaks_to_the_end_of_its_text(guidance, dwell_embeddings)
                              options=options, max_steps=batch.max_steps,
                              prompt_phoneme_lens=batch.prompt_phoneme_lens)
     lengths[name] = (np.asarray(out.lengths), np.asarray(out.hit_limit))
+    for row, h in enumerate(heard):   # the pointer's path: one phoneme a frame, or the first
+      n = lengths[name][0][row]
+      path = np.asarray(out.phoneme_of_frame[row])
+      np.testing.assert_array_equal(path[:n], h + np.arange(n) if bias > 0 else h)
+      assert not path[n:].any()
   expected = [n - 1 - h for n, h in zip(PHONEME_LENS, heard)]
   np.testing.assert_array_equal(lengths["moves on"][0], expected)
   assert not lengths["moves on"][1].any()

@@ -106,6 +106,29 @@ def test_codebooks_out_of_range_is_refused(kit, wavs):
       _run(kit, [request], codebooks=bad)
 
 
+def test_codebook1_from_the_nar_on_the_ar_pointers_timing(kit, wavs):
+  """A NAR trained on codebook 1 (`nar_codebook1`) makes it by default, on the timing of
+  the AR's phoneme pointer: the same AR draws (same seed, same lengths), another codebook
+  1; `codebook1="ar"` keeps the AR's. A NAR that never learnt codebook 1, or an AR without
+  a pointer to give the timing, is refused in one sentence."""
+  cfg = tiny.get_config().model
+  cfg.ar_phoneme_pointer = True
+  ar = models.ARModel(cfg, rngs=nnx.Rngs(0))
+  cfg.nar_codebook1 = True
+  nar = models.NARModel(cfg, rngs=nnx.Rngs(1))
+  pointer_kit = {**kit, "ar": ar, "nar": nar}
+  request = synthesize.Request("Hello there.", wavs["mono"], "A quiet tone.")
+  made = {c: _decoded_codes(pointer_kit, [request], codebook1=c)[0] for c in (None, "ar")}
+  assert made[None].shape == made["ar"].shape and len(made[None]) > 2
+  assert (made[None][:, 0] != made["ar"][:, 0]).any()
+  np.testing.assert_array_equal(made["ar"], _decoded_codes(pointer_kit, [request],
+                                                           codebook1="ar")[0])
+  with pytest.raises(UserError, match="nar_codebook1"):
+    _run({**pointer_kit, "nar": kit["nar"]}, [request], codebook1="nar")
+  with pytest.raises(UserError, match="phoneme pointer"):
+    _run({**kit, "nar": nar}, [request])
+
+
 @pytest.mark.parametrize("request_kw, message", [
     (dict(text="  "), "text of the request is empty"),
     (dict(text="... !"), "nothing to pronounce"),

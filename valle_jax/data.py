@@ -33,7 +33,9 @@ NAR batches add an acoustic prompt per example: by default a random prefix of ab
 zero-shot inference's layout — or, with `prompt_from_other_utterance`, a random crop of
 another utterance of the same speaker with the whole utterance as target (the paper's
 option). The stage (codebook to predict, 0-based in [1, Q)) is drawn per example, uniformly
-or with the probabilities `nar_stage_weights` (one weight per codebook 2..Q) give.
+or with the probabilities `nar_stage_weights` (one weight per codebook 2..Q) give. A NAR
+with `model.nar_codebook1` also learns codebook 1 (stages [0, Q), one weight per codebook
+1..Q) and reads `frame_phonemes`, each target frame's phoneme from the alignments.
 """
 from __future__ import annotations
 
@@ -313,16 +315,22 @@ class BatchLoader:
 
   def __init__(self, source, plan: BatchPlan, data_cfg, *, kind: str, num_codebooks: int,
                frame_rate: float, process_index: int = 0, process_count: int = 1,
-               alignments: Alignments | None = None):
+               alignments: Alignments | None = None, nar_first_stage: int = 1):
     if kind not in ("ar", "nar", "both"):
       raise UserError(f"train.model must be 'ar', 'nar' or 'both', got {kind!r}.")
     self.source, self.plan, self.kind = source, plan, kind
-    self.alignments = alignments   # with them, AR batches carry the phoneme pointer's inputs
+    # With alignments, AR batches carry the phoneme pointer's inputs, and NAR batches that
+    # start at stage 0 (`nar_codebook1`) their target frames' phonemes.
+    self.alignments = alignments
+    if nar_first_stage == 0 and alignments is None and kind != "ar":
+      raise UserError("model.nar_codebook1 trains on the dataset's forced alignments; run "
+                      "`valle-jax align` on it first.")
+    self.nar_first_stage = nar_first_stage
     self.num_codebooks = num_codebooks
     self.prompt_frames = max(1, int(round(data_cfg.prompt_seconds * frame_rate)))
     self.prompt_from_other = bool(data_cfg.prompt_from_other_utterance)
     self.stage_probabilities = _stage_probabilities(
-        tuple(data_cfg.get("nar_stage_weights", ())), num_codebooks)
+        tuple(data_cfg.get("nar_stage_weights", ())), num_codebooks, nar_first_stage)
     self.process_index, self.process_count = process_index, process_count
     if self.prompt_from_other:
       self._by_speaker: dict[str, list[int]] = {}
@@ -347,7 +355,8 @@ class BatchLoader:
 
     With alignments, also `phoneme_of_frame` and `target_start`: the utterance's alignment,
     after (for a pair) the partner's frames split evenly over its phonemes, as a prompt is
-    at inference, where the prompt's alignment is not known.
+    at inference, where the prompt's alignment is not known (the AR's pointer); and
+    `frame_phonemes`, the alignment of every frame, the partner's included (the NAR's).
     """
     record = self.source[index]
     alignment = None if self.alignments is None else np.asarray(self.alignments[index],
@@ -355,7 +364,8 @@ class BatchLoader:
     if partner < 0:
       if alignment is None:
         return record
-      return {**record, "phoneme_of_frame": alignment, "target_start": 0}
+      return {**record, "phoneme_of_frame": alignment, "target_start": 0,
+              "frame_phonemes": alignment}
     first = self.source[partner]
     out = {"phonemes": np.concatenate([np.asarray(first["phonemes"]),
                                        np.asarray(record["phonemes"])]),
@@ -365,6 +375,8 @@ class BatchLoader:
       out["phoneme_of_frame"] = np.concatenate([even_split(num_frames, num_phon),
                                                 alignment + num_phon])
       out["target_start"] = num_frames
+      out["frame_phonemes"] = np.concatenate([
+          np.asarray(self.alignments[partner], np.int32), alignment + num_phon])
     return out
 
   def _ar(self, records, bucket: Bucket) -> dict[str, np.ndarray]:
@@ -372,17 +384,16 @@ class BatchLoader:
     batch = {**_pad_phonemes(records, bucket.phonemes),
              **_pad_codes(codes, bucket.frames, 1, "codes", "code_lens")}
     if self.alignments is not None:
-      pointer = np.zeros((len(records), bucket.frames), np.int32)
-      for row, r in enumerate(records):
-        pointer[row, :len(r["phoneme_of_frame"])] = r["phoneme_of_frame"][:bucket.frames]
-      batch["phoneme_of_frame"] = pointer
+      batch["phoneme_of_frame"] = _pad_frames([r["phoneme_of_frame"] for r in records],
+                                              bucket.frames)
       batch["target_start"] = np.array([r["target_start"] for r in records], np.int32)
     return batch
 
   def _nar(self, records, members, bucket: Bucket, rng) -> dict[str, np.ndarray]:
-    prompts, targets = [], []
+    prompts, targets, timings = [], [], []
     for record, index in zip(records, members):
       codes = np.asarray(record["codes"])
+      timing = record.get("frame_phonemes")
       other = self._other_utterance(int(index), rng) if self.prompt_from_other else None
       if other is not None:
         other_codes = np.asarray(self.source[other]["codes"])
@@ -390,17 +401,23 @@ class BatchLoader:
         start = int(rng.integers(0, len(other_codes) - length + 1))
         prompts.append(other_codes[start:start + length])
         targets.append(codes)
+        timings.append(timing)
       else:  # a prefix of about prompt_seconds (at most half) is the prompt, the rest target
         longest = max(1, min(self.prompt_frames, len(codes) // 2))
         length = int(rng.integers(max(1, longest // 2), longest + 1))
         prompts.append(codes[:length])
         targets.append(codes[length:])
+        timings.append(None if timing is None else timing[length:])
     q = self.num_codebooks
-    stages = rng.choice(np.arange(1, q), size=len(records), p=self.stage_probabilities)
-    return {**_pad_phonemes(records, bucket.phonemes),
-            **_pad_codes(prompts, self.prompt_frames, q, "prompt_codes", "prompt_lens"),
-            **_pad_codes(targets, bucket.frames, q, "codes", "code_lens"),
-            "stage": stages.astype(np.int32)}
+    stages = rng.choice(np.arange(self.nar_first_stage, q), size=len(records),
+                        p=self.stage_probabilities)
+    batch = {**_pad_phonemes(records, bucket.phonemes),
+             **_pad_codes(prompts, self.prompt_frames, q, "prompt_codes", "prompt_lens"),
+             **_pad_codes(targets, bucket.frames, q, "codes", "code_lens"),
+             "stage": stages.astype(np.int32)}
+    if self.nar_first_stage == 0:
+      batch["frame_phonemes"] = _pad_frames(timings, bucket.frames)
+    return batch
 
   def _other_utterance(self, index: int, rng) -> int | None:
     same = self._by_speaker[str(self.plan.lengths.speakers[index])]
@@ -416,14 +433,17 @@ def even_split(num_frames: int, num_phonemes: int) -> np.ndarray:
   return np.minimum(t.astype(np.int32), max(num_phonemes - 1, 0))
 
 
-def _stage_probabilities(weights: tuple[float, ...], num_codebooks: int) -> np.ndarray:
-  """`data.nar_stage_weights` (one weight per codebook 2..Q; empty: uniform) -> [Q - 1]."""
+def _stage_probabilities(weights: tuple[float, ...], num_codebooks: int,
+                         first_stage: int = 1) -> np.ndarray:
+  """`data.nar_stage_weights` (one weight per codebook first_stage + 1..Q; empty: uniform)
+  -> [Q - first_stage]."""
+  n = num_codebooks - first_stage
   if not weights:
-    return np.full((num_codebooks - 1,), 1.0 / (num_codebooks - 1))
+    return np.full((n,), 1.0 / n)
   w = np.asarray(weights, np.float64)
-  if w.shape != (num_codebooks - 1,) or np.any(w < 0) or not np.any(w > 0):
-    raise UserError(f"config.data.nar_stage_weights needs {num_codebooks - 1} non-negative "
-                    f"weights (codebooks 2..{num_codebooks}), not all 0; got {weights}.")
+  if w.shape != (n,) or np.any(w < 0) or not np.any(w > 0):
+    raise UserError(f"config.data.nar_stage_weights needs {n} non-negative weights (codebooks "
+                    f"{first_stage + 1}..{num_codebooks}), not all 0; got {weights}.")
   return w / w.sum()
 
 
@@ -435,6 +455,14 @@ def _pad_phonemes(records, width: int) -> dict[str, np.ndarray]:
     out[row, :len(ph)] = ph
     lens[row] = len(ph)
   return {"phonemes": out, "phoneme_lens": lens}
+
+
+def _pad_frames(rows: Sequence[np.ndarray], width: int) -> np.ndarray:
+  """Per-frame int rows [T_i] -> int32 [B, width], 0-padded (cut to width)."""
+  out = np.zeros((len(rows), width), np.int32)
+  for row, values in enumerate(rows):
+    out[row, :len(values)] = values[:width]
+  return out
 
 
 def _pad_codes(codes: Sequence[np.ndarray], width: int, q: int, name: str, lens_name: str):

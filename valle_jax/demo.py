@@ -109,7 +109,8 @@ def _prepare(cfg, workdir: str, corpus: str, codec_dir: str) -> dict[str, Any]:
   shutil.rmtree(cache, ignore_errors=True)
   outputs = {"dataset": made["dataset"], "records": made["records"],
              "skipped": made["skipped"]}
-  if cfg.train.model.ar_phoneme_pointer:   # the pointer trains on forced alignments
+  model = cfg.train.model
+  if model.ar_phoneme_pointer or model.get("nar_codebook1"):   # they train on alignments
     from data_prep import align  # pylint: disable=g-import-not-at-top
     outputs["aligned"] = align.align_dataset(made["dataset"])
   return outputs
@@ -191,6 +192,9 @@ def _report(cfg, workdir: str, samples_path: str, table, run: str, evaluation, s
       f"Model: {cfg.train.model.num_layers} layers, width {cfg.train.model.width}, "
       f"{cfg.train.train.steps} training steps (AR and NAR).",
   ]
+  if cfg.train.model.get("nar_codebook1"):
+    notes.append("Codebook 1 is made by the NAR, all frames at once, on the timing the AR's "
+                 "phoneme pointer took (model.nar_codebook1).")
   if cfg.synthesis.codebooks:
     notes.append(f"valle-jax makes and decodes the codec's first {cfg.synthesis.codebooks} "
                  "codebooks (a lower bandwidth); the codec resynthesis decodes all of them.")

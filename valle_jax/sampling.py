@@ -33,7 +33,8 @@ and derives `max_steps` from the phoneme bucket, so a new text rarely changes a 
 and `sample_ar` compiles once per (batch, bucket) pair.
 
 **NAR** (`decode_nar`): Q - 1 greedy passes (codebooks 2..Q) over the whole target, one
-`lax.fori_loop` over the stages inside one compiled function. A codec's one-per-utterance
+`lax.fori_loop` over the stages inside one compiled function; a NAR trained on codebook 1
+too (`nar_codebook1`) can make it first, on the timing the AR's phoneme pointer took. A codec's one-per-utterance
 codebooks (`valle_jax.codec.utterance_codebooks`: the offline codec's voice code) are copied
 from the prompt instead of predicted. `codebooks=K` makes only the first K (K - 1 passes), a
 lower codec bandwidth.
@@ -205,12 +206,16 @@ class ARSample(NamedTuple):
   ras_fallbacks: int32 [B] frames that repetition-aware sampling redrew.
   logits: float32 [B, max_steps, G, V + 1] the model's logits at each step (rows past a
     sequence's end are whatever the lockstep loop computed), or None unless asked for.
+  phoneme_of_frame: int32 [B, max_steps] with `ar_phoneme_pointer`: the index into the
+    phonemes of the phoneme each new frame is spoken in (the pointer's path; 0 past
+    `lengths`), the timing `decode_nar` gives a `nar_codebook1` NAR; else None.
   """
   codes: Array
   lengths: Array
   hit_limit: Array
   ras_fallbacks: Array
   logits: Array | None
+  phoneme_of_frame: Array | None = None
 
 
 class _Loop(NamedTuple):
@@ -227,6 +232,7 @@ class _Loop(NamedTuple):
   ras_fallbacks: Array   # int32 [B]
   dwell: Array           # int32 [B] frames chosen so far on the pointer's phoneme
   all_logits: Array | None  # [B, max_steps, G, V + 1] or None
+  path: Array | None     # int32 [B, max_steps] the pointer at each frame, or None
 
 
 def _cached_decoder(model, phonemes, phoneme_lens, audio, audio_lens, max_steps,
@@ -364,10 +370,11 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
     new_frames = jnp.where(ended, jnp.argmax(is_eos, axis=1), g)
     all_logits = (None if s.all_logits is None
                   else s.all_logits.at[:, s.step].set(s.logits))
-    dwell = s.dwell
+    dwell, path = s.dwell, s.path
     if pointers is None:
       logits, decoder = step_fn(tokens, s.decoder)
     else:
+      path = path.at[:, s.step].set(jnp.where(active, s.decoder["pointer"][:b], 0))
       advance = jax.random.bernoulli(advance_rng,
                                      jax.nn.sigmoid(s.decoder["advance_logit"][:b]))
       dwell = s.dwell + 1                                # with the frame just chosen
@@ -384,7 +391,7 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
         lengths=s.lengths + jnp.where(active, new_frames, 0),
         hit_limit=s.hit_limit | (active & ~ended & at_limit),
         ras_fallbacks=s.ras_fallbacks + jnp.where(active, jnp.sum(fell_back, axis=1), 0),
-        dwell=dwell, all_logits=all_logits)
+        dwell=dwell, all_logits=all_logits, path=path)
 
   def cond(s: _Loop) -> Array:
     return (s.step < max_steps) & ~jnp.all(s.finished)
@@ -396,22 +403,31 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
       codes=jnp.zeros((b, max_steps, g), jnp.int32), lengths=zeros,
       hit_limit=jnp.zeros((b,), bool), ras_fallbacks=zeros, dwell=zeros,
       all_logits=jnp.zeros((b, max_steps) + logits.shape[1:], jnp.float32)
-      if return_logits else None)
+      if return_logits else None,
+      path=None if pointers is None else zeros[:, None] + jnp.zeros((1, max_steps), jnp.int32))
   s = jax.lax.while_loop(cond, body, init)
-  codes = s.codes.reshape(b, max_steps * g)
-  codes = jnp.where(jnp.arange(max_steps * g)[None] < s.lengths[:, None], codes, 0)
-  return ARSample(codes, s.lengths, s.hit_limit, s.ras_fallbacks, s.all_logits)
+  made = jnp.arange(max_steps * g)[None] < s.lengths[:, None]          # [B, max_steps * G]
+  codes = jnp.where(made, s.codes.reshape(b, max_steps * g), 0)
+  path = None if s.path is None else jnp.where(made, s.path, 0)
+  return ARSample(codes, s.lengths, s.hit_limit, s.ras_fallbacks, s.all_logits, path)
 
 
 # ---------------------------------------------------------------------------------- NAR
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "copied_codebooks", "codebooks"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "copied_codebooks", "codebooks",
+                                             "make_codebook1"))
 def decode_nar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array,
                phoneme_lens: Array, prompt: Array, prompt_lens: Array, first: Array,
                target_lens: Array, copied_codebooks: tuple[int, ...] = (),
-               codebooks: int = 0) -> Array:
+               codebooks: int = 0, frame_phonemes: Array | None = None,
+               make_codebook1: bool = False) -> Array:
   """Greedy NAR decoding of codebooks 2..K, one pass per codebook over the whole target.
+
+  A NAR with `nar_codebook1` reads `frame_phonemes`, the phoneme of each target frame (the
+  AR's `ARSample.phoneme_of_frame`), and with `make_codebook1` also makes codebook 1 in a
+  first pass, in place of `first` (whose values are then not read): the AR sets the timing,
+  the NAR every code.
 
   Codebooks in `copied_codebooks` (0-based, >= 1: the codec's `utterance_codebooks`, one code
   per utterance) are not predicted: every target frame takes the prompt's code (its first
@@ -424,6 +440,7 @@ def decode_nar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array,
     prompt: int [B, P, Q] acoustic prompt codes; prompt_lens: int [B].
     first: int [B, T] codebook-1 codes of the target (the AR's output).
     target_lens: int [B] valid target frames.
+    frame_phonemes: int [B, T] indices into `phonemes`, for a `nar_codebook1` NAR.
   Returns:
     int32 codes [B, T, K]; 0 past `target_lens`.
   """
@@ -433,6 +450,12 @@ def decode_nar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array,
     raise ValueError(f"codebooks must be in [1, {model.num_codebooks}] (0: all), got "
                      f"{codebooks}")
   q, k = model.num_codebooks, codebooks or model.num_codebooks
+  if model.first_stage == 0 and frame_phonemes is None:
+    raise ValueError("this NAR (nar_codebook1) reads each target frame's phoneme: pass "
+                     "frame_phonemes (an AR with ar_phoneme_pointer gives them).")
+  if make_codebook1 and model.first_stage != 0:
+    raise ValueError("make_codebook1 needs a NAR trained on codebook 1 (nar_codebook1).")
+  first_pass = 0 if make_codebook1 else 1
   valid = jnp.arange(t)[None] < target_lens[:, None]                  # [B, T]
   if any(not 1 <= j < q for j in copied_codebooks):
     raise ValueError(f"copied_codebooks {copied_codebooks} must lie in [1, {q})")
@@ -445,14 +468,14 @@ def decode_nar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array,
 
   def predict(j, codes):
     logits = model(phonemes, phoneme_lens, prompt, prompt_lens, codes, target_lens,
-                   jnp.full((b,), j, jnp.int32))                      # [B, T, V]
+                   jnp.full((b,), j, jnp.int32), frame_phonemes=frame_phonemes)  # [B, T, V]
     predicted = jnp.where(valid, jnp.argmax(logits, axis=-1), 0).astype(jnp.int32)
     return jax.lax.dynamic_update_index_in_dim(codes, predicted[..., None], j, axis=2)
 
   if not copied_codebooks:
-    return jax.lax.fori_loop(1, k, predict, codes)[..., :k]
+    return jax.lax.fori_loop(first_pass, k, predict, codes)[..., :k]
   copied = jnp.asarray(np.isin(np.arange(q), copied_codebooks))         # [Q]
-  return jax.lax.fori_loop(1, k, lambda j, c: jax.lax.cond(   # no pass for a copy
+  return jax.lax.fori_loop(first_pass, k, lambda j, c: jax.lax.cond(   # no pass for a copy
       copied[j], lambda c: c, functools.partial(predict, j), c), codes)[..., :k]
 
 

@@ -98,7 +98,8 @@ def _prompt_codes(path: str, codec, seconds: float | None) -> np.ndarray:
 def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Request],
                options: sampling.SampleOptions, *, continual: bool = False,
                continual_seconds: float = 3.0, lang: str = "en-us", seed: int = 0,
-               batch_size: int = 1, codebooks: int = 0) -> list[np.ndarray]:
+               batch_size: int = 1, codebooks: int = 0, codebook1: str | None = None
+               ) -> list[np.ndarray]:
   """Makes each request's speech.
 
   Args:
@@ -112,6 +113,9 @@ def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Req
     batch_size: requests per compiled call (the last batch is padded to it).
     codebooks: make and decode only the codec's first K codebooks (a lower bandwidth, K - 1
       NAR passes); 0: all.
+    codebook1: who makes codebook 1: "ar" (VALL-E: the AR's frames) or "nar" (a NAR trained
+      with `nar_codebook1`, all frames at once on the AR's timing: the phoneme its pointer
+      was on at each frame). None: "nar" when the NAR learnt codebook 1, else "ar".
   Returns:
     float32 waveforms at `codec.sample_rate`, one per request (empty when the AR ended at
     once). Logs a warning for each that stopped at the length limit instead of EOS.
@@ -134,6 +138,7 @@ def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Req
       words = np.concatenate([heard, [symbols.word_id], words]).astype(np.int32)
     prompt = _prompt_codes(r.prompt, codec, continual_seconds if continual else None)
     examples.append((words, prompt, 0 if continual else len(heard) + 1))
+  codebook1 = _codebook1_source(codebook1, ar, nar)
   ar_def, ar_state = nnx.split(ar)
   nar_def, nar_state = nnx.split(nar)
   from valle_jax import codec as codec_lib  # pylint: disable=g-import-not-at-top
@@ -152,7 +157,9 @@ def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Req
                              prompt_phoneme_lens=batch.prompt_phoneme_lens)
     codes = sampling.decode_nar(nar_def, nar_state, batch.phonemes, batch.phoneme_lens,
                                 batch.prompt, batch.prompt_lens, out.codes, out.lengths,
-                                copied_codebooks=copied, codebooks=codebooks)
+                                copied_codebooks=copied, codebooks=codebooks,
+                                frame_phonemes=out.phoneme_of_frame,
+                                make_codebook1=codebook1 == "nar")
     codes, lengths, hit_limit = jax.device_get((codes, out.lengths, out.hit_limit))
     for i in range(len(chunk)):
       if hit_limit[i]:
@@ -164,6 +171,22 @@ def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Req
       wavs.append(np.asarray(codec.decode(made), np.float32) if len(made) else
                   np.zeros((0,), np.float32))
   return wavs
+
+
+def _codebook1_source(choice: str | None, ar, nar) -> str:
+  """"ar" or "nar" (see `synthesize`), or a `UserError` when the models cannot do it."""
+  learnt = nar.first_stage == 0
+  choice = choice or ("nar" if learnt else "ar")
+  if choice not in ("ar", "nar"):
+    raise UserError(f"--codebook1 must be 'ar' or 'nar', got {choice!r}.")
+  if choice == "nar" and not learnt:
+    raise UserError("--codebook1=nar needs a NAR trained on codebook 1 "
+                    "(model.nar_codebook1); this one starts at codebook 2.")
+  if learnt and not ar.phoneme_pointer:
+    raise UserError("this NAR (model.nar_codebook1) reads when each frame is spoken, which "
+                    "an AR with a phoneme pointer (model.ar_phoneme_pointer) gives; this "
+                    "AR has none.")
+  return choice
 
 
 def read_tsv(path: str) -> list[Request]:
@@ -209,6 +232,9 @@ _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _BATCH = flags.DEFINE_integer("batch_size", 1, "Requests per compiled batch.")
 _CODEBOOKS = flags.DEFINE_integer("codebooks", 0, "Make and decode only the codec's first "
                                   "K codebooks, a lower bandwidth (0: all).")
+_CODEBOOK1 = flags.DEFINE_enum("codebook1", None, ["ar", "nar"], "Who makes codebook 1: "
+                               "the AR (VALL-E) or a NAR trained on it (model.nar_codebook1), "
+                               "on the AR's timing. Default: nar when the NAR learnt it.")
 _TEMPERATURE = flags.DEFINE_float("temperature", None, "AR sampling temperature.")
 _TOP_K = flags.DEFINE_integer("top_k", None, "AR top-k (0: off).")
 _TOP_P = flags.DEFINE_float("top_p", None, "AR top-p (1: off).")
@@ -289,7 +315,7 @@ def main(argv):
   wavs = synthesize(bundle.ar, nar, symbols, codec, requests, options,
                     continual=_CONTINUAL.value, continual_seconds=_CONTINUAL_SECONDS.value,
                     lang=_LANG.value, seed=_SEED.value, batch_size=_BATCH.value,
-                    codebooks=_CODEBOOKS.value)
+                    codebooks=_CODEBOOKS.value, codebook1=_CODEBOOK1.value)
   import soundfile as sf  # pylint: disable=g-import-not-at-top
   for request, wav in zip(requests, wavs):
     os.makedirs(os.path.dirname(os.path.abspath(request.out)), exist_ok=True)

@@ -392,7 +392,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                 num_codebooks=cfg.model.num_codebooks, frame_rate=frame_rate,
                                 process_index=jax.process_index(),
                                 process_count=jax.process_count(),
-                                alignments=_alignments(cfg, dataset, cfg.data.train_split))
+                                alignments=_alignments(cfg, dataset, cfg.data.train_split),
+                                nar_first_stage=_nar_first_stage(cfg))
   data_iter = data_lib.batch_iterator(loader, cfg.train.steps, num_threads=cfg.data.num_threads,
                                       prefetch=cfg.data.prefetch)
 
@@ -503,9 +504,15 @@ def _log_window(logger: MetricLogger, step: int, window: list, window_start: flo
 
 
 def _alignments(cfg, dataset, split: str):
-  """The split's alignments when the AR trains a phoneme pointer, else None."""
-  uses_ar = cfg.train.model in ("ar", "both")
-  return dataset.alignments(split) if uses_ar and cfg.model.ar_phoneme_pointer else None
+  """The split's alignments when the AR trains a phoneme pointer or the NAR codebook 1,
+  else None."""
+  pointer = cfg.train.model in ("ar", "both") and cfg.model.ar_phoneme_pointer
+  timing = cfg.train.model in ("nar", "both") and cfg.model.get("nar_codebook1", False)
+  return dataset.alignments(split) if pointer or timing else None
+
+
+def _nar_first_stage(cfg) -> int:
+  return 0 if cfg.model.get("nar_codebook1", False) else 1
 
 
 def _eval_batches(cfg, dataset, workdir, *, frame_rate: float, multiple: int):
@@ -521,7 +528,8 @@ def _eval_batches(cfg, dataset, workdir, *, frame_rate: float, multiple: int):
                                 num_codebooks=cfg.model.num_codebooks, frame_rate=frame_rate,
                                 process_index=jax.process_index(),
                                 process_count=jax.process_count(),
-                                alignments=_alignments(cfg, dataset, split))
+                                alignments=_alignments(cfg, dataset, split),
+                                nar_first_stage=_nar_first_stage(cfg))
   return [loader(i) for i in range(min(cfg.train.eval_batches, plan.batches_per_epoch))]
 
 

@@ -7,7 +7,8 @@ counts (so they can be summed across steps and devices before dividing).
 AR batch:  phonemes [B, L], phoneme_lens [B], codes [B, T, Q] (codebook 0 is used),
            code_lens [B].
 NAR batch: phonemes, phoneme_lens, prompt_codes [B, P, Q], prompt_lens [B],
-           codes [B, T, Q], code_lens [B], stage [B] (0-based codebook in [1, Q)).
+           codes [B, T, Q], code_lens [B], stage [B] (0-based codebook in [1, Q), or
+           [0, Q) with `nar_codebook1`, which also reads frame_phonemes [B, T]).
 """
 from __future__ import annotations
 
@@ -93,6 +94,7 @@ def nar_loss(model: NARModel, batch: dict[str, Array], dropout_rng: Array | None
   codes, stage = batch["codes"], batch["stage"]
   logits = model(batch["phonemes"], batch["phoneme_lens"], batch["prompt_codes"],
                  batch["prompt_lens"], codes, batch["code_lens"], stage,
+                 frame_phonemes=batch.get("frame_phonemes"),
                  dropout_rng=dropout_rng)                     # [B, T, V]
   targets = jnp.take_along_axis(codes, stage[:, None, None], axis=-1)[..., 0]  # [B, T]
   maskf = (jnp.arange(codes.shape[1])[None, :] < batch["code_lens"][:, None]).astype(jnp.float32)
@@ -121,6 +123,7 @@ def example_batch(model_cfg, batch_size: int, num_phonemes: int, num_frames: int
                          num_frames)                                     # [B, T]
   return {
       "phoneme_of_frame": np.asarray(even),
+      "frame_phonemes": np.asarray(even),
       "target_start": np.zeros((batch_size,), np.int32),
       "phonemes": rng.integers(1, model_cfg.phoneme_vocab_size, (batch_size, num_phonemes)),
       "phoneme_lens": np.full((batch_size,), num_phonemes),
