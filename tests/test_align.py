@@ -77,6 +77,17 @@ def test_align_dataset_writes_what_training_reads(tiny_dataset, tmp_path):
     assert len(a) == len(record["codes"])
     assert a[0] == 0 and a[-1] == len(record["phonemes"]) - 1
     assert set(np.diff(a).tolist()) <= {0, 1}
+  # A NAR that learns codebook 1 on them (model.nar_codebook1) trains every stage from it.
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from valle_jax import train  # pylint: disable=g-import-not-at-top
+  cfg = tiny.get_config()
+  cfg.data.dataset, cfg.train.model, cfg.model.nar_codebook1 = path, "nar", True
+  cfg.data.frame_buckets, cfg.data.phoneme_buckets, cfg.data.max_tokens = (200,), (64,), 1600
+  cfg.data.nar_stage_weights = (1, 0, 0, 0, 0, 0, 0, 0)   # codebook 1 only
+  cfg.train.steps, cfg.train.log_every, cfg.checkpoint.every = 2, 1, 100
+  metrics = train.train(cfg, str(tmp_path / "run"))["metrics"]
+  assert np.isfinite(metrics["nar/loss_codebook1"])
+  assert metrics["nar/tokens"] > 0 and "nar/loss_codebook2" not in metrics
 
 
 def test_codebooks_coded_once_per_utterance_are_not_observed(tiny_dataset, tmp_path):
