@@ -404,7 +404,7 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
       hit_limit=jnp.zeros((b,), bool), ras_fallbacks=zeros, dwell=zeros,
       all_logits=jnp.zeros((b, max_steps) + logits.shape[1:], jnp.float32)
       if return_logits else None,
-      path=None if pointers is None else zeros[:, None] + jnp.zeros((1, max_steps), jnp.int32))
+      path=None if pointers is None else jnp.zeros((b, max_steps), jnp.int32))
   s = jax.lax.while_loop(cond, body, init)
   made = jnp.arange(max_steps * g)[None] < s.lengths[:, None]          # [B, max_steps * G]
   codes = jnp.where(made, s.codes.reshape(b, max_steps * g), 0)

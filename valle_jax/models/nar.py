@@ -17,9 +17,10 @@ Sequence layout for a batch (padding at the end of each segment):
 Prompt and target share one acoustic position axis (target continues after the prompt).
 Attention is full (no causal mask) over valid slots.
 
-`stage` is the 0-based index of the codebook to predict, in [1, Q). It enters through
-AdaLN (`a_stage * LayerNorm(h) + b_stage` in every norm; VALL-E) or, with
-`nar_stage_conditioning = "token"`, as a learned token at the front (VALL-E 2).
+`stage` is the 0-based index of the codebook to predict, in [1, Q) ([0, Q) with
+`nar_codebook1`). It enters through AdaLN (`a_stage * LayerNorm(h) + b_stage` in every
+norm; VALL-E) or, with `nar_stage_conditioning = "token"`, as a learned token at the front
+(VALL-E 2).
 With `nar_tie_output`, the prediction layer for codebook `stage` is the transpose of the
 acoustic embedding of codebook `stage` — the paper's "j-th prediction layer tied to the
 (j+1)-th acoustic embedding" in its 1-based stage numbering.
@@ -35,7 +36,7 @@ from valle_jax.models import ar, layers
 
 Array = jax.Array
 
-TIMING_EMBEDDINGS = 32   # frames since / until a phoneme's boundary, clipped (0.43 s at 75 Hz)
+TIMING_EMBEDDINGS = 32   # frames since / until a phoneme's boundary, clipped at 31 (0.41 s)
 
 
 class NARModel(nnx.Module):
