@@ -109,8 +109,9 @@ def test_codebooks_out_of_range_is_refused(kit, wavs):
 def test_codebook1_from_the_nar_on_the_ar_pointers_timing(kit, wavs):
   """A NAR trained on codebook 1 (`nar_codebook1`) makes it by default, on the timing of
   the AR's phoneme pointer: the same AR draws (same seed, same lengths), another codebook
-  1; `codebook1="ar"` keeps the AR's. A NAR that never learnt codebook 1, or an AR without
-  a pointer to give the timing, is refused in one sentence."""
+  1 than `codebook1="ar"` decodes (the AR's frames, the same again with the same seed). A
+  NAR that never learnt codebook 1, or an AR without a pointer to give the timing, is
+  refused in one sentence."""
   cfg = tiny.get_config().model
   cfg.ar_phoneme_pointer = True
   ar = models.ARModel(cfg, rngs=nnx.Rngs(0))
