@@ -5,6 +5,7 @@ Compiles are the cost here (seconds each on CPU), so each compiled sampler is bu
 a module-scoped fixture and shared by the tests that read it."""
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -472,6 +473,42 @@ def test_pointer_dwell_bounds_follow_the_prompts_speaking_rate(advance_bias, eos
   assert not np.asarray(out.hit_limit).any()
 
 
+@pytest.mark.parametrize("advance, advance_prob, frames, wants_eos", [
+    ("median", 0.3, 2, True), ("median", 0.2, 4, True), ("median", 0.1, 7, False),
+    ("mean", 0.3, 3, True), ("mean", 0.2, 5, False), ("mean", 0.1, 10, True)])
+def test_deterministic_pointer_moves_on_at_the_median_or_mean_length(
+    advance, advance_prob, frames, wants_eos):
+  """`pointer_advance` "median" / "mean" moves on once prod (1 - p) over the phoneme's frames
+  falls to 1/2 / 1/e: with a constant p, ceil(log 1/2 / log(1 - p)) or
+  ceil(-1 / log(1 - p)) frames on every phoneme, whatever the rng. On the last phoneme an
+  AR that always wants EOS stops at once; one that never does, when the pointer would
+  move on."""
+  cfg = tiny.get_config().model
+  cfg.ar_phoneme_pointer = True
+  model = models.ARModel(cfg, rngs=nnx.Rngs(7))
+  model.head_bias[...] = model.head_bias[...].at[EOS].add(30.0 if wants_eos else -30.0)
+  model.advance_kernel[...] = jnp.zeros_like(model.advance_kernel[...])
+  model.advance_bias[...] = jnp.full((1,), math.log(advance_prob / (1 - advance_prob)))
+  phonemes, prompts = _inputs()
+  heard = (3, 2, 1)
+  options = sampling.SampleOptions(top_k=5, max_frames_per_phoneme=12.0,
+                                   pointer_advance=advance)
+  batch = sampling.prepare_batch(phonemes, prompts, 1, options, prompt_phoneme_lens=heard,
+                                 **BUCKETS)
+  before_last = np.array([n - 1 - h for n, h in zip(PHONEME_LENS, heard)])    # 3, 2, 1
+  for seed in (0, 1):
+    out = sampling.sample_ar(*nnx.split(model), batch.phonemes, batch.phoneme_lens,
+                             batch.prompt[..., 0], batch.prompt_lens, jax.random.key(seed),
+                             options=options, max_steps=batch.max_steps,
+                             prompt_phoneme_lens=batch.prompt_phoneme_lens)
+    spoken = before_last + (0 if wants_eos else 1)
+    np.testing.assert_array_equal(np.asarray(out.lengths), spoken * frames)
+    assert not np.asarray(out.hit_limit).any()
+    for row, h in enumerate(heard):
+      path = np.asarray(out.phoneme_of_frame[row])[:spoken[row] * frames]
+      np.testing.assert_array_equal(path, h + np.arange(spoken[row]).repeat(frames))
+
+
 def test_dwell_options_are_checked():
   for bad in ({"min_dwell": -1.0}, {"min_dwell": 2.0, "max_dwell": 1.0}):
     with pytest.raises(ValueError, match="min_dwell"):
@@ -479,3 +516,7 @@ def test_dwell_options_are_checked():
   model = models.ARModel(tiny.get_config().model, rngs=nnx.Rngs(7))   # no pointer
   with pytest.raises(ValueError, match="ar_phoneme_pointer"):
     _sample(model, sampling.SampleOptions(min_dwell=1.0))
+  with pytest.raises(ValueError, match="pointer_advance"):
+    sampling.SampleOptions(pointer_advance="mode")
+  with pytest.raises(ValueError, match="ar_phoneme_pointer"):
+    _sample(model, sampling.SampleOptions(pointer_advance="median"))

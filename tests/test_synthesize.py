@@ -194,16 +194,20 @@ def test_prompt_transcript_runs_on_without_its_final_punctuation():
   assert "," in [symbols.symbols[i] for i in cut]   # punctuation inside is kept
 
 
-def test_dwell_flags_need_the_phoneme_pointer():
-  """--min_dwell on a run whose AR has no pointer is one sentence, not a traceback; with the
-  pointer it becomes a sampling option."""
+def test_pointer_flags_need_the_phoneme_pointer():
+  """--min_dwell or --pointer_advance on a run whose AR has no pointer is one sentence, not a
+  traceback; with the pointer they become sampling options, checked."""
   cfg = tiny.get_config()
-  with pytest.raises(UserError, match="has none"):
-    synthesize.sample_options(cfg, {"min_dwell": 0.5})
+  for flag in ({"min_dwell": 0.5}, {"pointer_advance": "median"}):
+    with pytest.raises(UserError, match="has none"):
+      synthesize.sample_options(cfg, flag)
   cfg.model.ar_phoneme_pointer = True
   assert synthesize.sample_options(cfg, {"min_dwell": 0.5}).min_dwell == 0.5
+  assert synthesize.sample_options(cfg, {"pointer_advance": "mean"}).pointer_advance == "mean"
   with pytest.raises(UserError, match="min_dwell"):
     synthesize.sample_options(cfg, {"min_dwell": 2.0, "max_dwell": 1.0})
+  with pytest.raises(UserError, match="pointer_advance must be one of"):
+    synthesize.sample_options(cfg, {"pointer_advance": "mode"})
 
 
 def test_text_guidance_needs_text_dropout():

@@ -27,9 +27,9 @@ reuses the wavs made so far, so only the scoring is redone (with other scorers, 
 interrupted run goes on; other settings in the same --out_dir are refused.
 
 Shared with `valle-jax synthesize`: --checkpoint, --nar_checkpoint, --temperature,
---top_k, --top_p, --ras, --min_dwell, --max_dwell, --text_guidance, --seed, --batch_size,
---codebooks, --codebook1, --lang, --out_dir (the codec resynthesis always decodes all the
-codebooks).
+--top_k, --top_p, --ras, --min_dwell, --max_dwell, --pointer_advance, --text_guidance,
+--seed, --batch_size, --codebooks, --codebook1, --lang, --out_dir (the codec resynthesis
+always decodes all the codebooks).
 """
 from __future__ import annotations
 

@@ -62,6 +62,11 @@ Array = jax.Array
 # Phonemes per example (prompt transcript + target text) and prompt frames (75 = 1 s).
 PHONEME_BUCKETS = (64, 128, 256, 512)
 PROMPT_BUCKETS = (128, 256, 512, 1024)
+POINTER_ADVANCES = ("sample", "median", "mean")
+# The pointer moves on once log prod (1 - p_advance) over the phoneme's frames falls to:
+# log 1/2 (the median length), or -1 (the integrated hazard reaches 1: the mean length of
+# a phoneme with a constant p).
+_STAY_LOG_PROB_TO_MOVE_ON = {"median": -math.log(2.0), "mean": -1.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +90,13 @@ class SampleOptions:
       on at `max_dwell` x (0: no bound); on the last phoneme, moving on is EOS, so
       `max_dwell` also ends an utterance the AR would not end. Between them it moves on
       with the model's probability.
+    pointer_advance: how the phoneme pointer moves on (within `min_dwell` / `max_dwell`):
+      "sample" draws each move from the model's probability p; "median" and "mean" move on
+      once the chance that it would still have stayed, prod (1 - p) over the phoneme's
+      frames so far, falls to 1/2 (the median length) or to 1/e (the integrated hazard
+      reaches 1: the mean length for a constant p), and on the last phoneme that move is
+      the end (EOS, unless the AR chose it before). The same text then gets the same
+      timing, without draw-to-draw jitter in the durations.
     text_guidance: w, classifier-free guidance on the text, for an AR trained with
       `ar_text_dropout`: tokens are chosen from l_text + w (l_text - l_none), where l_none
       are the same AR's logits with every phoneme replaced by <pad> (no text; the prompt's
@@ -101,6 +113,7 @@ class SampleOptions:
   use_cache: bool = True
   min_dwell: float = 0.0
   max_dwell: float = 0.0
+  pointer_advance: str = "sample"
   text_guidance: float = 0.0
 
   def __post_init__(self):
@@ -119,6 +132,9 @@ class SampleOptions:
         self.max_dwell and self.max_dwell < self.min_dwell):
       problems.append(f"need 0 <= min_dwell <= max_dwell (0: no bound), got "
                       f"{self.min_dwell} and {self.max_dwell}")
+    if self.pointer_advance not in POINTER_ADVANCES:
+      problems.append(f"pointer_advance must be one of {POINTER_ADVANCES}, got "
+                      f"{self.pointer_advance!r}")
     if self.text_guidance < 0:
       problems.append(f"text_guidance must be >= 0 (0: off), got {self.text_guidance}")
     if not self.max_frames_per_phoneme > 0 or self.max_frames < 1:
@@ -231,6 +247,7 @@ class _Loop(NamedTuple):
   hit_limit: Array       # bool [B]
   ras_fallbacks: Array   # int32 [B]
   dwell: Array           # int32 [B] frames chosen so far on the pointer's phoneme
+  stay_log_prob: Array   # float32 [B] log prod (1 - p_advance) over those frames
   all_logits: Array | None  # [B, max_steps, G, V + 1] or None
   path: Array | None     # int32 [B, max_steps] the pointer at each frame, or None
 
@@ -328,9 +345,9 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
     if prompt_phoneme_lens is None:
       raise ValueError("an AR with ar_phoneme_pointer needs prompt_phoneme_lens.")
     pointers = models.prompt_pointers(prompt_phoneme_lens, used, audio.shape[1])
-  elif options.min_dwell or options.max_dwell:
-    raise ValueError("min_dwell and max_dwell bound the phoneme pointer; this AR has none "
-                     "(model.ar_phoneme_pointer).")
+  elif options.min_dwell or options.max_dwell or options.pointer_advance != "sample":
+    raise ValueError("min_dwell, max_dwell and pointer_advance steer the phoneme pointer; "
+                     "this AR has none (model.ar_phoneme_pointer).")
   start = _cached_decoder if options.use_cache else _full_forward_decoder
   if options.text_guidance:
     start = _text_guided(start, options.text_guidance)
@@ -345,6 +362,7 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
   if pointers is not None:   # the prompt's frames per phoneme [B]
     rate = used / jnp.maximum(prompt_phoneme_lens, 1)
     min_dwell, max_dwell = options.min_dwell * rate, options.max_dwell * rate
+  move_on_at = _STAY_LOG_PROB_TO_MOVE_ON.get(options.pointer_advance)   # None: drawn
   group_limit = jnp.minimum((frame_limit + g - 1) // g, max_steps)   # [B] groups
 
   def body(s: _Loop) -> _Loop:
@@ -357,10 +375,14 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
       reading = s.decoder["pointer"][:b] < s.decoder["phoneme_lens"][:b] - 1     # [B]
       logits = logits.at[..., eos].set(jnp.where(reading[:, None], -jnp.inf,
                                                  logits[..., eos]))
-      if options.max_dwell:   # moving on from the last phoneme is the end: EOS
-        ends = ~reading & (s.dwell >= max_dwell)                                   # [B]
-        only_eos = jnp.where(jnp.arange(logits.shape[-1]) == eos, 0.0, -jnp.inf)  # [V + 1]
-        logits = jnp.where(ends[:, None, None], only_eos, logits)
+      # Moving on from the last phoneme (at max_dwell, or a deterministic move) is the end.
+      ends = jnp.zeros_like(reading)                                               # [B]
+      if options.max_dwell:
+        ends |= s.dwell >= max_dwell
+      if move_on_at is not None:
+        ends |= s.stay_log_prob <= move_on_at
+      only_eos = jnp.where(jnp.arange(logits.shape[-1]) == eos, 0.0, -jnp.inf)    # [V + 1]
+      logits = jnp.where((ends & ~reading)[:, None, None], only_eos, logits)
     tokens, fell_back, recent = _choose_group(logits, s.recent, step_rng, options)
     is_eos = tokens == eos                                            # [B, G]
     tokens = jnp.where(jnp.cumsum(is_eos, axis=1) > 0, eos, tokens)  # EOS ends the group
@@ -370,19 +392,24 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
     new_frames = jnp.where(ended, jnp.argmax(is_eos, axis=1), g)
     all_logits = (None if s.all_logits is None
                   else s.all_logits.at[:, s.step].set(s.logits))
-    dwell, path = s.dwell, s.path
+    dwell, stay_log_prob, path = s.dwell, s.stay_log_prob, s.path
     if pointers is None:
       logits, decoder = step_fn(tokens, s.decoder)
     else:
       path = path.at[:, s.step].set(jnp.where(active, s.decoder["pointer"][:b], 0))
-      advance = jax.random.bernoulli(advance_rng,
-                                     jax.nn.sigmoid(s.decoder["advance_logit"][:b]))
+      advance_logit = s.decoder["advance_logit"][:b]                             # [B]
+      stay_log_prob = s.stay_log_prob - jax.nn.softplus(advance_logit)  # += log(1 - p)
+      if move_on_at is not None:
+        advance = stay_log_prob <= move_on_at
+      else:
+        advance = jax.random.bernoulli(advance_rng, jax.nn.sigmoid(advance_logit))
       dwell = s.dwell + 1                                # with the frame just chosen
       if options.min_dwell:
         advance &= dwell >= min_dwell
       if options.max_dwell:
         advance |= dwell >= max_dwell
       dwell = jnp.where(advance & reading, 0, dwell)   # the last phoneme's frames add up
+      stay_log_prob = jnp.where(advance & reading, 0.0, stay_log_prob)
       logits, decoder = step_fn(tokens, s.decoder, advance)
     return _Loop(
         step=s.step + 1, logits=logits, decoder=decoder,
@@ -391,7 +418,7 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
         lengths=s.lengths + jnp.where(active, new_frames, 0),
         hit_limit=s.hit_limit | (active & ~ended & at_limit),
         ras_fallbacks=s.ras_fallbacks + jnp.where(active, jnp.sum(fell_back, axis=1), 0),
-        dwell=dwell, all_logits=all_logits, path=path)
+        dwell=dwell, stay_log_prob=stay_log_prob, all_logits=all_logits, path=path)
 
   def cond(s: _Loop) -> Array:
     return (s.step < max_steps) & ~jnp.all(s.finished)
@@ -402,6 +429,7 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
       finished=jnp.zeros((b,), bool), recent=recent.astype(jnp.int32), rng=rng,
       codes=jnp.zeros((b, max_steps, g), jnp.int32), lengths=zeros,
       hit_limit=jnp.zeros((b,), bool), ras_fallbacks=zeros, dwell=zeros,
+      stay_log_prob=jnp.zeros((b,), jnp.float32),
       all_logits=jnp.zeros((b, max_steps) + logits.shape[1:], jnp.float32)
       if return_logits else None,
       path=None if pointers is None else jnp.zeros((b, max_steps), jnp.int32))

@@ -245,6 +245,10 @@ _MIN_DWELL = flags.DEFINE_float("min_dwell", None, "Phoneme pointer (ar_phoneme_
 _MAX_DWELL = flags.DEFINE_float("max_dwell", None, "Phoneme pointer: frames after which it "
                                 "moves on, x the prompt's frames per phoneme; on the last "
                                 "phoneme the utterance ends (0: no bound).")
+_POINTER_ADVANCE = flags.DEFINE_enum(
+    "pointer_advance", None, list(sampling.POINTER_ADVANCES), "Phoneme pointer: draw each "
+    "move on from the AR's probability (sample), or move on at the median (median) or mean "
+    "(mean) length those probabilities give.")
 _TEXT_GUIDANCE = flags.DEFINE_float("text_guidance", None, "Classifier-free guidance on the "
                                     "text, w in l_text + w (l_text - l_no_text), for an AR "
                                     "trained with model.ar_text_dropout (0: off).")
@@ -252,11 +256,12 @@ _TEXT_GUIDANCE = flags.DEFINE_float("text_guidance", None, "Classifier-free guid
 
 def sample_flags() -> dict[str, Any]:
   """The AR sampling options given on the command line (--temperature, --top_k, --top_p,
-  --ras, --min_dwell, --max_dwell, --text_guidance), as `SampleOptions` overrides."""
+  --ras, --min_dwell, --max_dwell, --pointer_advance, --text_guidance), as `SampleOptions`
+  overrides."""
   return {name: flag.value for name, flag in (
       ("temperature", _TEMPERATURE), ("top_k", _TOP_K), ("top_p", _TOP_P), ("ras", _RAS),
       ("min_dwell", _MIN_DWELL), ("max_dwell", _MAX_DWELL),
-      ("text_guidance", _TEXT_GUIDANCE)) if flag.value is not None}
+      ("pointer_advance", _POINTER_ADVANCE), ("text_guidance", _TEXT_GUIDANCE)) if flag.value is not None}
 
 
 def sample_options(config, overrides: dict[str, Any]) -> sampling.SampleOptions:
@@ -265,9 +270,11 @@ def sample_options(config, overrides: dict[str, Any]) -> sampling.SampleOptions:
     options = sampling.SampleOptions.from_config(config.get("sample"), **overrides)
   except ValueError as e:
     raise UserError(str(e)) from None
-  if (options.min_dwell or options.max_dwell) and not config.model.get("ar_phoneme_pointer"):
-    raise UserError("--min_dwell and --max_dwell bound the AR's phoneme pointer; this run's "
-                    "AR has none (model.ar_phoneme_pointer = False).")
+  steers_pointer = (options.min_dwell or options.max_dwell
+                    or options.pointer_advance != "sample")
+  if steers_pointer and not config.model.get("ar_phoneme_pointer"):
+    raise UserError("--min_dwell, --max_dwell and --pointer_advance steer the AR's phoneme "
+                    "pointer; this run's AR has none (model.ar_phoneme_pointer = False).")
   if options.text_guidance and not config.model.get("ar_text_dropout"):
     raise UserError("--text_guidance guides the AR against itself without the text, which "
                     "it learns only with text dropout; this run's AR had none "
