@@ -393,7 +393,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                 process_index=jax.process_index(),
                                 process_count=jax.process_count(),
                                 alignments=_alignments(cfg, dataset, cfg.data.train_split),
-                                nar_first_stage=_nar_first_stage(cfg))
+                                nar_first_stage=models.nar_first_stage(cfg.model))
   data_iter = data_lib.batch_iterator(loader, cfg.train.steps, num_threads=cfg.data.num_threads,
                                       prefetch=cfg.data.prefetch)
 
@@ -511,10 +511,6 @@ def _alignments(cfg, dataset, split: str):
   return dataset.alignments(split) if pointer or timing else None
 
 
-def _nar_first_stage(cfg) -> int:
-  return 0 if cfg.model.get("nar_codebook1", False) else 1
-
-
 def _eval_batches(cfg, dataset, workdir, *, frame_rate: float, multiple: int):
   """A fixed list of held-out batches (same batching rules, own plan), or []."""
   split = cfg.data.eval_split
@@ -529,7 +525,7 @@ def _eval_batches(cfg, dataset, workdir, *, frame_rate: float, multiple: int):
                                 process_index=jax.process_index(),
                                 process_count=jax.process_count(),
                                 alignments=_alignments(cfg, dataset, split),
-                                nar_first_stage=_nar_first_stage(cfg))
+                                nar_first_stage=models.nar_first_stage(cfg.model))
   return [loader(i) for i in range(min(cfg.train.eval_batches, plan.batches_per_epoch))]
 
 

@@ -11,9 +11,9 @@ from valle_jax.models.ar import (NO_TEXT, ARModel, ar_inputs_and_targets, bos_id
                                  pointer_inputs_and_targets, prompt_pointers)
 from valle_jax.models.losses import (ar_loss, example_batch, nar_loss, reverse_valid,
                                      token_nll_and_topk)
-from valle_jax.models.nar import NARModel
+from valle_jax.models.nar import NARModel, nar_first_stage
 
 __all__ = ["NO_TEXT", "ARModel", "NARModel", "ar_inputs_and_targets", "ar_loss", "bos_id",
            "drop_text", "dwell_of", "eos_id", "example_batch", "feed_back_samples",
-           "keep_audio_tokens", "nar_loss", "pointer_inputs_and_targets", "prompt_pointers",
-           "reverse_valid", "token_nll_and_topk"]
+           "keep_audio_tokens", "nar_first_stage", "nar_loss", "pointer_inputs_and_targets",
+           "prompt_pointers", "reverse_valid", "token_nll_and_topk"]

@@ -39,6 +39,12 @@ Array = jax.Array
 TIMING_EMBEDDINGS = 32   # frames since / until a phoneme's boundary, clipped at 31 (0.41 s)
 
 
+def nar_first_stage(cfg: ml_collections.ConfigDict) -> int:
+  """The first codebook (0-based) a NAR of this model config predicts: 0 with
+  `nar_codebook1`, else 1."""
+  return 0 if cfg.get("nar_codebook1", False) else 1
+
+
 class NARModel(nnx.Module):
   """VALL-E's NAR transformer over codebooks 2..Q."""
 
@@ -49,8 +55,7 @@ class NARModel(nnx.Module):
                        f"got {cfg.nar_stage_conditioning!r}.")
     self.num_codebooks, self.codebook_size = q, cfg.codebook_size
     self.stage_as_token = cfg.nar_stage_conditioning == "token"
-    # The first codebook this NAR predicts (0-based): 0 with `nar_codebook1`, else 1.
-    self.first_stage = 0 if cfg.get("nar_codebook1", False) else 1
+    self.first_stage = nar_first_stage(cfg)
     self.tie_output = cfg.nar_tie_output
     self.dtype = layers.compute_dtype(cfg.compute_dtype)
     self.dropout_rate = cfg.dropout
