@@ -46,6 +46,7 @@ def test_quick_demo_end_to_end(quick_demo):
                                                              "valle"}
   page = open(result["report"], encoding="utf-8").read()
   assert page.count("<audio") == 16 and "training_curves.png" in page
+  assert "pointer_advance=median" in page    # the report says how the timing was made
   # Training ends with one evaluation on the held-out voices, text use included.
   gain = result["stages"]["train"]["outputs"]["eval"]["ar/text_gain"]
   assert math.isfinite(gain) and "ar/text_gain" in page

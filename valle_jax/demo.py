@@ -195,6 +195,10 @@ def _report(cfg, workdir: str, samples_path: str, table, run: str, evaluation, s
   if cfg.train.model.get("nar_codebook1"):
     notes.append("Codebook 1 is made by the NAR, all frames at once, on the timing the AR's "
                  "phoneme pointer took (model.nar_codebook1).")
+  advance = cfg.synthesis.sample.get("pointer_advance", "sample")
+  if cfg.train.model.get("ar_phoneme_pointer") and advance != "sample":
+    notes.append(f"The pointer moves on at the {advance} phoneme length the AR's move-on "
+                 f"probabilities give, not by a draw per frame (pointer_advance={advance}).")
   if cfg.synthesis.codebooks:
     notes.append(f"valle-jax makes and decodes the codec's first {cfg.synthesis.codebooks} "
                  "codebooks (a lower bandwidth); the codec resynthesis decodes all of them.")
