@@ -142,6 +142,11 @@ class SampleOptions:
     if problems:
       raise ValueError("; ".join(problems) + ".")
 
+  @property
+  def steers_pointer(self) -> bool:
+    """Whether these options act on the AR's phoneme pointer (`ar_phoneme_pointer`)."""
+    return bool(self.min_dwell or self.max_dwell or self.pointer_advance != "sample")
+
   @classmethod
   def from_config(cls, cfg: Any | None, **overrides) -> "SampleOptions":
     """Options from a config's `sample` section (missing fields keep their defaults)."""
@@ -345,7 +350,7 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
     if prompt_phoneme_lens is None:
       raise ValueError("an AR with ar_phoneme_pointer needs prompt_phoneme_lens.")
     pointers = models.prompt_pointers(prompt_phoneme_lens, used, audio.shape[1])
-  elif options.min_dwell or options.max_dwell or options.pointer_advance != "sample":
+  elif options.steers_pointer:
     raise ValueError("min_dwell, max_dwell and pointer_advance steer the phoneme pointer; "
                      "this AR has none (model.ar_phoneme_pointer).")
   start = _cached_decoder if options.use_cache else _full_forward_decoder

@@ -261,7 +261,8 @@ def sample_flags() -> dict[str, Any]:
   return {name: flag.value for name, flag in (
       ("temperature", _TEMPERATURE), ("top_k", _TOP_K), ("top_p", _TOP_P), ("ras", _RAS),
       ("min_dwell", _MIN_DWELL), ("max_dwell", _MAX_DWELL),
-      ("pointer_advance", _POINTER_ADVANCE), ("text_guidance", _TEXT_GUIDANCE)) if flag.value is not None}
+      ("pointer_advance", _POINTER_ADVANCE), ("text_guidance", _TEXT_GUIDANCE))
+      if flag.value is not None}
 
 
 def sample_options(config, overrides: dict[str, Any]) -> sampling.SampleOptions:
@@ -270,9 +271,7 @@ def sample_options(config, overrides: dict[str, Any]) -> sampling.SampleOptions:
     options = sampling.SampleOptions.from_config(config.get("sample"), **overrides)
   except ValueError as e:
     raise UserError(str(e)) from None
-  steers_pointer = (options.min_dwell or options.max_dwell
-                    or options.pointer_advance != "sample")
-  if steers_pointer and not config.model.get("ar_phoneme_pointer"):
+  if options.steers_pointer and not config.model.get("ar_phoneme_pointer"):
     raise UserError("--min_dwell, --max_dwell and --pointer_advance steer the AR's phoneme "
                     "pointer; this run's AR has none (model.ar_phoneme_pointer = False).")
   if options.text_guidance and not config.model.get("ar_text_dropout"):

@@ -507,7 +507,7 @@ def _alignments(cfg, dataset, split: str):
   """The split's alignments when the AR trains a phoneme pointer or the NAR codebook 1,
   else None."""
   pointer = cfg.train.model in ("ar", "both") and cfg.model.ar_phoneme_pointer
-  timing = cfg.train.model in ("nar", "both") and cfg.model.get("nar_codebook1", False)
+  timing = cfg.train.model in ("nar", "both") and models.nar_first_stage(cfg.model) == 0
   return dataset.alignments(split) if pointer or timing else None
 
 
