@@ -162,3 +162,17 @@ def test_pick_distinct():
   sim = np.array([[1.0, 0.95, 0.5], [0.95, 1.0, 0.6], [0.5, 0.6, 1.0]])
   assert synthetic.pick_distinct(sim, 0.9) == [0, 2]
   assert synthetic.pick_distinct(sim, 0.99) == [0, 1, 2]
+
+
+def test_default_corpus_trains_on_no_copy_of_a_heldout_voice():
+  """The built-in config's training voices (warped ones included) are all different voices
+  from the held-out ones: no training voice is a held-out voice under other options (a
+  warped flite rms would be rms again), and every spec parses."""
+  c = get_config()
+  voices = [synthetic.Voice.parse(v) for v in c.voices]
+  held = {(v.engine, v.voice) for v in voices
+          if v.spec in c.heldout_voices or v.speaker in c.heldout_voices}
+  assert len(held) == len(c.heldout_voices)
+  training = [v for v in voices if v.spec not in c.heldout_voices]
+  assert not [v.spec for v in training if (v.engine, v.voice) in held]
+  assert len({v.speaker for v in training}) == len(training)
