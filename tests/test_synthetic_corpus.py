@@ -165,14 +165,16 @@ def test_pick_distinct():
 
 
 def test_default_corpus_trains_on_no_copy_of_a_heldout_voice():
-  """The built-in config's training voices (warped ones included) are all different voices
-  from the held-out ones: no training voice is a held-out voice under other options (a
-  warped flite rms would be rms again), and every spec parses."""
+  """The built-in config's corpus plan (`plan_corpus`, warped voices included) trains on
+  every training voice and on no copy of a held-out voice under other options (a warped
+  flite rms would be rms again); each training voice is its own speaker."""
   c = get_config()
-  voices = [synthetic.Voice.parse(v) for v in c.voices]
-  held = {(v.engine, v.voice) for v in voices
-          if v.spec in c.heldout_voices or v.speaker in c.heldout_voices}
-  assert len(held) == len(c.heldout_voices)
-  training = [v for v in voices if v.spec not in c.heldout_voices]
-  assert not [v.spec for v in training if (v.engine, v.voice) in held]
-  assert len({v.speaker for v in training}) == len(training)
+  c.num_utterances = len(c.voices)     # one utterance per voice at least (round-robin)
+  items = synthetic.plan_corpus(c)
+  voices = {split: {synthetic.Voice.parse(it.voice) for it in items if it.split == split}
+            for split in ("train", "test")}
+  assert len(voices["test"]) == len(c.heldout_voices)
+  assert len(voices["train"]) == len(c.voices) - len(c.heldout_voices)
+  held = {(v.engine, v.voice) for v in voices["test"]}
+  assert not [v.spec for v in voices["train"] if (v.engine, v.voice) in held]
+  assert len({v.speaker for v in voices["train"]}) == len(voices["train"])
