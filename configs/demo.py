@@ -2,7 +2,7 @@
 the CI-sized one). See valle_jax/demo.py.
 
 The full demo takes about 55 minutes on a 2-core CPU (53 measured, README "The demo"): the
-built-in corpus (1000 training utterances of 42 voices, 60 held-out utterances of 3 unseen
+built-in corpus (1000 training utterances of 16 voices, 60 held-out utterances of 3 unseen
 voices), the offline codec fitted on the training split, and a small AR + NAR (4 layers,
 width 192) trained together for `train.train.steps` steps. `--budget=MINUTES` scales the
 training steps linearly (`budget_minutes` is the budget the steps were sized for).

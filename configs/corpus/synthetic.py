@@ -48,17 +48,6 @@ EXTRA_TRAINING_VOICES = (
     "festival:cmu_us_slt_arctic_hts/warp=80", "flite:slt/warp=80", "flite:kal/warp=90",
 )
 
-# Each unwarped training voice again at 88% and 113% of its rate (vocal tract length
-# perturbation, as `/warp=` above): 42 training voices instead of 16, the same 1000
-# sentences. The held-out voices stay unseen: each warped voice is at most 0.75 similar to
-# one (resemblyzer, 4 sentences; the same speaker's utterances: 0.91). A NAR trained on
-# them (codebook 1, 600 steps, the same AR's timing) let PocketSphinx hear 175 of the 836
-# held-out words instead of 144 (WER 0.883 vs 0.933; README "The demo"), though its held-out
-# loss was no lower (4.47 vs 4.51 nats).
-WARPED_TRAINING_VOICES = tuple(
-    f"{v}/warp={w}" for v in VOICES + EXTRA_TRAINING_VOICES
-    if v not in HELDOUT_VOICES and "/warp=" not in v for w in (88, 113))
-
 
 def get_config():
   c = ml_collections.ConfigDict()
@@ -70,7 +59,7 @@ def get_config():
   c.max_words = 20
   c.workers = 0                    # processes; 0 = one per core
   c.chunk_size = 8                 # utterances per job (festival starts once per job)
-  c.voices = list(VOICES + EXTRA_TRAINING_VOICES + WARPED_TRAINING_VOICES)
+  c.voices = list(VOICES + EXTRA_TRAINING_VOICES)
   c.heldout_voices = list(HELDOUT_VOICES)
   c.candidate_voices = list(CANDIDATE_VOICES)
   c.max_voice_similarity = 0.85    # --measure_voices keeps voices at most this similar
