@@ -32,6 +32,26 @@ def _usage() -> str:
   return "\n".join(lines)
 
 
+def _command_help(command: str, module) -> str:
+  """The command's docstring and its own flags (not absl's whole set)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  lines = [f"usage: valle-jax {command} [flags]", "", (module.__doc__ or "").strip(), ""]
+  own = flags.FLAGS.module_help(module.__name__).strip()
+  lines += ["flags:", "\n".join(own.splitlines()[1:]) if own else "  (none)"]
+  shared = getattr(module, "SHARED_FLAGS", ())
+  if shared:
+    lines += ["", "flags shared with other commands:"]
+    for name in (n for n in shared if n in flags.FLAGS):
+      flag = flags.FLAGS[name]
+      lines += [f"  --{name}: {flag.help}", f"    (default: {flag.default_as_str})"]
+  if "config" in flags.FLAGS:
+    lines += ["", "Any config field is a flag too: --config.<section>.<field>=value (see the "
+              "--config file)."]
+  lines += ["Run `valle-jax {command} --helpfull` for every library's flags as well.".format(
+      command=command)]
+  return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
   argv = list(sys.argv if argv is None else argv)
   if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
@@ -40,12 +60,39 @@ def main(argv: list[str] | None = None) -> None:
   command = argv[1]
   if command not in COMMANDS:
     sys.exit(f"valle-jax: unknown command {command!r}.\n\n{_usage()}")
+  prog, args = f"valle-jax {command}", argv[2:]
+  # A config flag reads its overrides from sys.argv, at import too: keep them out of the
+  # import, so that a misspelt field is reported by `config_check` below, in one line.
+  sys.argv = [argv[0], command]
   module = importlib.import_module(COMMANDS[command][0])
 
   from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
 
+  from valle_jax import config_check  # pylint: disable=g-import-not-at-top
   from valle_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+
+  if any(a in ("-h", "--help", "-help", "--h") for a in args):
+    print(_command_help(command, module))
+    sys.exit(0)
+
+  def fail(message: str, code: int = 2):
+    sys.stderr.write(f"{prog}: error: {message}\n")
+    sys.exit(code)
+
+  def parse_flags(full_argv: list[str]) -> list[str]:
+    """The config file and overrides checked first, then absl's parse; errors one line."""
+    try:
+      rest = full_argv[1:]
+      if "config" in flags.FLAGS:
+        rest = config_check.command_line(rest, flags.FLAGS["config"].default_as_str.strip("'"))
+      sys.argv = [full_argv[0]] + rest     # where the config flag reads its overrides
+      return flags.FLAGS(sys.argv)
+    except UserError as e:
+      fail(str(e))
+    except flags.Error as e:
+      fail(f"{e} (see `valle-jax {command} --help`)")
 
   def run(args):
     if not any(a.startswith(("--verbosity", "-v=", "--v=")) for a in argv):
@@ -53,13 +100,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
       return module.main(args)
     except UserError as e:
-      sys.stderr.write(f"valle-jax {command}: error: {e}\n")
-      sys.exit(2)
+      fail(str(e))
     except KeyboardInterrupt:
-      sys.stderr.write(f"valle-jax {command}: interrupted\n")
-      sys.exit(130)
+      fail("interrupted", 130)
 
-  app.run(run, argv=[f"valle-jax {command}"] + argv[2:])
+  app.run(run, argv=[prog] + args, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

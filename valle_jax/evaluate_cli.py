@@ -45,6 +45,10 @@ from valle_jax.errors import UserError
 
 MODES = ("cross", "continual")
 FLAGS = flags.FLAGS
+# `valle-jax synthesize` flags this command uses too (listed by `valle-jax evaluate --help`).
+SHARED_FLAGS = ("checkpoint", "nar_checkpoint", "temperature", "top_k", "top_p", "ras",
+                "min_dwell", "max_dwell", "pointer_advance", "text_guidance", "seed",
+                "batch_size", "codebooks", "codebook1", "lang", "out_dir")
 
 _TEST_LIST = flags.DEFINE_string("test_list", None, "Test-list TSV (id, audio, text, "
                                  "speaker columns; audio relative to it).")

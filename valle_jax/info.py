@@ -13,7 +13,7 @@ from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
-from valle_jax import models, sharding
+from valle_jax import config_check, models, sharding
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Experiment config file.")
 _BATCH = flags.DEFINE_integer("batch_size", 2, "Batch size of the forward pass.")
@@ -24,6 +24,8 @@ _PHONEMES = flags.DEFINE_integer("phonemes", 40, "Phonemes per example in the fo
 def main(argv):
   del argv
   cfg = _CONFIG.value
+  config_check.check(config_check.experiment(cfg, ("model", "mesh")) + config_check.positive_flags(
+      batch_size=_BATCH.value, frames=_FRAMES.value, phonemes=_PHONEMES.value), "config")
   mesh = sharding.make_mesh(cfg.mesh)
   print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}, mesh {dict(mesh.shape)}")
   batch = models.example_batch(cfg.model, _BATCH.value, _PHONEMES.value, _FRAMES.value, cfg.seed)

@@ -48,7 +48,7 @@ from valle_jax import checkpoint as ckpt_lib
 from valle_jax import codec as codec_lib
 from valle_jax import data as data_lib
 from valle_jax import text as text_lib
-from valle_jax import models, report, sharding
+from valle_jax import config_check, models, report, sharding
 from valle_jax.models import layers
 from valle_jax.errors import UserError
 
@@ -355,6 +355,7 @@ class _StopSignal:
 
 def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) training; returns a summary with the final step and last metrics."""
+  config_check.check(config_check.experiment(cfg), "config")
   maybe_initialize_distributed(cfg)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
