@@ -14,6 +14,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from data_prep import synthetic
+from valle_jax import config_check
 from valle_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/corpus/synthetic.py",
@@ -41,6 +42,7 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {list(argv[1:])}; pass options as --flags.")
   cfg = _CONFIG.value
+  config_check.check(config_check.corpus(cfg), "config")
   if _MEASURE.value:
     measure_voices(cfg)
     return

@@ -15,6 +15,7 @@ from typing import Sequence
 from ml_collections import config_flags
 
 from data_prep import pipeline
+from valle_jax import config_check
 from valle_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/data/folder.py",
@@ -24,5 +25,6 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/data/folder.py",
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {list(argv[1:])}; options go in --config.x=value.")
+  config_check.check(config_check.prepare(_CONFIG.value), "config")
   logging.getLogger("apache_beam").setLevel(logging.WARNING)  # per-bundle chatter
   pipeline.prepare(_CONFIG.value)

@@ -348,7 +348,6 @@ def corpus(cfg) -> list[str]:
   return s.problems
 
 
-def positive_flags(**values: int | None) -> list[str]:
-  """Problems of integer command-line flags that must be >= 1 (None: not given)."""
-  return [f"--{name}={v}: must be >= 1" for name, v in values.items()
-          if v is not None and v < 1]
+def flag_problems(rows: Sequence[tuple[str, Any, bool, str]]) -> list[str]:
+  """Problems of command-line flags: rows (name, value, whether it is allowed, what is)."""
+  return [f"--{name}={value}: {allowed}" for name, value, ok, allowed in rows if not ok]

@@ -268,6 +268,8 @@ def main(argv):
   workdir = _WORKDIR.value  # read before the stages import valle_jax.train (see _WORKDIR)
   if not workdir:
     raise UserError("--workdir is required: the directory for the demo's files.")
+  if _BUDGET.value is not None and not _BUDGET.value > 0:
+    raise UserError(f"--budget={_BUDGET.value}: must be > 0 (minutes).")
   result = run_demo(workdir, quick=_QUICK.value, budget=_BUDGET.value)
   print("\n[demo] stage seconds: " + ", ".join(
       f"{k} {v['seconds']:.1f}" for k, v in result["stages"].items()))

@@ -40,7 +40,7 @@ from typing import Any
 
 from absl import flags
 
-from valle_jax import evaluate, synthesize
+from valle_jax import config_check, evaluate, synthesize
 from valle_jax.errors import UserError
 
 MODES = ("cross", "continual")
@@ -164,6 +164,15 @@ def main(argv):
     raise UserError("--checkpoint is required: the training run to evaluate.")
   if not FLAGS["out_dir"].present:
     raise UserError("--out_dir is required: the folder for the samples and results.")
+  config_check.check(config_check.flag_problems([
+      ("batch_size", FLAGS.batch_size, FLAGS.batch_size >= 1, "must be >= 1"),
+      ("max_utterances", _MAX_UTTERANCES.value, _MAX_UTTERANCES.value >= 0,
+       "must be >= 0 (0: all)"),
+      ("prompt_seconds", _PROMPT_SECONDS.value, _PROMPT_SECONDS.value > 0, "must be > 0"),
+      ("min_seconds", _MIN_SECONDS.value, (_MIN_SECONDS.value or 0) >= 0, "must be >= 0"),
+      ("max_seconds", _MAX_SECONDS.value, (_MAX_SECONDS.value or 1) > 0, "must be > 0"),
+      ("codebooks", FLAGS.codebooks, FLAGS.codebooks >= 0, "must be >= 0 (0: all)")]),
+      "flags")
   result = run(FLAGS.checkpoint, FLAGS.out_dir, test_list=_TEST_LIST.value,
                librispeech=_LIBRISPEECH.value, split=_SPLIT.value, mode=_MODE.value,
                prompt_seconds=_PROMPT_SECONDS.value, min_seconds=_MIN_SECONDS.value,

@@ -24,8 +24,9 @@ _PHONEMES = flags.DEFINE_integer("phonemes", 40, "Phonemes per example in the fo
 def main(argv):
   del argv
   cfg = _CONFIG.value
-  config_check.check(config_check.experiment(cfg, ("model", "mesh")) + config_check.positive_flags(
-      batch_size=_BATCH.value, frames=_FRAMES.value, phonemes=_PHONEMES.value), "config")
+  config_check.check(config_check.experiment(cfg, ("model", "mesh")) + config_check.flag_problems(
+      [(flag.name, flag.value, flag.value >= 1, "must be >= 1")
+       for flag in (_BATCH, _FRAMES, _PHONEMES)]), "config")
   mesh = sharding.make_mesh(cfg.mesh)
   print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}, mesh {dict(mesh.shape)}")
   batch = models.example_batch(cfg.model, _BATCH.value, _PHONEMES.value, _FRAMES.value, cfg.seed)

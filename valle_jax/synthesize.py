@@ -33,7 +33,7 @@ import numpy as np
 from absl import flags, logging
 from flax import nnx
 
-from valle_jax import audio, sampling, text
+from valle_jax import audio, config_check, sampling, text
 from valle_jax.errors import UserError
 
 MIN_PROMPT_SECONDS = 1.0
@@ -309,6 +309,11 @@ def main(argv):
     raise UserError("--checkpoint is required: a training workdir with the AR model.")
   if bool(_TEXT.value) == bool(_TSV.value):
     raise UserError("give either --text (with --prompt) or --tsv.")
+  config_check.check(config_check.flag_problems([
+      ("batch_size", _BATCH.value, _BATCH.value >= 1, "must be >= 1"),
+      ("codebooks", _CODEBOOKS.value, _CODEBOOKS.value >= 0, "must be >= 0 (0: all)"),
+      ("continual_seconds", _CONTINUAL_SECONDS.value, _CONTINUAL_SECONDS.value > 0,
+       "must be > 0")]), "flags")
   if _TSV.value:
     requests = [dataclasses.replace(r, out=os.path.join(_OUT_DIR.value, r.out))
                 for r in read_tsv(_TSV.value)]
