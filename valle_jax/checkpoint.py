@@ -9,7 +9,10 @@ A checkpoint `<workdir>/checkpoints/<step>/` holds these items:
   codec      the codec description the dataset was built with (JSON)
 
 Saves are asynchronous (training goes on while arrays are written), every `every` steps,
-keeping the last `keep`. Restoring takes abstract arrays with target shardings, so a
+keeping the last `keep`. A save that fails, in the call or in Orbax's background threads
+(a full disk), is a `StorageError` naming the last complete checkpoint, raised by `save` or
+by `check`, which the training loop calls after every step; a checkpoint that cannot be read
+back is a `UserError` naming the previous readable one. Nothing is deleted on the way. Restoring takes abstract arrays with target shardings, so a
 checkpoint saved on one mesh restores onto another. `load_inference_bundle` restores only
 the parameters, for synthesis.
 """
@@ -17,7 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
+import shutil
+import sys
 from typing import Any
 
 import jax
@@ -25,26 +31,98 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from valle_jax.errors import UserError
+from valle_jax.errors import StorageError, UserError, os_reason
 
 ITEMS = ("params", "optimizer", "data", "config", "symbols", "codec")
+
+
+class _BackgroundErrors(logging.Filter):
+  """Orbax logs, rather than raises, most errors of its background save threads (with
+  tracebacks dozens of lines long) and asyncio reports their futures' errors: this keeps
+  the first one, for `Checkpointer.check` to say what failed, and off the console."""
+
+  LOGGERS = ("absl", "asyncio")
+
+  def __init__(self, directory: str):
+    super().__init__()
+    self.directory = directory
+    self.first: BaseException | None = None
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    text = f"{record.getMessage()} {error or ''}"
+    ours = record.levelno >= logging.ERROR and (
+        self.directory in text or "orbax" in record.pathname)
+    if ours and error is not None and self.first is None:
+      self.first = error
+    return not ours
+
+  def install(self):
+    for name in self.LOGGERS:
+      logging.getLogger(name).addFilter(self)
+
+  def remove(self):
+    for name in self.LOGGERS:
+      logging.getLogger(name).removeFilter(self)
 
 
 class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` with this project's items."""
 
-  def __init__(self, directory: str, *, every: int, keep: int, async_save: bool = True):
+  def __init__(self, directory: str, *, every: int, keep: int, async_save: bool = True,
+               read_only: bool = False):
     self.directory = os.path.abspath(directory)
     self.every = max(1, every)
+    self._pending: int | None = None     # the step of the save in flight, if any
+    self._background_errors = _BackgroundErrors(self.directory)
+    self._background_errors.install()
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep,
-            enable_async_checkpointing=async_save, create=True),
+            enable_async_checkpointing=async_save, create=not read_only,
+            read_only=read_only),
         item_names=ITEMS)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
+
+  def complete_steps(self) -> list[int]:
+    """The steps whose checkpoint folder is complete on disk (Orbax renames a step's
+    temporary folder to `<step>` only once every item is written), oldest first."""
+    if not os.path.isdir(self.directory):
+      return []
+    return sorted(int(name) for name in os.listdir(self.directory) if name.isdigit())
+
+  def last_good(self) -> str:
+    """Where a rerun resumes from, in words."""
+    steps = self.complete_steps()
+    if not steps:
+      return f"no complete checkpoint in {self.directory} yet"
+    return f"the last complete checkpoint is step {steps[-1]} ({self.directory}/{steps[-1]})"
+
+  def _failed(self, step: int, e: BaseException | None) -> StorageError:
+    _quiet_closed_event_loops()
+    reason = os_reason(e) if e is not None else "its files were not all written"
+    if e is None or reason == "No space left on device" or "space" in reason:
+      free = _free_bytes(self.directory)
+      if free is not None:
+        reason += f"; {free / 2**20:.1f} MiB free there"
+    return StorageError(f"saving checkpoint step {step} to {self.directory} failed: {reason}; "
+                        f"{self.last_good()}. Free space (or fix the folder) and rerun the "
+                        "same command to resume.")
+
+  def check(self) -> None:
+    """Raises a `StorageError` if the last save failed; cheap enough for every step."""
+    if self._pending is None or self.manager.is_saving_in_progress():
+      return
+    step, self._pending = self._pending, None
+    try:
+      self.manager.check_for_errors()
+    except Exception as e:  # pylint: disable=broad-except  (Orbax re-raises the thread's)
+      raise self._failed(step, e) from None
+    if step not in self.complete_steps():   # failed, its error only logged by Orbax
+      raise self._failed(step, self._background_errors.first)
 
   def save(self, step: int, *, params, optimizer, data: dict[str, Any],
            config: ml_collections.ConfigDict, symbols: dict[str, Any],
@@ -53,29 +131,102 @@ class Checkpointer:
     started."""
     if not force and step % self.every:
       return False
-    return self.manager.save(step, force=force, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params),
-        optimizer=ocp.args.StandardSave(optimizer),
-        data=ocp.args.JsonSave(data),
-        config=ocp.args.JsonSave(json.loads(config.to_json())),
-        symbols=ocp.args.JsonSave(symbols),
-        codec=ocp.args.JsonSave(codec)))
+    self.check()
+    try:
+      started = self.manager.save(step, force=force, args=ocp.args.Composite(
+          params=ocp.args.StandardSave(params),
+          optimizer=ocp.args.StandardSave(optimizer),
+          data=ocp.args.JsonSave(data),
+          config=ocp.args.JsonSave(json.loads(config.to_json())),
+          symbols=ocp.args.JsonSave(symbols),
+          codec=ocp.args.JsonSave(codec)))
+    except Exception as e:  # pylint: disable=broad-except  (a previous save's error too)
+      raise self._failed(step, e) from None
+    if started:
+      self._pending = step
+    return started
+
+  def saved_config(self, step: int) -> dict[str, Any]:
+    """The config (JSON) saved with `step`; a `UserError` if it cannot be read."""
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(
+          config=ocp.args.JsonRestore()))["config"]
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._unreadable(step, e) from None
 
   def restore(self, step: int, *, abstract_params, abstract_optimizer) -> dict[str, Any]:
-    """Restores every item at `step`; arrays land with the abstract trees' shardings."""
-    restored = self.manager.restore(step, args=ocp.args.Composite(
+    """Restores every item at `step`; arrays land with the abstract trees' shardings. A
+    checkpoint that cannot be read (truncated, partly deleted) is a `UserError` naming the
+    previous readable one."""
+    try:
+      restored = self._restore_all(step, abstract_params, abstract_optimizer)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._unreadable(step, e, abstract_params, abstract_optimizer) from None
+    return {name: restored[name] for name in ITEMS}
+
+  def _restore_all(self, step, abstract_params, abstract_optimizer):
+    return self.manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract_params),
         optimizer=ocp.args.StandardRestore(abstract_optimizer),
         data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore(),
         symbols=ocp.args.JsonRestore(), codec=ocp.args.JsonRestore()))
-    return {name: restored[name] for name in ITEMS}
+
+  def _unreadable(self, step: int, e: BaseException, abstract_params=None,
+                  abstract_optimizer=None) -> UserError:
+    """The error for an unreadable `step`, naming the newest earlier step that reads."""
+    previous = None
+    for earlier in reversed([s for s in self.complete_steps() if s < step]):
+      try:
+        if abstract_params is None:
+          self.manager.restore(earlier, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        else:
+          self._restore_all(earlier, abstract_params, abstract_optimizer)
+        previous = earlier
+        break
+      except Exception:  # pylint: disable=broad-except
+        continue
+    path = os.path.join(self.directory, str(step))
+    then = (f"step {previous} reads: move {path} out of {self.directory} (keep it until the "
+            "run resumes) and rerun to resume from step "
+            f"{previous}" if previous is not None else
+            f"no earlier checkpoint reads; restore {path} from a backup or use a new workdir")
+    return UserError(f"checkpoint step {step} ({path}) cannot be read ({os_reason(e)}); "
+                     f"{then}.")
 
   def wait(self):
     self.manager.wait_until_finished()
 
-  def close(self):
-    self.manager.wait_until_finished()
+  def close(self, wait: bool = True):
+    """Waits for the save in flight and checks it (a `StorageError` if it failed); with
+    `wait=False` (after a failure) only lets go of the manager, without waiting."""
+    if not wait:
+      return
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._failed(self._pending if self._pending is not None else -1, e) from None
+    self.check()
     self.manager.close()
+    self._background_errors.remove()
+
+
+def _quiet_closed_event_loops():
+  """After a failed save, TensorStore's callbacks into the save thread's closed asyncio loop
+  raise 'Event loop is closed' by the dozen; they say nothing more, so they are not shown."""
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      previous(unraisable)
+  sys.unraisablehook = hook
+
+
+def _free_bytes(path: str) -> int | None:
+  try:
+    return shutil.disk_usage(path).free
+  except OSError:
+    return None
 
 
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:

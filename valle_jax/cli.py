@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
       return module.main(args)
     except UserError as e:
-      fail(str(e))
+      fail(str(e), e.exit_code)
     except KeyboardInterrupt:
       fail("interrupted", 130)
 

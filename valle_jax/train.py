@@ -20,6 +20,13 @@ with explicit shardings and donated state buffers:
   end, on SIGTERM/SIGINT (preemption) and before any stop; a run restarted with the same
   workdir resumes from the latest one, data iterator included, and reproduces the
   uninterrupted run exactly.
+- Faults: a failed checkpoint save (also in Orbax's background threads) or metrics write
+  (a full disk) stops the run within a step with one line naming what failed and the last
+  complete checkpoint; a second SIGTERM/SIGINT ends the process at once. One run at a time
+  per workdir (a lock file), and a resumed run keeps its saved config except for the fields
+  `--allow_config_change` names (valle_jax/run_guard.py). Exit codes: 0 the run reached
+  `train.steps`; 75 saved and stopped on a signal (requeue to resume); 74 a write failed;
+  2 a user error.
 - Metrics go to the console (process 0, with rate and ETA), to TensorBoard event files
   (`workdir/tb`, written with tensorboardX, no TensorFlow) and to `workdir/metrics.jsonl`.
 - Multi-host: set `distributed.coordinator` (or run under SLURM / on a TPU pod with
@@ -27,13 +34,15 @@ with explicit shardings and donated state buffers:
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import signal
 import sys
+import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -48,9 +57,9 @@ from valle_jax import checkpoint as ckpt_lib
 from valle_jax import codec as codec_lib
 from valle_jax import data as data_lib
 from valle_jax import text as text_lib
-from valle_jax import config_check, models, report, sharding
+from valle_jax import config_check, io_check, models, report, run_guard, sharding
 from valle_jax.models import layers
-from valle_jax.errors import UserError
+from valle_jax.errors import StorageError, UserError, os_reason
 
 LOSSES: dict[str, Callable] = {"ar": models.ar_loss, "nar": models.nar_loss}
 MODEL_CLASSES = {"ar": models.ARModel, "nar": models.NARModel}
@@ -287,27 +296,41 @@ def summarize(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 class MetricLogger:
-  """Console (with rate and ETA), TensorBoard and JSON-lines output; process 0 only."""
+  """Console (with rate and ETA), TensorBoard and JSON-lines output; process 0 only.
+
+  Both files are written in the calling thread (TensorBoard events with tensorboardX's
+  synchronous `EventsWriter`, not its `SummaryWriter`, whose writer thread dies on a full
+  disk and then blocks the next write forever), so a failed write is a `StorageError` here.
+  """
 
   def __init__(self, workdir: str, total_steps: int, start_step: int):
     self.active = jax.process_index() == 0
     self.total_steps = total_steps
     self.path = os.path.join(workdir, "metrics.jsonl")
-    self.writer = None
+    self.events = None
     if self.active:
-      _truncate_jsonl(self.path, start_step)       # drop steps a killed run logged past it
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self.writer = SummaryWriter(os.path.join(workdir, "tb"))
+      tb = os.path.join(workdir, "tb")
+      with _storage_errors(f"writing {self.path} and {tb}"):
+        _truncate_jsonl(self.path, start_step)       # drop steps a killed run logged past it
+        from tensorboardX.event_file_writer import EventsWriter  # pylint: disable=g-import-not-at-top
+        os.makedirs(tb, exist_ok=True)
+        self.events = EventsWriter(os.path.join(tb, "events"))
     self.start_time, self.start_step = time.time(), start_step
 
   def write(self, step: int, values: dict[str, Any], *, console: bool, prefix: str = "train"):
     if not self.active:
       return
-    with open(self.path, "a", encoding="utf-8") as f:
-      f.write(json.dumps({"step": step, "split": prefix, **values}) + "\n")
-    for key, value in values.items():
-      if isinstance(value, (int, float)):
-        self.writer.add_scalar(f"{prefix}/{key}", value, step)
+    with _storage_errors(f"writing {self.path}"):
+      with open(self.path, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"step": step, "split": prefix, **values}) + "\n")
+    from tensorboardX import summary  # pylint: disable=g-import-not-at-top
+    from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+    with _storage_errors(f"writing TensorBoard events to {os.path.dirname(self.path)}/tb"):
+      for key, value in values.items():
+        if isinstance(value, (int, float)):
+          self.events.write_event(event_pb2.Event(
+              wall_time=time.time(), step=step, summary=summary.scalar(f"{prefix}/{key}", value)))
+      self.events.flush()
     if console:
       done = step - self.start_step
       elapsed = time.time() - self.start_time
@@ -319,17 +342,34 @@ class MetricLogger:
             f"ETA {report.duration(eta)}", flush=True)
 
   def close(self):
-    if self.writer is not None:
-      self.writer.close()
+    if self.events is not None:
+      with _storage_errors(f"writing TensorBoard events to {os.path.dirname(self.path)}/tb"):
+        self.events.close()
+      self.events = None
+
+
+@contextlib.contextmanager
+def _storage_errors(what: str):
+  """An OSError inside -> `StorageError("<what> failed: <reason>")`."""
+  try:
+    yield
+  except OSError as e:
+    raise StorageError(f"{what} failed: {os_reason(e)}") from None
 
 
 def _truncate_jsonl(path: str, last_step: int):
+  """Drops the rows after `last_step`; the file is replaced whole (a full disk leaves the old
+  one as it was)."""
   if not os.path.isfile(path):
     return
   with open(path, encoding="utf-8") as f:
-    kept = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
-  with open(path, "w", encoding="utf-8") as f:
+    lines = f.readlines()
+  kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= last_step]
+  if len(kept) == len(lines):
+    return
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
     f.writelines(kept)
+  os.replace(path + ".tmp", path)
 
 
 # ------------------------------------------------------------------------- the loop
@@ -346,19 +386,51 @@ class _StopSignal:
 
   def _handle(self, signum, frame):
     del frame
-    self.received = signal.Signals(signum).name
+    name = signal.Signals(signum).name
+    if self.received:   # a second signal: the user means now, not after the next save
+      os.write(2, f"\n[train] second signal ({name}): exiting now; the run resumes from its "
+                  "last complete checkpoint.\n".encode())
+      os._exit(128 + signum)
+    self.received = name
 
   def restore(self):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
 
 
-def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs (or resumes) training; returns a summary with the final step and last metrics."""
+def train(cfg: ml_collections.ConfigDict, workdir: str,
+          allow_config_change: Sequence[str] = ()) -> dict[str, Any]:
+  """Runs (or resumes) training; returns a summary with the final step, the last metrics
+  and `stopped`: the signal that stopped the run early (saved at `step`), else None.
+
+  Before any work: the config is checked, the workdir locked against a second run
+  (`run_guard.WorkdirLock`) and, when resuming, the config compared with the saved one
+  (`run_guard.check_resume_config`; `allow_config_change`: fields that may differ).
+  """
   config_check.check(config_check.experiment(cfg), "config")
   maybe_initialize_distributed(cfg)
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = io_check.output_dir(workdir, "--workdir")
+  lead = jax.process_index() == 0
+  with _storage_errors(f"creating {workdir}"):
+    os.makedirs(workdir, exist_ok=True)
+  lock = run_guard.WorkdirLock(workdir).acquire() if lead else None
+  try:
+    checkpoints = os.path.join(workdir, "checkpoints")
+    if os.path.isdir(checkpoints):
+      reader = ckpt_lib.Checkpointer(checkpoints, every=1, keep=1, read_only=True)
+      latest = reader.latest_step()
+      if latest is not None:
+        run_guard.check_resume_config(reader.saved_config(latest), cfg, allow_config_change,
+                                      workdir, latest,
+                                      log=print if lead else (lambda *a, **k: None))
+    return _train(cfg, workdir)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """The run itself (`train`, once the workdir is locked and the config checked)."""
   if not cfg.data.dataset:
     raise UserError("config.data.dataset is empty; set --config.data.dataset to a dataset "
                     "written by `valle-jax prepare`.")
@@ -430,6 +502,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   stop = _StopSignal()
   save = functools.partial(_save, checkpointer, cfg=cfg, symbols=symbols, codec=codec)
   step, window, window_start, last = start, [], time.time(), {}
+  failed = True      # until the loop ends without an exception
   try:
     while step < cfg.train.steps:
       batch = next(data_iter)
@@ -437,6 +510,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       batch = sharding.shard_batch(batch, mesh)
       state, metrics = trainer.train_step(state, batch)
       step += 1
+      checkpointer.check()        # a background save that failed stops the run here
       window.append(metrics)
       if cfg.debug.log_examples:
         logger.write(step, {"examples": examples.tolist()}, console=False, prefix="data")
@@ -460,11 +534,23 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         log(f"[train] {stop.received} received: saving step {step} and stopping.", flush=True)
         break
     save(step, state, data_iter, force=True)
+    failed = False
+  except StorageError as e:
+    if "checkpoint" in str(e):    # the checkpointer's own, which names the last good one
+      raise
+    raise StorageError(f"{e}; {checkpointer.last_good()}. Free space (or fix the folder) and "
+                       "rerun the same command to resume.") from None
   finally:
-    stop.restore()
-    checkpointer.close()
-    logger.close()
-  return {"step": step, "metrics": last, "state": state}
+    if not stop.received:   # after a signal the next one exits at once (_StopSignal)
+      stop.restore()
+    if failed:               # don't wait on writes that may never finish; keep the error
+      checkpointer.close(wait=False)
+      with contextlib.suppress(StorageError):
+        logger.close()
+    else:
+      checkpointer.close()
+      logger.close()
+  return {"step": step, "metrics": last, "state": state, "stopped": stop.received}
 
 
 def _codebook_vectors(cfg, codec_description) -> np.ndarray | None:
@@ -542,16 +628,46 @@ def _evaluate(trainer, state, eval_batches, mesh) -> dict[str, float]:
 
 # ------------------------------------------------------------------------- CLI
 
+EXIT_STOPPED = 75   # EX_TEMPFAIL: saved and stopped on SIGTERM/SIGINT; requeue to resume
+EXIT_WATCHDOG_S = 60.0
+
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs). Re-using "
                                "it resumes the run.")
+_ALLOW_CHANGE = flags.DEFINE_list(
+    "allow_config_change", [], "Config fields (or sections, e.g. optim) a resumed run may "
+    "change from the saved config, comma-separated. Always allowed: "
+    f"{', '.join(run_guard.RESUMABLE_BY_DEFAULT)}.")
+
+
+def _exit_watchdog(code: int):
+  """Ends the process with `code` if it has not exited `EXIT_WATCHDOG_S` seconds from now
+  (a library thread that never finishes must not keep a stopped run alive)."""
+  timer = threading.Timer(EXIT_WATCHDOG_S, os._exit, (code,))
+  timer.daemon = True
+  timer.start()
 
 
 def main(argv):
+  """Exit codes: 0 the run reached train.steps; 75 (EX_TEMPFAIL) it saved and stopped on
+  SIGTERM/SIGINT, requeue it to resume; 74 (EX_IOERR) a write failed (disk full); 2 a user
+  error; 128 + N a second signal N ended it at once."""
   del argv
   if not _WORKDIR.value:
     raise UserError("--workdir is required (where checkpoints and logs go).")
-  summary = train(_CONFIG.value, _WORKDIR.value)
+  try:
+    summary = train(_CONFIG.value, _WORKDIR.value, _ALLOW_CHANGE.value)
+  except StorageError as e:
+    _exit_watchdog(e.exit_code)
+    raise
+  workdir = os.path.abspath(_WORKDIR.value)
+  if summary["stopped"]:
+    _exit_watchdog(EXIT_STOPPED)
+    if jax.process_index() == 0:
+      print(f"[train] stopped at step {summary['step']} of {_CONFIG.value.train.steps} "
+            f"({summary['stopped']}): requeue to resume; checkpoints in "
+            f"{os.path.join(workdir, 'checkpoints')}", file=sys.stderr)
+    sys.exit(EXIT_STOPPED)
   if jax.process_index() == 0:
     print(f"[train] done at step {summary['step']}; checkpoints in "
-          f"{os.path.join(os.path.abspath(_WORKDIR.value), 'checkpoints')}", file=sys.stderr)
+          f"{os.path.join(workdir, 'checkpoints')}", file=sys.stderr)

@@ -1,0 +1,153 @@
+"""What keeps two runs, or two configs, off one training workdir.
+
+- `WorkdirLock`: `<workdir>/train.lock` holds the host, pid and start time of the run using
+  the workdir; a second run is refused while that process lives. A lock whose process is gone
+  (same host, pid not running: a run killed with -9) is stale and taken over, with a line
+  saying so; a lock from another host is only reported (its process cannot be checked from
+  here), with what to do if that run is gone.
+- `check_resume_config`: a run resumed from a workdir must have the config its checkpoints
+  were saved with. Fields that only say how long to train and how often to log, evaluate and
+  save (`RESUMABLE_BY_DEFAULT`) may change; any other field only when named in
+  `--allow_config_change` (a field, or a section such as `optim`); model shapes and
+  `train.model` never (the saved parameters have the old ones).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+from typing import Any, Sequence
+
+from valle_jax.errors import UserError
+
+LOCK_FILE = "train.lock"
+
+# Fields a resumed run may change without being asked: the length of the run, how often it
+# logs, evaluates and saves, where its data lives and how it is read and laid out on devices.
+RESUMABLE_BY_DEFAULT = (
+    "train.steps", "train.log_every", "train.eval_every", "train.eval_batches",
+    "train.nan_max_consecutive", "checkpoint", "data.dataset", "data.eval_split",
+    "data.num_threads", "data.prefetch", "mesh", "distributed", "debug")
+# Fields no resumed run may change: the saved parameters' shapes depend on them.
+NEVER_ON_RESUME = ("model", "train.model")
+CHANGEABLE_MODEL_FIELDS = ("model.dropout", "model.compute_dtype")
+
+
+class WorkdirLock:
+  """An exclusive lock file on a training workdir (see the module docstring)."""
+
+  def __init__(self, workdir: str, log=print):
+    self.path = os.path.join(workdir, LOCK_FILE)
+    self.log = log
+    self.held = False
+
+  def acquire(self) -> "WorkdirLock":
+    me = {"host": socket.gethostname(), "pid": os.getpid(),
+          "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+    for _ in range(2):
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        holder = self._holder()
+        if not self._is_stale(holder, me["host"]):
+          raise UserError(self._busy(holder, me["host"])) from None
+        self.log(f"[train] taking over the stale lock {self.path} of pid {holder.get('pid')} "
+                 f"on {holder.get('host')} (started {holder.get('started')}), which is no "
+                 "longer running.", flush=True)
+        try:
+          os.remove(self.path)
+        except FileNotFoundError:
+          pass
+        continue
+      except OSError as e:
+        raise UserError(f"cannot create the lock file {self.path}: {e.strerror}; check that "
+                        "the workdir is writable.") from None
+      with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(me, f)
+      self.held = True
+      return self
+    raise UserError(f"another run took the lock {self.path} at the same time; rerun.")
+
+  def release(self) -> None:
+    if self.held:
+      self.held = False
+      if self._holder().get("pid") == os.getpid():
+        os.remove(self.path)
+
+  def _holder(self) -> dict[str, Any]:
+    try:
+      with open(self.path, encoding="utf-8") as f:
+        holder = json.load(f)
+      return holder if isinstance(holder, dict) else {}
+    except (OSError, ValueError):
+      return {}     # unreadable or half-written: no live holder can be named
+
+  @staticmethod
+  def _is_stale(holder: dict[str, Any], host: str) -> bool:
+    pid = holder.get("pid")
+    if holder.get("host") != host or not isinstance(pid, int):
+      return not holder    # from another host: its process cannot be checked here
+    if pid == os.getpid():
+      return True
+    try:
+      os.kill(pid, 0)
+    except ProcessLookupError:
+      return True
+    except PermissionError:
+      return False
+    return False
+
+  def _busy(self, holder: dict[str, Any], host: str) -> str:
+    who = (f"pid {holder.get('pid')} on {holder.get('host')}, started "
+           f"{holder.get('started')}")
+    if holder.get("host") == host:
+      return (f"another training run ({who}) is using {os.path.dirname(self.path)}; wait "
+              "for it to end, stop it, or pass another --workdir.")
+    return (f"{os.path.dirname(self.path)} is locked by a run on another host ({who}); if "
+            f"that run has ended, delete {self.path} and rerun.")
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(tree, dict):
+    out = {}
+    for key, value in tree.items():
+      out.update(_flatten(value, f"{prefix}{key}."))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def _covered(field: str, names: Sequence[str]) -> bool:
+  return any(field == n or field.startswith(n + ".") for n in names)
+
+
+def check_resume_config(saved: dict[str, Any], config, allow: Sequence[str], workdir: str,
+                        step: int, log=print) -> None:
+  """Refuses (`UserError`) a resumed run whose config differs from the saved one in fields
+  not allowed to change; prints the allowed changes."""
+  old = _flatten(saved)
+  new = _flatten(json.loads(config.to_json()))
+  missing = object()
+  changes = {k: (old.get(k, missing), new.get(k, missing))
+             for k in sorted(set(old) | set(new)) if old.get(k, missing) != new.get(k, missing)}
+
+  def show(field):
+    a, b = changes[field]
+    a = "(absent)" if a is missing else json.dumps(a)
+    b = "(absent)" if b is missing else json.dumps(b)
+    return f"{field} {a} -> {b}"
+
+  fixed = [k for k in changes if _covered(k, NEVER_ON_RESUME)
+           and not _covered(k, CHANGEABLE_MODEL_FIELDS)]
+  refused = [k for k in changes if k not in fixed
+             and not _covered(k, RESUMABLE_BY_DEFAULT) and not _covered(k, allow)]
+  where = f"the checkpoints in {workdir} (step {step})"
+  if fixed:
+    raise UserError(f"{where} were saved with another model: {'; '.join(map(show, fixed))}. "
+                    "A model's shape cannot change on resume; use a new --workdir.")
+  if refused:
+    raise UserError(f"{where} were saved with another config: {'; '.join(map(show, refused))}."
+                    f" Pass --allow_config_change={','.join(refused)} to resume with the new "
+                    "values, or a new --workdir to start over.")
+  if changes:
+    log(f"[train] resuming with a changed config: {'; '.join(map(show, changes))}", flush=True)
