@@ -79,9 +79,8 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep,
-            enable_async_checkpointing=async_save, create=not read_only,
-            read_only=read_only),
+            max_to_keep=None if read_only else keep,
+            enable_async_checkpointing=async_save, create=not read_only),
         item_names=ITEMS)
 
   def latest_step(self) -> int | None:
@@ -102,7 +101,7 @@ class Checkpointer:
     return f"the last complete checkpoint is step {steps[-1]} ({self.directory}/{steps[-1]})"
 
   def _failed(self, step: int, e: BaseException | None) -> StorageError:
-    _quiet_closed_event_loops()
+    _quiet_leftover_errors()
     reason = os_reason(e) if e is not None else "its files were not all written"
     if e is None or reason == "No space left on device" or "space" in reason:
       free = _free_bytes(self.directory)
@@ -174,7 +173,8 @@ class Checkpointer:
   def _unreadable(self, step: int, e: BaseException, abstract_params=None,
                   abstract_optimizer=None) -> UserError:
     """The error for an unreadable `step`, naming the newest earlier step that reads."""
-    previous = None
+    _quiet_leftover_errors()
+    previous, unreadable = None, [step]
     for earlier in reversed([s for s in self.complete_steps() if s < step]):
       try:
         if abstract_params is None:
@@ -184,14 +184,21 @@ class Checkpointer:
         previous = earlier
         break
       except Exception:  # pylint: disable=broad-except
-        continue
+        unreadable.append(earlier)
+    reason = ("some of its array files are damaged or missing" if "TensorStore" in str(e)
+              else os_reason(e))
     path = os.path.join(self.directory, str(step))
-    then = (f"step {previous} reads: move {path} out of {self.directory} (keep it until the "
-            "run resumes) and rerun to resume from step "
-            f"{previous}" if previous is not None else
-            f"no earlier checkpoint reads; restore {path} from a backup or use a new workdir")
-    return UserError(f"checkpoint step {step} ({path}) cannot be read ({os_reason(e)}); "
-                     f"{then}.")
+    folders = " and ".join(os.path.join(self.directory, str(s)) for s in unreadable)
+    if previous is None:
+      then = (f"no earlier checkpoint reads either; restore {folders} from a backup or use a "
+              "new workdir")
+    else:
+      others = unreadable[1:]
+      also = (f"step{'s' * (len(others) > 1)} {', '.join(map(str, others))} "
+              f"{'do' if len(others) > 1 else 'does'} not read either; " if others else "")
+      then = (f"{also}step {previous} reads: move {folders} out of {self.directory} (keep them "
+              f"until the run resumes) and rerun to resume from step {previous}")
+    return UserError(f"checkpoint step {step} ({path}) cannot be read ({reason}); {then}.")
 
   def wait(self):
     self.manager.wait_until_finished()
@@ -210,14 +217,17 @@ class Checkpointer:
     self._background_errors.remove()
 
 
-def _quiet_closed_event_loops():
-  """After a failed save, TensorStore's callbacks into the save thread's closed asyncio loop
-  raise 'Event loop is closed' by the dozen; they say nothing more, so they are not shown."""
+def _quiet_leftover_errors():
+  """After a failed save or restore, Orbax's abandoned coroutines and TensorStore's callbacks
+  into a closed asyncio loop report the same error by the dozen, as 'Exception ignored'
+  tracebacks; they say nothing the one-line error does not, so they are not shown."""
   previous = sys.unraisablehook
 
   def hook(unraisable):
-    if not (isinstance(unraisable.exc_value, RuntimeError)
-            and str(unraisable.exc_value) == "Event loop is closed"):
+    code = getattr(unraisable.object, "cr_code", None)
+    closed_loop = (isinstance(unraisable.exc_value, RuntimeError)
+                   and str(unraisable.exc_value) == "Event loop is closed")
+    if not (closed_loop or (code is not None and "orbax" in code.co_filename)):
       previous(unraisable)
   sys.unraisablehook = hook
 
