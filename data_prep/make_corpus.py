@@ -14,7 +14,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from data_prep import synthetic
-from valle_jax import config_check
+from valle_jax import config_check, io_check
 from valle_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/corpus/synthetic.py",
@@ -48,6 +48,7 @@ def main(argv: Sequence[str]) -> None:
     return
   if not _OUT.value:
     raise UserError("--out is required: the directory to write the corpus to.")
+  io_check.output_dir(_OUT.value, "--out")
   info = synthetic.make_corpus(cfg, _OUT.value, _OVERWRITE.value)
   for split, s in info["splits"].items():
     print(f"{split}: {s['utterances']} utterances, {s['hours'] * 60:.1f} min, "

@@ -117,10 +117,33 @@ def open_dataset(path: str) -> Dataset:
                     "`valle-jax prepare` printed.")
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = tfds.builder_from_directory(path)
+  check_shards(builder.info.splits, path)
   splits = {name: builder.as_data_source(split=name) for name in builder.info.splits}
   with open(os.path.join(path, "codec.json"), encoding="utf-8") as f:
     codec_description = json.load(f)
   return Dataset(path=path, splits=splits, codec_description=codec_description)
+
+
+def check_shards(splits, path: str) -> None:
+  """Every ArrayRecord shard of every split is there, readable and holds the records
+  dataset_info.json lists; else a `UserError` naming the first bad shard (nothing is
+  changed: rebuilding is the user's call)."""
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  for name, split in splits.items():
+    for shard, expected in zip(split.filepaths, split.shard_lengths):
+      shard = str(shard)
+      try:
+        reader = array_record_module.ArrayRecordReader(shard)
+        found = reader.num_records()
+        reader.close()
+        problem = None if found == expected else f"holds {found} records, not {expected}"
+      except (RuntimeError, OSError, ValueError) as e:
+        problem = ("is missing" if not os.path.exists(shard) else
+                   f"cannot be read ({str(e).strip().splitlines()[0]}; truncated?)")
+      if problem:
+        raise UserError(f"the {name!r} shard {shard} of the dataset {path} {problem}; "
+                        "restore it, or rebuild the dataset with `valle-jax prepare` "
+                        "(--config.overwrite=True).")
 
 
 @dataclasses.dataclass(frozen=True)

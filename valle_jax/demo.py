@@ -38,7 +38,7 @@ from typing import Any, Callable
 
 from absl import flags
 
-from valle_jax import evaluate, report
+from valle_jax import evaluate, io_check, report
 from valle_jax.errors import UserError
 
 # The codec stage's analysed features (WORLD analysis with Harvest F0, ~3x real time per
@@ -270,6 +270,7 @@ def main(argv):
     raise UserError("--workdir is required: the directory for the demo's files.")
   if _BUDGET.value is not None and not _BUDGET.value > 0:
     raise UserError(f"--budget={_BUDGET.value}: must be > 0 (minutes).")
+  io_check.output_dir(workdir, "--workdir")
   result = run_demo(workdir, quick=_QUICK.value, budget=_BUDGET.value)
   print("\n[demo] stage seconds: " + ", ".join(
       f"{k} {v['seconds']:.1f}" for k, v in result["stages"].items()))

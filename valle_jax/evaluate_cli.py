@@ -40,7 +40,7 @@ from typing import Any
 
 from absl import flags
 
-from valle_jax import config_check, evaluate, synthesize
+from valle_jax import config_check, evaluate, io_check, synthesize
 from valle_jax.errors import UserError
 
 MODES = ("cross", "continual")
@@ -173,6 +173,7 @@ def main(argv):
       ("max_seconds", _MAX_SECONDS.value, (_MAX_SECONDS.value or 1) > 0, "must be > 0"),
       ("codebooks", FLAGS.codebooks, FLAGS.codebooks >= 0, "must be >= 0 (0: all)")]),
       "flags")
+  io_check.output_dir(FLAGS.out_dir, "--out_dir")
   result = run(FLAGS.checkpoint, FLAGS.out_dir, test_list=_TEST_LIST.value,
                librispeech=_LIBRISPEECH.value, split=_SPLIT.value, mode=_MODE.value,
                prompt_seconds=_PROMPT_SECONDS.value, min_seconds=_MIN_SECONDS.value,

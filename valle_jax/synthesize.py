@@ -33,7 +33,7 @@ import numpy as np
 from absl import flags, logging
 from flax import nnx
 
-from valle_jax import audio, config_check, sampling, text
+from valle_jax import audio, config_check, io_check, sampling, text
 from valle_jax.errors import UserError
 
 MIN_PROMPT_SECONDS = 1.0
@@ -191,11 +191,8 @@ def _codebook1_source(choice: str | None, ar, nar) -> str:
 
 def read_tsv(path: str) -> list[Request]:
   """Requests from a TSV (see the module docstring); paths relative to the TSV's folder."""
-  try:
-    with open(path, encoding="utf-8", newline="") as f:
-      rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-  except FileNotFoundError:
-    raise UserError(f"the TSV {path!r} does not exist.") from None
+  rows = list(csv.reader(io_check.text_lines(path, "--tsv"), delimiter="\t",
+                         quoting=csv.QUOTE_NONE))
   base = os.path.dirname(os.path.abspath(path))
   requests = []
   for n, row in enumerate(rows, 1):
@@ -321,6 +318,8 @@ def main(argv):
     if not _PROMPT.value:
       raise UserError("--prompt is required: a recording of the voice to use.")
     requests = [Request(_TEXT.value, _PROMPT.value, _PROMPT_TEXT.value, _OUT.value)]
+  for request in requests:     # before the models load and the synthesis, not after
+    io_check.output_file(request.out, "--tsv output" if _TSV.value else "--out")
   bundle, nar, symbols, codec = load_models(_CHECKPOINT.value, _NAR_CHECKPOINT.value)
   options = sample_options(bundle.config, sample_flags())
   wavs = synthesize(bundle.ar, nar, symbols, codec, requests, options,
