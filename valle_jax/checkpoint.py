@@ -76,6 +76,7 @@ class Checkpointer:
     self._pending: int | None = None     # the step of the save in flight, if any
     self._background_errors = _BackgroundErrors(self.directory)
     self._background_errors.install()
+    _quiet_leftover_errors()
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
@@ -101,7 +102,6 @@ class Checkpointer:
     return f"the last complete checkpoint is step {steps[-1]} ({self.directory}/{steps[-1]})"
 
   def _failed(self, step: int, e: BaseException | None) -> StorageError:
-    _quiet_leftover_errors()
     reason = os_reason(e) if e is not None else "its files were not all written"
     if e is None or reason == "No space left on device" or "space" in reason:
       free = _free_bytes(self.directory)
@@ -173,7 +173,6 @@ class Checkpointer:
   def _unreadable(self, step: int, e: BaseException, abstract_params=None,
                   abstract_optimizer=None) -> UserError:
     """The error for an unreadable `step`, naming the newest earlier step that reads."""
-    _quiet_leftover_errors()
     previous, unreadable = None, [step]
     for earlier in reversed([s for s in self.complete_steps() if s < step]):
       try:
@@ -185,8 +184,7 @@ class Checkpointer:
         break
       except Exception:  # pylint: disable=broad-except
         unreadable.append(earlier)
-    reason = ("some of its array files are damaged or missing" if "TensorStore" in str(e)
-              else os_reason(e))
+    reason = _damage(e)
     path = os.path.join(self.directory, str(step))
     folders = " and ".join(os.path.join(self.directory, str(s)) for s in unreadable)
     if previous is None:
@@ -220,8 +218,11 @@ class Checkpointer:
 def _quiet_leftover_errors():
   """After a failed save or restore, Orbax's abandoned coroutines and TensorStore's callbacks
   into a closed asyncio loop report the same error by the dozen, as 'Exception ignored'
-  tracebacks; they say nothing the one-line error does not, so they are not shown."""
+  tracebacks, as they happen; they say nothing the one-line error does not, so they are not
+  shown (installed once per process, by the first Checkpointer)."""
   previous = sys.unraisablehook
+  if getattr(previous, "quiets_checkpoint_leftovers", False):
+    return
 
   def hook(unraisable):
     code = getattr(unraisable.object, "cr_code", None)
@@ -229,7 +230,14 @@ def _quiet_leftover_errors():
                    and str(unraisable.exc_value) == "Event loop is closed")
     if not (closed_loop or (code is not None and "orbax" in code.co_filename)):
       previous(unraisable)
+  hook.quiets_checkpoint_leftovers = True
   sys.unraisablehook = hook
+
+
+def _damage(e: BaseException) -> str:
+  """Why a checkpoint did not read, in words."""
+  return ("some of its array files are damaged or missing" if "TensorStore" in str(e)
+          else os_reason(e))
 
 
 def _free_bytes(path: str) -> int | None:
@@ -281,9 +289,19 @@ def load_inference_bundle(path: str) -> InferenceBundle:
   if step is None:
     raise UserError(f"{directory} holds no finished checkpoint; train longer or pass "
                     "another --checkpoint.")
-  meta = manager.restore(step, args=ocp.args.Composite(
-      config=ocp.args.JsonRestore(), symbols=ocp.args.JsonRestore(),
-      codec=ocp.args.JsonRestore()))
+  _quiet_leftover_errors()
+
+  def read(**items):
+    try:
+      return manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # pylint: disable=broad-except  (truncated or deleted files)
+      earlier = [s for s in manager.all_steps() if s < step]
+      raise UserError(
+          f"checkpoint step {step} in {directory} cannot be read ({_damage(e)}); "
+          + (f"pass an earlier one, e.g. --checkpoint={os.path.join(directory, str(max(earlier)))}"
+             if earlier else "restore it from a backup") + ".") from None
+  meta = read(config=ocp.args.JsonRestore(), symbols=ocp.args.JsonRestore(),
+              codec=ocp.args.JsonRestore())
   config = ml_collections.ConfigDict(meta["config"])
   built = {}
   for name, cls in (("ar", models.ARModel), ("nar", models.NARModel)):
@@ -293,8 +311,7 @@ def load_inference_bundle(path: str) -> InferenceBundle:
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                           abstract)
-  params = manager.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(abstract)))["params"]
+  params = read(params=ocp.args.StandardRestore(abstract))["params"]
   manager.close()
   for name, model in built.items():
     nnx.update(model, params[name])
