@@ -159,7 +159,29 @@ def list_folder(source: str, manifest: str = "", lang: str = "en-us",
                  text_file=text_file), seen)
   if not out.items and not out.skips:
     raise UserError(f"no .wav or .flac files under {root!r}; check config.source.")
+  out.skips += _strays(root, split_name(split))
   return out
+
+
+def _strays(root: str, split: str) -> list[Skip]:
+  """What a folder scan leaves out besides audio: transcripts with no audio beside them
+  ("missing_audio") and files of other kinds ("unexpected_extension"), so they are counted
+  in the report instead of vanishing."""
+  skips = []
+  for d, dirs, files in os.walk(root):
+    dirs.sort()
+    stems = {os.path.splitext(f)[0] for f in files if f.lower().endswith(AUDIO_EXTENSIONS)}
+    for f in sorted(files):
+      path, (stem, ext) = os.path.join(d, f), os.path.splitext(f)
+      rel = os.path.relpath(path, root).replace(os.sep, "/")
+      if f.startswith(".") or ext.lower() in AUDIO_EXTENSIONS:
+        continue
+      if ext.lower() == ".txt":
+        if stem not in stems:
+          skips.append(Skip(os.path.splitext(rel)[0], split, "missing_audio", path))
+      else:
+        skips.append(Skip(rel, split, "unexpected_extension", path))
+  return skips
 
 
 def _subset_dirs(root: str, subsets: Iterable[str]) -> list[tuple[str, str]]:

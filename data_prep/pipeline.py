@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import glob
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -327,6 +328,37 @@ def _read_skips(work_dir: str) -> list[dict[str, str]]:
   return out
 
 
+class _EmptySplitLogs(logging.Filter):
+  """Keeps Beam's logged traceback of an empty split off the console while it runs (the
+  error is reported by `_nothing_kept` instead)."""
+  PHRASE = "total number of generated examples is 0"
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else ""
+    return self.PHRASE not in f"{record.getMessage()} {error}"
+
+  def __enter__(self):
+    for handler in logging.getLogger().handlers:
+      handler.addFilter(self)
+
+  def __exit__(self, *exc):
+    for handler in logging.getLogger().handlers:
+      handler.removeFilter(self)
+
+
+def _nothing_kept(cfg, job: Job, listing, work: str) -> UserError:
+  """The error for a job whose every item of some split was skipped, with the reasons."""
+  skips = [dataclasses.asdict(s) for s in listing.skips] + _read_skips(work)
+  counts = collections.Counter(s["reason"] for s in skips)
+  reasons = ", ".join(f"{reason} {n}" for reason, n in counts.most_common()) or "reasons not "\
+      "recorded"
+  return UserError(
+      f"every item of a split was skipped ({sum(job.counts.values())} listed in "
+      f"{dict(sorted(job.counts.items()))}; skipped: {reasons}), so the dataset would be "
+      f"empty; check config.min_duration_s / max_duration_s ({cfg.min_duration_s:g} to "
+      f"{cfg.max_duration_s:g} s), the transcripts and config.source. Nothing was written.")
+
+
 def _write_json(path: str, obj: Any) -> None:
   with open(path, "w", encoding="utf-8") as f:
     json.dump(obj, f, indent=1, ensure_ascii=False)
@@ -378,8 +410,14 @@ def prepare(cfg, codec: Codec | None = None) -> dict[str, Any]:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     builder = cls(job=job, data_dir=os.path.join(work, "tfds"), file_format="array_record")
     t0 = time.time()
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        beam_options=_beam_options(cfg.beam)))
+    try:
+      with _EmptySplitLogs():
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            beam_options=_beam_options(cfg.beam)))
+    except Exception as e:  # pylint: disable=broad-except  (Beam wraps everything)
+      if _EmptySplitLogs.PHRASE not in str(e):
+        raise
+      raise _nothing_kept(cfg, job, listing, work) from None
     elapsed = time.time() - t0
 
     built = os.path.join(work, "tfds", cls.name, VERSION)
@@ -391,6 +429,8 @@ def prepare(cfg, codec: Codec | None = None) -> dict[str, Any]:
         "builder": cls.name, "version": VERSION, "seconds": round(elapsed, 1),
         "records": {s: info.splits[s].num_examples for s in info.splits},
         "listed": job.counts, "skipped": dict(sorted(counts.items())),
+        "skipped_examples": {reason: [s["id"] for s in skips if s["reason"] == reason][:3]
+                             for reason in sorted(counts)},
         "skipped_by_split": {
             split: dict(sorted(collections.Counter(
                 s["reason"] for s in skips if s["split"] == split).items()))
@@ -418,7 +458,10 @@ def format_report(report: dict[str, Any]) -> str:
   if report["skipped"]:
     lines.append(f"  skipped {sum(report['skipped'].values())} item(s) "
                  "(listed in skipped.jsonl):")
-    lines += [f"    {reason:<24} {n}" for reason, n in report["skipped"].items()]
+    examples = report.get("skipped_examples", {})
+    lines += [f"    {reason:<24} {n}" + (f"  (e.g. {', '.join(examples[reason])})"
+                                          if examples.get(reason) else "")
+              for reason, n in report["skipped"].items()]
   else:
     lines.append("  skipped nothing")
   return "\n".join(lines)

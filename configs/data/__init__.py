@@ -24,6 +24,9 @@ def base(corpus: str) -> ml_collections.ConfigDict:
   c.codec.weights = "pretrained"  # or "random" (tests, benchmarks)
   c.codec.checkpoint = ""      # local encodec_24khz-d7cc33bc.th; "" = the package's download
   c.codec.device = "cpu"
+  # codec.name = "offline": the folder the offline codec was fitted into
+  # (`python -m valle_jax.codec.offline --corpus=DIR --out=CODEC_DIR`); EnCodec's fields unused.
+  c.codec.path = ""
 
   # Beam: local by default; any runner with its options, e.g. DataflowRunner with
   # "--project=P --region=R --temp_location=gs://B/tmp --requirements_file=reqs.txt".

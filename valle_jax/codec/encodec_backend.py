@@ -261,10 +261,11 @@ def build(config: Mapping[str, Any]) -> EncodecCodec:
   if "model" in config:
     config = _options_from_description(config)
   known = {"name", "bandwidth", "weights", "checkpoint", "checksum", "seed", "device"}
-  unknown = set(config) - known
+  # `path`: the offline codec's field of the prepare configs (configs/data/), unset here.
+  unknown = set(config) - known - ({"path"} if not config.get("path") else set())
   if unknown:
     raise UserError(f"unknown EnCodec option(s) {sorted(unknown)}; known: {sorted(known)}.")
-  kwargs = {k: v for k, v in config.items() if k != "name"}
+  kwargs = {k: v for k, v in config.items() if k in known - {"name"}}
   if "checkpoint" in kwargs:
     kwargs["checkpoint"] = os.path.expanduser(kwargs["checkpoint"] or "")
   return EncodecCodec(**kwargs)

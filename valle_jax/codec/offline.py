@@ -428,7 +428,10 @@ def build(config: Mapping[str, Any]) -> OfflineCodec:
   if not path:
     raise UserError("the offline codec needs codec.path: the directory it was fitted into.")
   codec = OfflineCodec.load(path)
-  if config.get("weights") and config["weights"] != codec.checksum():
+  # A saved description's weights are the codebooks' checksum; a prepare config's are
+  # EnCodec's choice ("pretrained" / "random"), which says nothing about this codec.
+  weights = str(config.get("weights") or "")
+  if weights.startswith("sha256:") and weights != codec.checksum():
     raise UserError(f"the offline codec in {path} is not the one the data was made with "
                     f"(checksum {codec.checksum()} vs {config['weights']}); point to the "
                     "codec the dataset was prepared with.")
