@@ -342,3 +342,61 @@ def test_full_disk_stops_training_cleanly(tiny_dataset, tmp_path, how):
     reader = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), every=1, keep=1,
                                      read_only=True)
     assert reader.saved_config(last)["train"]["steps"] == 100000   # complete and readable
+
+
+def test_second_signal_exits_at_once():
+  """The first SIGTERM asks the loop to save and stop; a second one ends the process now."""
+  code = ("import os, signal, time\n"
+          "from valle_jax import train\n"
+          "stop = train._StopSignal()\n"
+          "os.kill(os.getpid(), signal.SIGTERM)\n"
+          "assert stop.received == 'SIGTERM'\n"
+          "os.kill(os.getpid(), signal.SIGTERM)\n"
+          "time.sleep(60)\n")
+  start = time.time()
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 128 + signal.SIGTERM, result.stderr[-3000:]
+  assert "second signal (SIGTERM): exiting now" in result.stderr
+  assert time.time() - start < 50
+
+
+# ------------------------------------------------------------------------- data prep
+
+
+def test_prepare_that_keeps_nothing_is_one_line(tiny_dataset, tmp_path):
+  """Every clip shorter than min_duration_s: one line with why, and the dataset already in
+  the output (overwrite=True) stays as it was."""
+  from conftest import write_tone_corpus  # pylint: disable=g-import-not-at-top
+  corpus = write_tone_corpus(str(tmp_path / "corpus"))
+  output = tmp_path / "out"
+  shutil.copytree(tiny_dataset, output / "valle_folder" / "1.0.0")
+  before = _snapshot(str(output))
+  result = _cli("prepare", f"--config.source={corpus}", f"--config.output={output}",
+                "--config.codec.weights=random", "--config.overwrite=True",
+                "--config.min_duration_s=10")
+  assert result.returncode == 2, result.stderr[-3000:]
+  line = _error_line(result.stderr)
+  assert "every item of a split was skipped" in line and "10 to 30 s" in line
+  assert _snapshot(str(output)) == before
+
+
+def test_prepare_offline_codec_from_the_command_line(tmp_path):
+  from conftest import write_tone_corpus  # pylint: disable=g-import-not-at-top
+  corpus = write_tone_corpus(str(tmp_path / "corpus"), texts=("one two",))
+  result = _cli("prepare", f"--config.source={corpus}", f"--config.output={tmp_path}/out",
+                "--config.codec.name=offline", f"--config.codec.path={tmp_path}/no_codec")
+  assert result.returncode == 2
+  assert "no offline codec at" in _error_line(result.stderr)
+
+
+def test_folder_scan_reports_what_it_leaves_out(tmp_path):
+  from conftest import write_tone_corpus  # pylint: disable=g-import-not-at-top
+  from data_prep import corpora  # pylint: disable=g-import-not-at-top
+  root = write_tone_corpus(str(tmp_path / "corpus"), texts=("one two", "three four"))
+  (tmp_path / "corpus" / "spk0" / "notes.md").write_text("not a clip")
+  (tmp_path / "corpus" / "spk1" / "gone.txt").write_text("its audio was deleted")
+  listing = corpora.list_folder(root)
+  assert [i.id for i in listing.items] == ["spk0/utt0", "spk1/utt1"]
+  assert [(s.id, s.reason) for s in listing.skips] == [
+      ("spk0/notes.md", "unexpected_extension"), ("spk1/gone", "missing_audio")]
