@@ -36,6 +36,10 @@ from valle_jax.errors import StorageError, UserError, os_reason
 ITEMS = ("params", "optimizer", "data", "config", "symbols", "codec")
 
 
+class SaveError(StorageError):
+  """A checkpoint save failed; the message names the last complete checkpoint."""
+
+
 class _BackgroundErrors(logging.Filter):
   """Orbax logs, rather than raises, most errors of its background save threads (with
   tracebacks dozens of lines long) and asyncio reports their futures' errors: this keeps
@@ -101,13 +105,13 @@ class Checkpointer:
       return f"no complete checkpoint in {self.directory} yet"
     return f"the last complete checkpoint is step {steps[-1]} ({self.directory}/{steps[-1]})"
 
-  def _failed(self, step: int, e: BaseException | None) -> StorageError:
+  def _failed(self, step: int, e: BaseException | None) -> SaveError:
     reason = os_reason(e) if e is not None else "its files were not all written"
     if e is None or reason == "No space left on device" or "space" in reason:
       free = _free_bytes(self.directory)
       if free is not None:
         reason += f"; {free / 2**20:.1f} MiB free there"
-    return StorageError(f"saving checkpoint step {step} to {self.directory} failed: {reason}; "
+    return SaveError(f"saving checkpoint step {step} to {self.directory} failed: {reason}; "
                         f"{self.last_good()}. Free space (or fix the folder) and rerun the "
                         "same command to resume.")
 

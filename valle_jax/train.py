@@ -420,8 +420,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str,
       reader = ckpt_lib.Checkpointer(checkpoints, every=1, keep=1, read_only=True)
       latest = reader.latest_step()
       if latest is not None:
-        run_guard.check_resume_config(reader.saved_config(latest), cfg, allow_config_change,
-                                      workdir, latest,
+        saved = reader.saved_config(latest)
+      reader.close()
+      if latest is not None:
+        run_guard.check_resume_config(saved, cfg, allow_config_change, workdir, latest,
                                       log=print if lead else (lambda *a, **k: None))
     return _train(cfg, workdir)
   finally:
@@ -502,7 +504,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   stop = _StopSignal()
   save = functools.partial(_save, checkpointer, cfg=cfg, symbols=symbols, codec=codec)
   step, window, window_start, last = start, [], time.time(), {}
-  failed = True      # until the loop ends without an exception
+  storage_failed = False
   try:
     while step < cfg.train.steps:
       batch = next(data_iter)
@@ -534,16 +536,17 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         log(f"[train] {stop.received} received: saving step {step} and stopping.", flush=True)
         break
     save(step, state, data_iter, force=True)
-    failed = False
-  except StorageError as e:
-    if "checkpoint" in str(e):    # the checkpointer's own, which names the last good one
-      raise
+  except ckpt_lib.SaveError:      # names the last complete checkpoint itself
+    storage_failed = True
+    raise
+  except StorageError as e:       # a metrics write
+    storage_failed = True
     raise StorageError(f"{e}; {checkpointer.last_good()}. Free space (or fix the folder) and "
                        "rerun the same command to resume.") from None
   finally:
     if not stop.received:   # after a signal the next one exits at once (_StopSignal)
       stop.restore()
-    if failed:               # don't wait on writes that may never finish; keep the error
+    if storage_failed:      # don't wait on writes that may never finish; keep the error
       checkpointer.close(wait=False)
       with contextlib.suppress(StorageError):
         logger.close()
