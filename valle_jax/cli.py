@@ -63,9 +63,15 @@ def main(argv: list[str] | None = None) -> None:
   prog, args = f"valle-jax {command}", argv[2:]
   # A config flag reads its overrides from sys.argv, at import too: keep them out of the
   # import, so that a misspelt field is reported by `config_check` below, in one line.
-  sys.argv = [argv[0], command]
-  module = importlib.import_module(COMMANDS[command][0])
+  caller_argv, sys.argv = sys.argv, [argv[0], command]
+  try:
+    _run_command(command, prog, args, importlib.import_module(COMMANDS[command][0]), argv)
+  finally:
+    sys.argv = caller_argv     # for callers in the same process (tests)
 
+
+def _run_command(command: str, prog: str, args: list[str], module, argv: list[str]) -> None:
+  """Parses the command's flags (config checked first) and runs its `main`; exits."""
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
