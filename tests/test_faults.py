@@ -198,6 +198,21 @@ def test_config_sections_report_every_problem():
     config_check.check(problems, "config")
 
 
+def test_every_shipped_config_passes_its_checks():
+  from configs import demo, paper, tiny, valle2  # pylint: disable=g-import-not-at-top
+  from configs.corpus import synthetic  # pylint: disable=g-import-not-at-top
+  from configs.data import folder, librilight, librispeech, libritts  # pylint: disable=g-import-not-at-top
+  for module in (tiny, paper, valle2):
+    assert config_check.experiment(module.get_config()) == [], module.__name__
+  for quick in (False, True):
+    cfg = demo.get_config(quick)
+    assert config_check.experiment(cfg.train.copy_and_resolve_references()) == []
+    assert config_check.corpus(cfg.corpus) == []
+  for module in (folder, librilight, librispeech, libritts):
+    assert config_check.prepare(module.get_config()) == [], module.__name__
+  assert config_check.corpus(synthetic.get_config()) == []
+
+
 # ------------------------------------------------------------------------- training faults
 
 
