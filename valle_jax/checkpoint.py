@@ -107,13 +107,12 @@ class Checkpointer:
 
   def _failed(self, step: int, e: BaseException | None) -> SaveError:
     reason = os_reason(e) if e is not None else "its files were not all written"
-    if e is None or reason == "No space left on device" or "space" in reason:
-      free = _free_bytes(self.directory)
-      if free is not None:
-        reason += f"; {free / 2**20:.1f} MiB free there"
+    free = _free_bytes(self.directory)
+    if free is not None:
+      reason += f"; {free / 2**20:.1f} MiB free there"
     return SaveError(f"saving checkpoint step {step} to {self.directory} failed: {reason}; "
-                        f"{self.last_good()}. Free space (or fix the folder) and rerun the "
-                        "same command to resume.")
+                     f"{self.last_good()}. Free space (or fix the folder) and rerun the same "
+                     "command to resume.")
 
   def check(self) -> None:
     """Raises a `StorageError` if the last save failed; cheap enough for every step."""
