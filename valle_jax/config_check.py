@@ -154,7 +154,7 @@ class _Section:
     self.cfg, self.prefix, self.problems = cfg, prefix, []
 
   def value(self, name: str) -> Any:
-    return self.cfg.get(name) if hasattr(self.cfg, "get") else getattr(self.cfg, name, None)
+    return self.cfg.get(name)
 
   def bad(self, name: str, allowed: str) -> None:
     self.problems.append(f"{self.prefix}{name} = {self.value(name)!r}: {allowed}")
