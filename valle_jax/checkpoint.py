@@ -56,7 +56,7 @@ class _BackgroundErrors(logging.Filter):
     error = record.exc_info[1] if record.exc_info else None
     text = f"{record.getMessage()} {error or ''}"
     ours = record.levelno >= logging.ERROR and (
-        self.directory in text or "orbax" in record.pathname)
+        self.directory in text or "orbax" in text or "orbax" in record.pathname)
     if ours and error is not None and self.first is None:
       self.first = error
     return not ours
