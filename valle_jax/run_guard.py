@@ -127,6 +127,10 @@ def check_resume_config(saved: dict[str, Any], config, allow: Sequence[str], wor
   not allowed to change; prints the allowed changes."""
   old = _flatten(saved)
   new = _flatten(json.loads(config.to_json()))
+  unknown = [n for n in allow if not any(_covered(k, [n]) for k in {**old, **new})]
+  if unknown:
+    raise UserError(f"--allow_config_change names {', '.join(map(repr, unknown))}, not a "
+                    "config field or section (e.g. optim.peak_lr, or optim).")
   missing = object()
   changes = {k: (old.get(k, missing), new.get(k, missing))
              for k in sorted(set(old) | set(new)) if old.get(k, missing) != new.get(k, missing)}
