@@ -153,3 +153,36 @@ def test_symbols_map_rows_onto_valle_jax_ids(tmp_path):
   for symbol, row in (("<pad>", 0), ("<eos>", 2), ("<wb>", 4), ("a", 5), ("b", 6)):
     np.testing.assert_allclose(ours[symbols.encode([symbol])[0]], table[row][perm], rtol=1e-6)
   assert not ours[symbols.unk_id].any()
+
+
+def test_import_checkpoint_writes_a_run_synthesis_loads(tmp_path):
+  """`valle-jax import-checkpoint --format=lifeiteng` on an .npz state dict (lifeiteng's
+  real vocabulary, width 8) writes a run whose loaded models hold the converted weights."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  from valle_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  arch = dict(width=8, num_text_rows=512, codebook_size=1024, num_layers=1,
+              num_codebooks=8, mlp_dim=32, ar_bos=False)
+  rng = np.random.default_rng(0)
+  state = {k: rng.normal(size=shape).astype(np.float32)
+           for k, shape in lifeiteng._expected_shapes(arch, tied=True).items()}  # pylint: disable=protected-access
+  state["nar_text_position.alpha"] = state["nar_audio_position.alpha"] = np.ones(1, np.float32)
+  ckpt = tmp_path / "lifeiteng.npz"
+  np.savez(ckpt, **state)
+  run = subprocess.run([sys.executable, "-m", "valle_jax.cli", "import-checkpoint",
+                        "--format=lifeiteng", "--num_heads=2", str(ckpt), str(tmp_path / "run")],
+                       capture_output=True, text=True, check=False)
+  assert run.returncode == 0, run.stderr
+  bundle = checkpoint.load_inference_bundle(str(tmp_path / "run"))
+  cfg, params, _ = lifeiteng.convert(state, num_heads=2)
+  assert bundle.config.model.to_dict() == cfg.to_dict()
+  assert bundle.codec_description == lifeiteng.ENCODEC_6KBPS
+  for name, model in (("ar", bundle.ar), ("nar", bundle.nar)):
+    loaded = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    jax.tree.map(np.testing.assert_array_equal, loaded, params[name])
+  again = subprocess.run([sys.executable, "-m", "valle_jax.cli", "import-checkpoint",
+                          "--format=lifeiteng", "--num_heads=2", str(ckpt),
+                          str(tmp_path / "run")],
+                         capture_output=True, text=True, check=False)
+  assert again.returncode == 2 and "already holds checkpoints" in again.stderr
