@@ -20,7 +20,14 @@ from valle_jax.errors import UserError
 
 GOLDEN = os.environ.get("VALLE_JAX_GOLDEN") or os.path.join(
     os.path.dirname(__file__), "golden", "lifeiteng_w32.npz")
-ATOL = 1e-5
+# Float32 agreement: |ours - reference| <= 1e-5 x the logits' scale (max |logit|, at least
+# 1). Tied NAR logits (a normed state against N(0, 1) embedding rows) reach ~120 at width
+# 1024, where 1e-5 absolute would be one ulp: summation order alone moves them by a few.
+RTOL = 1e-5
+
+
+def tolerance(ref: np.ndarray) -> float:
+  return RTOL * max(1.0, float(np.abs(ref).max()))
 
 
 def load_golden(path: str = GOLDEN):
@@ -67,7 +74,7 @@ def test_ar_logits_equal_reference(golden):
   assert ours.shape == ref.shape
   diff = max_diff_valid(ours, ref, y_lens)
   print(f"AR max |diff| {diff:.2e} (logits up to {np.abs(ref).max():.1f})")
-  assert diff < ATOL
+  assert diff <= tolerance(ref)
 
 
 def test_nar_logits_equal_reference(golden):
@@ -81,8 +88,9 @@ def test_nar_logits_equal_reference(golden):
                           jnp.asarray(y_lens - prefix), jnp.full((b,), stage)))
     assert ours.shape == ref.shape
     diff = max_diff_valid(ours, ref, y_lens - prefix)
-    print(f"NAR stage {stage} (prompt {prefix}) max |diff| {diff:.2e}")
-    assert diff < ATOL, (stage, diff)
+    print(f"NAR stage {stage} (prompt {prefix}) max |diff| {diff:.2e} (logits up to "
+          f"{np.abs(ref).max():.1f})")
+    assert diff <= tolerance(ref), (stage, diff)
 
 
 def test_greedy_zero_shot_codes_equal_reference(golden):
@@ -170,9 +178,13 @@ def test_import_checkpoint_writes_a_run_synthesis_loads(tmp_path):
   state["nar_text_position.alpha"] = state["nar_audio_position.alpha"] = np.ones(1, np.float32)
   ckpt = tmp_path / "lifeiteng.npz"
   np.savez(ckpt, **state)
-  run = subprocess.run([sys.executable, "-m", "valle_jax.cli", "import-checkpoint",
-                        "--format=lifeiteng", "--num_heads=2", str(ckpt), str(tmp_path / "run")],
-                       capture_output=True, text=True, check=False)
+  def import_checkpoint():
+    return subprocess.run(
+        [sys.executable, "-m", "valle_jax.cli", "import-checkpoint", "--format=lifeiteng",
+         "--num_heads=2", str(ckpt), str(tmp_path / "run")], capture_output=True, text=True,
+        check=False, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  run = import_checkpoint()
   assert run.returncode == 0, run.stderr
   bundle = checkpoint.load_inference_bundle(str(tmp_path / "run"))
   cfg, params, _ = lifeiteng.convert(state, num_heads=2)
@@ -181,8 +193,5 @@ def test_import_checkpoint_writes_a_run_synthesis_loads(tmp_path):
   for name, model in (("ar", bundle.ar), ("nar", bundle.nar)):
     loaded = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     jax.tree.map(np.testing.assert_array_equal, loaded, params[name])
-  again = subprocess.run([sys.executable, "-m", "valle_jax.cli", "import-checkpoint",
-                          "--format=lifeiteng", "--num_heads=2", str(ckpt),
-                          str(tmp_path / "run")],
-                         capture_output=True, text=True, check=False)
+  again = import_checkpoint()
   assert again.returncode == 2 and "already holds checkpoints" in again.stderr
