@@ -174,7 +174,7 @@ def test_import_checkpoint_writes_a_run_synthesis_loads(tmp_path):
               num_codebooks=8, mlp_dim=32, ar_bos=False)
   rng = np.random.default_rng(0)
   state = {k: rng.normal(size=shape).astype(np.float32)
-           for k, shape in lifeiteng._expected_shapes(arch, tied=True).items()}  # pylint: disable=protected-access
+           for k, shape in lifeiteng.expected_shapes(arch, tied=True).items()}
   state["nar_text_position.alpha"] = state["nar_audio_position.alpha"] = np.ones(1, np.float32)
   ckpt = tmp_path / "lifeiteng.npz"
   np.savez(ckpt, **state)

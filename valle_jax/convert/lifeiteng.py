@@ -121,8 +121,10 @@ def _architecture(state: Mapping[str, np.ndarray]) -> dict[str, int | bool]:
   return arch
 
 
-def _expected_shapes(arch, tied: bool) -> dict[str, tuple[int, ...]]:
-  """Every key the state dict must hold, with its shape."""
+def expected_shapes(arch: dict, tied: bool) -> dict[str, tuple[int, ...]]:
+  """Every key a lifeiteng state dict of architecture `arch` (keys as `_architecture`
+  returns) must hold, with its shape; with `tied`, the NAR prediction layers tied to
+  acoustic embeddings are left out (they repeat them)."""
   d, f, v, q = arch["width"], arch["mlp_dim"], arch["codebook_size"], arch["num_codebooks"]
   rows = arch["num_text_rows"]
   layer = {"self_attn.in_proj_weight": (3 * d, d), "self_attn.in_proj_bias": (3 * d,),
@@ -202,14 +204,14 @@ def convert(state: Mapping[str, np.ndarray], num_heads: int,
   state = {k: np.asarray(v, np.float64) for k, v in state.items()}
   arch = _architecture(state)
   tied, tied_present = _tied_keys(state, arch["num_codebooks"])
-  expected = _expected_shapes(arch, tied)
+  expected = expected_shapes(arch, tied)
   unknown = sorted(set(state) - set(expected) - set(tied_present))
   if unknown:
-    raise UserError(f"unknown keys in the checkpoint: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}; "
-                    "only VALLE(norm_first=True, add_prenet=False) state dicts convert.")
+    raise UserError(f"unknown keys in the checkpoint: {_some(unknown)}; only "
+                    "VALLE(norm_first=True, add_prenet=False) state dicts convert.")
   missing = sorted(set(expected) - set(state))
   if missing:
-    raise UserError(f"the checkpoint lacks {missing[:5]}{' ...' if len(missing) > 5 else ''}.")
+    raise UserError(f"the checkpoint lacks {_some(missing)}.")
   for key, shape in expected.items():
     if state[key].shape != shape:
       raise UserError(f"{key} has shape {state[key].shape}, expected {shape} from the "
@@ -224,6 +226,10 @@ def convert(state: Mapping[str, np.ndarray], num_heads: int,
             "nar": _convert_nar(state, arch, num_heads, text_rows, tied)}
   params = _map_arrays(lambda x: np.asarray(x, np.float32), params)
   return cfg, params, symbols
+
+
+def _some(keys: list[str]) -> str:
+  return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
 
 
 def _map_arrays(fn, tree):
@@ -262,7 +268,10 @@ def _block(state, prefix: str, perm: np.ndarray, num_heads: int) -> dict:
 
 def _convert_ar(state, arch, num_heads: int, text_rows: np.ndarray) -> dict:
   perm = width_permutation(arch["width"])
-  norm = lambda p: {"scale": state[f"{p}.weight"][perm], "bias": state[f"{p}.bias"][perm]}  # noqa: E731
+
+  def norm(prefix):
+    return {"scale": state[f"{prefix}.weight"][perm], "bias": state[f"{prefix}.bias"][perm]}
+
   blocks = {}
   for i in range(arch["num_layers"]):
     prefix = f"ar_decoder.layers.{i}"
