@@ -327,7 +327,8 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
       prompt_lens: int [B] valid frames; frames past the last whole group are not used.
     rng: PRNG key; the same key gives the same output.
     options: `SampleOptions` (static).
-    max_steps: groups to make room for (static; the cache has L + 1 + P/G + max_steps slots).
+    max_steps: groups to make room for (static; the cache has L + 1 + P/G + max_steps slots,
+      without the 1 for an AR without BOS).
     return_logits: also return every step's logits (for tests and analysis).
     prompt_phoneme_lens: int [B], for an AR with `ar_phoneme_pointer`: phonemes of the
       prompt's transcript (the text to say starts after them). The pointer starts there

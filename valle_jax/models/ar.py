@@ -70,6 +70,7 @@ class ARModel(nnx.Module):
     self.dropout_rate = cfg.dropout
     self.bos = bool(cfg.get("ar_bos", True))
     self.head_has_bias = bool(cfg.get("ar_head_bias", True))
+    self.position_scale = bool(cfg.get("ar_position_scale", False))
     self.phoneme_pointer = bool(cfg.get("ar_phoneme_pointer", False))
     self.text_dropout = _rate(cfg, "ar_text_dropout")
     self.audio_token_dropout = _rate(cfg, "ar_audio_token_dropout")
@@ -87,7 +88,7 @@ class ARModel(nnx.Module):
     # Codes, EOS and (with `ar_bos`) BOS.
     self.audio_embed = layers.make_param(rngs, embed, (cfg.codebook_size + 1 + self.bos, d),
                                          ("vocab", "embed"))
-    if cfg.get("ar_position_scale", False):  # alpha: each segment's learned position scale
+    if self.position_scale:  # alpha: each segment's learned position scale
       self.phoneme_pos_scale = layers.make_param(rngs, _ones, (), ())
       self.audio_pos_scale = layers.make_param(rngs, _ones, (), ())
     if self.group_size > 1:  # a group's G frame embeddings, concatenated, projected to D
@@ -116,13 +117,10 @@ class ARModel(nnx.Module):
     """phonemes [B, L] -> [B, L, D] (compute dtype), positions 0..L-1."""
     d = self.phoneme_embed.shape[1]
     x = layers.embed(self.phoneme_embed[...], phonemes)
-    x = x + self._positions("phoneme_pos_scale", jnp.arange(phonemes.shape[1])[None], d)
-    return x.astype(self.dtype)
-
-  def _positions(self, scale_name: str, positions: Array, d: int) -> Array:
-    """Sinusoidal positions [..., D], times the segment's alpha with `ar_position_scale`."""
-    table = layers.sinusoidal_positions(positions, d)
-    return table * getattr(self, scale_name)[...] if hasattr(self, scale_name) else table
+    positions = layers.sinusoidal_positions(jnp.arange(phonemes.shape[1])[None], d)
+    if self.position_scale:
+      positions = positions * self.phoneme_pos_scale[...]
+    return (x + positions).astype(self.dtype)
 
   def _embed_audio(self, tokens: Array, positions: Array,
                    pointer_phonemes: Array | None = None,
@@ -151,8 +149,10 @@ class ARModel(nnx.Module):
     if self.num_dwell_embeddings:
       x = x + layers.embed(self.dwell_embed[...],
                            jnp.minimum(dwell, self.num_dwell_embeddings - 1))
-    x = x + self._positions("audio_pos_scale", positions, d)
-    return x.astype(self.dtype)
+    positions = layers.sinusoidal_positions(positions, d)
+    if self.position_scale:
+      positions = positions * self.audio_pos_scale[...]
+    return (x + positions).astype(self.dtype)
 
   def _head(self, h: Array) -> Array:
     """h [B, T, D] -> logits [B, T, G, V + 1] float32."""
