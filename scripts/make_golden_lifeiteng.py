@@ -8,8 +8,8 @@
         --width 1024 --heads 16 --out /tmp/lifeiteng_w1024.npz   # real vocab, ~140 MB
 
 Builds `VALLE(width, heads, layers, norm_first=True, add_prenet=False, prefix_mode=1,
-share_embedding=True, nar_scale_factor=1.0, prepend_bos=False, num_quantizers=8)` with the
-reference's own constructor, gives it random weights (norm gains and biases, biases and
+share_embedding=True, nar_scale_factor=1.0, prepend_bos=False, num_quantizers=8)` (or
+`--prepend_bos`) with the reference's own constructor, gives it random weights (norm gains and biases, biases and
 the AR position scales randomised too, so that every conversion is exercised) rounded to
 bfloat16-representable values (stored in 2 bytes, losslessly), and records, under
 `model.eval()` and `torch.no_grad()`:
@@ -57,6 +57,8 @@ def parse_args():
                  help="patched NUM_AUDIO_TOKENS (codebook size); 1024 is the real one")
   p.add_argument("--text_tokens", type=int, default=512,
                  help="patched NUM_TEXT_TOKENS; 512 is the real one")
+  p.add_argument("--prepend_bos", action="store_true",
+                 help="VALLE(prepend_bos=True) (converts to model.ar_bos = True)")
   p.add_argument("--out", required=True)
   return p.parse_args()
 
@@ -92,7 +94,7 @@ def build_model(args):
   torch.manual_seed(args.seed)
   model = valle.VALLE(args.width, args.heads, args.layers, norm_first=True, add_prenet=False,
                       prefix_mode=1, share_embedding=True, nar_scale_factor=1.0,
-                      prepend_bos=False, num_quantizers=8)
+                      prepend_bos=args.prepend_bos, num_quantizers=8)
   gen = torch.Generator().manual_seed(args.seed + 1)
   with torch.no_grad():
     for name, param in model.named_parameters():
@@ -131,7 +133,7 @@ def main():
   out = {"meta": np.array(json.dumps({
       "width": args.width, "heads": args.heads, "layers": args.layers, "seed": args.seed,
       "audio_tokens": args.audio_tokens, "text_tokens": args.text_tokens,
-      "num_quantizers": 8}))}
+      "num_quantizers": 8, "prepend_bos": args.prepend_bos}))}
   tied = {f"nar_predict_layers.{j}.weight" for j in range(6)}
   for name, value in model.state_dict().items():
     if name not in tied:

@@ -67,12 +67,12 @@ def test_ar_logits_equal_reference(golden):
   _, data, ar, _ = golden
   x, x_lens, y, y_lens = (data[f"ar/{k}"] for k in ("x", "x_lens", "y", "y_lens"))
   inputs, _, lens = models.ar_inputs_and_targets(jnp.asarray(y[..., 0]), jnp.asarray(y_lens),
-                                                 ar.codebook_size, bos=False)
-  np.testing.assert_array_equal(lens, y_lens)
+                                                 ar.codebook_size, bos=ar.bos)
+  np.testing.assert_array_equal(lens, y_lens + ar.bos)   # lifeiteng: BOS with prepend_bos
   ours = np.asarray(ar(jnp.asarray(x), jnp.asarray(x_lens), inputs, lens))[:, :, 0]
   ref = data["ar/logits"]                                    # [B, T, V + 1]
   assert ours.shape == ref.shape
-  diff = max_diff_valid(ours, ref, y_lens)
+  diff = max_diff_valid(ours, ref, y_lens + ar.bos)
   print(f"AR max |diff| {diff:.2e} (logits up to {np.abs(ref).max():.1f})")
   assert diff <= tolerance(ref)
 
@@ -102,9 +102,10 @@ def test_greedy_zero_shot_codes_equal_reference(golden):
   prompts = [data[f"infer/{i}/prompt"] for i in range(n)]
   refs = [data[f"infer/{i}/codes"] for i in range(n)]
   phoneme_lens = np.array([len(t) for t in texts])
-  # lifeiteng stops after 16 frames per phoneme + 1: (16 + c) x phonemes with
-  # 0 < c x phonemes <= 1/2, rounded up, is that.
-  options = sampling.SampleOptions(top_k=1, max_frames_per_phoneme=16 + 0.5 / phoneme_lens.max())
+  # lifeiteng stops after 16 frames per phoneme, + 1 without BOS (its count includes the
+  # BOS slot): (16 + c) x phonemes with 0 < c x phonemes <= 1/2, rounded up, is that.
+  c = 0.0 if ar.bos else 0.5 / phoneme_lens.max()
+  options = sampling.SampleOptions(top_k=1, max_frames_per_phoneme=16 + c)
   max_steps = int(16 * phoneme_lens.max() + 1)
   phonemes = np.zeros((n, phoneme_lens.max()), np.int32)
   prompt = np.zeros((n, max(len(p) for p in prompts), 8), np.int32)
