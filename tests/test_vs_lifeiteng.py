@@ -196,3 +196,26 @@ def test_import_checkpoint_writes_a_run_synthesis_loads(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, loaded, params[name])
   again = import_checkpoint()
   assert again.returncode == 2 and "already holds checkpoints" in again.stderr
+
+
+def test_read_state_dict_from_torch_checkpoints(tmp_path):
+  """A lifeiteng trainer checkpoint ({"model": state dict, ...}) and a bare state dict read
+  the same; one with pickled Python objects needs --trust_pickle."""
+  torch = pytest.importorskip("torch")
+  import pathlib  # pylint: disable=g-import-not-at-top
+
+  from valle_jax import import_checkpoint  # pylint: disable=g-import-not-at-top
+  _, state, _ = load_golden()
+  tensors = {k: torch.from_numpy(v) for k, v in list(state.items())[:4]}
+  torch.save({"model": tensors, "epoch": 3}, tmp_path / "trainer.pt")
+  torch.save(tensors, tmp_path / "bare.pt")
+  for name in ("trainer.pt", "bare.pt"):
+    read = import_checkpoint.read_state_dict(str(tmp_path / name))
+    assert read.keys() == tensors.keys()
+    for k, v in read.items():
+      np.testing.assert_array_equal(v, state[k])
+  torch.save({"model": tensors, "exp_dir": pathlib.Path("exp")}, tmp_path / "objects.pt")
+  with pytest.raises(UserError, match="--trust_pickle"):
+    import_checkpoint.read_state_dict(str(tmp_path / "objects.pt"))
+  assert import_checkpoint.read_state_dict(str(tmp_path / "objects.pt"),
+                                           trust_pickle=True).keys() == tensors.keys()
