@@ -21,6 +21,12 @@ def base() -> ml_collections.ConfigDict:
   c.model.codebook_size = 1024      # entries per codebook
   c.model.compute_dtype = "float32"  # "float32" | "bfloat16"; params are always float32
   c.model.ar_group_size = 1          # VALL-E 2 grouped code modeling: frames per AR step
+  # Architecture switches that make the function lifeiteng/vall-e's (configs/lifeiteng.py,
+  # docs/fidelity.md); the defaults are this project's paper models.
+  c.model.mlp_activation = "gelu"    # "gelu" (tanh approximation) | "relu" (lifeiteng)
+  c.model.ar_position_scale = False  # True: a learned scale (alpha) on each AR segment's positions
+  c.model.ar_bos = True              # False: no BOS; the AR never predicts the first frame
+  c.model.ar_head_bias = True        # False: the AR's output layer has no bias
   # Phoneme pointer (beyond the paper; like VALL-E R's monotonic alignment): each AR audio
   # input also embeds the phoneme its frame is spoken in, and a second head predicts when the
   # next frame moves on to the next phoneme. Trained on the dataset's forced alignments
@@ -51,6 +57,9 @@ def base() -> ml_collections.ConfigDict:
   # inference, which then sets the timing and the NAR the codes). See models/nar.py.
   c.model.nar_codebook1 = False
   c.model.nar_tie_output = True      # prediction layer j tied to acoustic embedding j+1
+  # 1: codebook j is predicted by acoustic embedding j+1 (0-based) and the last one by an
+  # untied layer (lifeiteng); 0: by embedding j, its own.
+  c.model.nar_tie_offset = 0
   # "random" (the paper) | "codec": acoustic embeddings start from the dataset codec's
   # codebook vectors, projected to `width` (models/layers.py codebook_embeddings).
   c.model.acoustic_embedding_init = "random"

@@ -90,6 +90,11 @@ def test_ar_inputs_and_targets_layout():
   np.testing.assert_array_equal(targets[0], [[5, 6], [7, eos], [eos, eos]])
   np.testing.assert_array_equal(inputs[0], [[bos, bos], [5, 6], [7, eos]])
   np.testing.assert_array_equal(lens, [2, 2])
+  # Without BOS (lifeiteng's layout): the codes predict the next code; the first is given.
+  inputs, targets, lens = models.ar_inputs_and_targets(codes, jnp.array([3, 2]), 10, bos=False)
+  np.testing.assert_array_equal(inputs[..., 0], [[5, 6, 7, eos], [8, 9, eos, eos]])
+  np.testing.assert_array_equal(targets[..., 0], [[6, 7, eos, eos], [9, eos, eos, eos]])
+  np.testing.assert_array_equal(lens, [3, 2])
 
 
 def test_ar_shapes_and_finite(cfg, ar_logits, ar_io):
@@ -653,3 +658,16 @@ def test_ar_dwell_embedding_reads_where_in_its_phoneme_a_frame_is(cfg, batch):
     np.testing.assert_allclose(a[:, :4], b[:, :4], atol=1e-6)
     differs = float(jnp.abs(a[0, 4:] - b[0, 4:]).max()) > 1e-4
     assert differs == bool(dwell_embeddings)
+
+
+def test_lifeiteng_switches_reject_bad_values(cfg):
+  for field, value, model, message in (
+      ("mlp_activation", "swish", models.ARModel, "mlp_activation must be one of"),
+      ("nar_tie_offset", 2, models.NARModel, "nar_tie_offset must be 0 or 1"),
+      ("nar_tie_output", False, models.NARModel, "1 needs nar_tie_output")):
+    bad = ml_collections.ConfigDict(cfg.to_dict())
+    bad[field] = value
+    if field == "nar_tie_output":
+      bad.nar_tie_offset = 1
+    with pytest.raises(ValueError, match=message):
+      model(bad, rngs=nnx.Rngs(0))

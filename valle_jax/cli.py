@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("data_prep.prepare", "build a dataset (phonemes + codec codes, ArrayRecord) from a corpus"),
     "demo": ("valle_jax.demo", "VALL-E end to end offline: corpus, codec, data, training, zero-shot samples, evaluation, report.html"),
     "align": ("data_prep.align_cli", "phoneme-to-frame forced alignments of a prepared dataset (for model.ar_phoneme_pointer)"),
+    "import-checkpoint": ("valle_jax.import_checkpoint", "another implementation's VALL-E checkpoint (--format=lifeiteng) -> a run synthesize loads"),
     "make-corpus": ("data_prep.make_corpus", "write the built-in synthetic multi-voice corpus (Debian TTS voices, KJV text)"),
 }
 

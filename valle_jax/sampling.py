@@ -8,7 +8,8 @@
     codes = sampling.decode_nar(*nnx.split(nar_model), batch.phonemes, batch.phoneme_lens,
                                 batch.prompt, batch.prompt_lens, out.codes, out.lengths)
 
-**AR** (`sample_ar`): prefill over phonemes + BOS + the prompt's codebook-1 groups, then a
+**AR** (`sample_ar`): prefill over phonemes + BOS (for an AR with `ar_bos`; without, the
+prompt must hold at least one group) + the prompt's codebook-1 groups, then a
 `lax.while_loop` whose carry holds the step, the next logits, the KV cache, which
 sequences have finished, the last K chosen frames (for repetition-aware sampling) and the
 rng. Each step picks one group of G frames per sequence (VALL-E 2 grouped code modeling;
@@ -326,7 +327,8 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
       prompt_lens: int [B] valid frames; frames past the last whole group are not used.
     rng: PRNG key; the same key gives the same output.
     options: `SampleOptions` (static).
-    max_steps: groups to make room for (static; the cache has L + 1 + P/G + max_steps slots).
+    max_steps: groups to make room for (static; the cache has L + 1 + P/G + max_steps slots,
+      without the 1 for an AR without BOS).
     return_logits: also return every step's logits (for tests and analysis).
     prompt_phoneme_lens: int [B], for an AR with `ar_phoneme_pointer`: phonemes of the
       prompt's transcript (the text to say starts after them). The pointer starts there
@@ -343,8 +345,10 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
   groups = prompt_lens // g                                           # [B]
   used = groups * g
   prompt = jnp.where(jnp.arange(p)[None] < used[:, None], prompt, 0).astype(jnp.int32)
-  bos = jnp.full((b, 1, g), models.bos_id(model.codebook_size), jnp.int32)
-  audio = jnp.concatenate([bos, prompt.reshape(b, p // g, g)], axis=1)  # [B, 1 + P/G, G]
+  audio = prompt.reshape(b, p // g, g)                                # [B, P/G, G]
+  if model.bos:
+    bos = jnp.full((b, 1, g), models.bos_id(model.codebook_size), jnp.int32)
+    audio = jnp.concatenate([bos, audio], axis=1)                     # [B, 1 + P/G, G]
   pointers = None
   if model.phoneme_pointer:
     if prompt_phoneme_lens is None:
@@ -356,8 +360,8 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
   start = _cached_decoder if options.use_cache else _full_forward_decoder
   if options.text_guidance:
     start = _text_guided(start, options.text_guidance)
-  (logits, decoder), step_fn = start(model, phonemes, phoneme_lens, audio, 1 + groups,
-                                     max_steps, pointers)
+  (logits, decoder), step_fn = start(model, phonemes, phoneme_lens, audio,
+                                     groups + model.bos, max_steps, pointers)
 
   # The last K prompt frames, oldest first; -1 where the prompt is shorter than K.
   k = options.ras_window

@@ -7,11 +7,16 @@ Sequence layout for a batch (padding at the end of each segment):
 Audio tokens come in groups of G = `ar_group_size` frames (VALL-E 2 grouped code
 modeling; G = 1 is plain VALL-E). Audio input group 0 is BOS; group t+1 holds frames of
 group t, so the output at audio slot t predicts group t (see `ar_inputs_and_targets`).
+Without BOS (`ar_bos = False`, lifeiteng/vall-e's layout) the inputs are the groups
+themselves and slot t predicts group t + 1: the first group is never predicted, so a
+prompt must hold at least one group.
 Attention: phonemes see all valid phonemes and no audio; audio sees all valid phonemes and
-audio causally. Positions are sinusoidal, counted separately within each segment.
+audio causally. Positions are sinusoidal, counted separately within each segment; with
+`ar_position_scale` each segment multiplies them by its own learned scalar (alpha).
 
-Token ids: codes are 0..V-1 (V = codebook_size), EOS = V, BOS = V + 1 (input only). The
-output is over V + 1 classes (codes and EOS) for each of the G frames of a group.
+Token ids: codes are 0..V-1 (V = codebook_size), EOS = V, BOS = V + 1 (input only, with
+`ar_bos`). The output is over V + 1 classes (codes and EOS) for each of the G frames of a
+group, with a bias unless `ar_head_bias = False`.
 
 KV cache (for the sampler): a dict of arrays
     k, v       [num_layers, B, S, N, H]  keys/values by slot (S = cache slots)
@@ -37,6 +42,7 @@ from flax import nnx
 from valle_jax.models import layers
 
 Array = jax.Array
+_ones = jax.nn.initializers.ones
 
 
 # The phoneme id that stands for "no text" (text dropout and classifier-free guidance): the
@@ -62,6 +68,9 @@ class ARModel(nnx.Module):
     self.group_size = cfg.ar_group_size
     self.dtype = layers.compute_dtype(cfg.compute_dtype)
     self.dropout_rate = cfg.dropout
+    self.bos = bool(cfg.get("ar_bos", True))
+    self.head_has_bias = bool(cfg.get("ar_head_bias", True))
+    self.position_scale = bool(cfg.get("ar_position_scale", False))
     self.phoneme_pointer = bool(cfg.get("ar_phoneme_pointer", False))
     self.text_dropout = _rate(cfg, "ar_text_dropout")
     self.audio_token_dropout = _rate(cfg, "ar_audio_token_dropout")
@@ -76,20 +85,24 @@ class ARModel(nnx.Module):
     embed = layers.embed_init(d)
     self.phoneme_embed = layers.make_param(rngs, embed, (cfg.phoneme_vocab_size, d),
                                            ("vocab", "embed"))
-    # Codes, EOS and BOS.
-    self.audio_embed = layers.make_param(rngs, embed, (cfg.codebook_size + 2, d),
+    # Codes, EOS and (with `ar_bos`) BOS.
+    self.audio_embed = layers.make_param(rngs, embed, (cfg.codebook_size + 1 + self.bos, d),
                                          ("vocab", "embed"))
+    if self.position_scale:  # alpha: each segment's learned position scale
+      self.phoneme_pos_scale = layers.make_param(rngs, _ones, (), ())
+      self.audio_pos_scale = layers.make_param(rngs, _ones, (), ())
     if self.group_size > 1:  # a group's G frame embeddings, concatenated, projected to D
       self.group_proj = layers.make_param(rngs, jax.nn.initializers.lecun_normal(),
                                           (self.group_size * d, d), (None, "embed"))
     self.transformer = layers.Transformer(
         num_layers=cfg.num_layers, width=d, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim,
-        dropout_rate=cfg.dropout, rngs=rngs)
+        dropout_rate=cfg.dropout, activation=cfg.get("mlp_activation", "gelu"), rngs=rngs)
     num_out = self.group_size * (cfg.codebook_size + 1)
     self.head_kernel = layers.make_param(rngs, jax.nn.initializers.lecun_normal(),
                                          (d, num_out), ("embed", "vocab"))
-    self.head_bias = layers.make_param(rngs, jax.nn.initializers.zeros, (num_out,),
-                                       ("vocab",))
+    if self.head_has_bias:
+      self.head_bias = layers.make_param(rngs, jax.nn.initializers.zeros, (num_out,),
+                                         ("vocab",))
     if self.phoneme_pointer:  # P(the next frame moves on to the next phoneme)
       self.advance_kernel = layers.make_param(rngs, jax.nn.initializers.lecun_normal(),
                                               (d, 1), ("embed", None))
@@ -104,8 +117,10 @@ class ARModel(nnx.Module):
     """phonemes [B, L] -> [B, L, D] (compute dtype), positions 0..L-1."""
     d = self.phoneme_embed.shape[1]
     x = layers.embed(self.phoneme_embed[...], phonemes)
-    x = x + layers.sinusoidal_positions(jnp.arange(phonemes.shape[1])[None], d)
-    return x.astype(self.dtype)
+    positions = layers.sinusoidal_positions(jnp.arange(phonemes.shape[1])[None], d)
+    if self.position_scale:
+      positions = positions * self.phoneme_pos_scale[...]
+    return (x + positions).astype(self.dtype)
 
   def _embed_audio(self, tokens: Array, positions: Array,
                    pointer_phonemes: Array | None = None,
@@ -134,12 +149,16 @@ class ARModel(nnx.Module):
     if self.num_dwell_embeddings:
       x = x + layers.embed(self.dwell_embed[...],
                            jnp.minimum(dwell, self.num_dwell_embeddings - 1))
-    x = x + layers.sinusoidal_positions(positions, d)
-    return x.astype(self.dtype)
+    positions = layers.sinusoidal_positions(positions, d)
+    if self.position_scale:
+      positions = positions * self.audio_pos_scale[...]
+    return (x + positions).astype(self.dtype)
 
   def _head(self, h: Array) -> Array:
     """h [B, T, D] -> logits [B, T, G, V + 1] float32."""
-    logits = h @ self.head_kernel[...].astype(h.dtype) + self.head_bias[...].astype(h.dtype)
+    logits = h @ self.head_kernel[...].astype(h.dtype)
+    if self.head_has_bias:
+      logits = logits + self.head_bias[...].astype(h.dtype)
     b, t, _ = logits.shape
     return logits.astype(jnp.float32).reshape(b, t, self.group_size, self.codebook_size + 1)
 
@@ -233,7 +252,8 @@ class ARModel(nnx.Module):
               ) -> tuple[Array, dict[str, Array]]:
     """Runs the prompt through the model, filling cache slots [0, L + Ta).
 
-    Args: as `__call__` (audio_tokens = BOS + prompt groups); `cache` from `init_cache`.
+    Args: as `__call__` (audio_tokens = BOS, with `ar_bos`, + prompt groups); `cache` from
+      `init_cache`.
       With `ar_phoneme_pointer`, `phoneme_pointers` [B, Ta] as in `__call__`; the last
       valid slot's pointer is where generation starts (the target text's first phoneme).
     Returns:
@@ -382,30 +402,36 @@ def _segment_valid(phoneme_lens, num_phon, audio_lens, num_audio) -> Array:
 
 
 def ar_inputs_and_targets(codes: Array, code_lens: Array, codebook_size: int,
-                          group_size: int = 1) -> tuple[Array, Array, Array]:
+                          group_size: int = 1, bos: bool = True
+                          ) -> tuple[Array, Array, Array]:
   """Teacher-forcing inputs and targets for the AR model from codebook-1 codes.
 
-  The target stream is the codes followed by EOS, padded with EOS to a multiple of G and
-  split into groups; the inputs are BOS followed by all target groups but the last.
+  The stream is the codes followed by EOS, padded with EOS to a multiple of G and split
+  into groups. With `bos` the targets are all groups and the inputs BOS followed by all
+  groups but the last; without (`ar_bos = False`) the inputs are all groups but the last
+  and the targets all but the first (the first group is not predicted).
 
   Args:
     codes: int [B, T] codebook-1 codes (padding arbitrary past `code_lens`).
     code_lens: int [B] valid frames.
   Returns:
     inputs int32 [B, Ta, G], targets int32 [B, Ta, G], group_lens int32 [B] (valid groups,
-    = ceil((code_len + 1) / G)); Ta = ceil((T + 1) / G).
+    = ceil((code_len + 1) / G), one less without BOS); Ta = ceil((T + 1) / G) (one less
+    without BOS).
   """
-  eos, bos = eos_id(codebook_size), bos_id(codebook_size)
+  eos, bos_token = eos_id(codebook_size), bos_id(codebook_size)
   b, t = codes.shape
   num_groups = -(-(t + 1) // group_size)
   stream = jnp.full((b, num_groups * group_size), eos, jnp.int32)
   frame = jnp.arange(t)[None, :]
   stream = stream.at[:, :t].set(jnp.where(frame < code_lens[:, None], codes, eos))
-  targets = stream.reshape(b, num_groups, group_size)
-  inputs = jnp.concatenate([jnp.full((b, 1, group_size), bos, jnp.int32), targets[:, :-1]],
-                           axis=1)
+  groups = stream.reshape(b, num_groups, group_size)
   group_lens = (code_lens + 1 + group_size - 1) // group_size
-  return inputs, targets, group_lens.astype(jnp.int32)
+  if not bos:
+    return groups[:, :-1], groups[:, 1:], (group_lens - 1).astype(jnp.int32)
+  inputs = jnp.concatenate([jnp.full((b, 1, group_size), bos_token, jnp.int32),
+                            groups[:, :-1]], axis=1)
+  return inputs, groups, group_lens.astype(jnp.int32)
 
 
 def prompt_pointers(prompt_phoneme_lens: Array, prompt_lens: Array, num_slots: int) -> Array:

@@ -52,7 +52,8 @@ def ar_loss(model: ARModel, batch: dict[str, Array], dropout_rng: Array | None =
   `ar_scheduled_sampling` a first, gradient-free pass draws the frames that
   `feed_back_samples` mixes into the inputs of the second."""
   inputs, targets, group_lens = ar_inputs_and_targets(
-      batch["codes"][..., 0], batch["code_lens"], model.codebook_size, model.group_size)
+      batch["codes"][..., 0], batch["code_lens"], model.codebook_size, model.group_size,
+      model.bos)
   pointers = None
   if model.phoneme_pointer:
     if "phoneme_of_frame" not in batch:

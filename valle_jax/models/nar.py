@@ -23,7 +23,9 @@ norm; VALL-E) or, with `nar_stage_conditioning = "token"`, as a learned token at
 (VALL-E 2).
 With `nar_tie_output`, the prediction layer for codebook `stage` is the transpose of the
 acoustic embedding of codebook `stage` — the paper's "j-th prediction layer tied to the
-(j+1)-th acoustic embedding" in its 1-based stage numbering.
+(j+1)-th acoustic embedding" in its 1-based stage numbering. With `nar_tie_offset = 1`
+(lifeiteng/vall-e's reading of that sentence) it is the embedding of codebook `stage + 1`,
+and the last codebook has a prediction layer of its own (`last_head`, [V, D] like a table).
 """
 from __future__ import annotations
 
@@ -57,6 +59,10 @@ class NARModel(nnx.Module):
     self.stage_as_token = cfg.nar_stage_conditioning == "token"
     self.first_stage = nar_first_stage(cfg)
     self.tie_output = cfg.nar_tie_output
+    self.tie_offset = int(cfg.get("nar_tie_offset", 0))
+    if self.tie_offset not in (0, 1) or (self.tie_offset and not self.tie_output):
+      raise ValueError("nar_tie_offset must be 0 or 1 (1 needs nar_tie_output), got "
+                       f"{self.tie_offset}.")
     self.dtype = layers.compute_dtype(cfg.compute_dtype)
     self.dropout_rate = cfg.dropout
     embed = layers.embed_init(d)
@@ -68,10 +74,14 @@ class NARModel(nnx.Module):
       self.stage_embed = layers.make_param(rngs, embed, (q, d), (None, "embed"))
     self.transformer = layers.Transformer(
         num_layers=cfg.num_layers, width=d, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim,
-        dropout_rate=cfg.dropout, num_conditions=0 if self.stage_as_token else q, rngs=rngs)
+        dropout_rate=cfg.dropout, num_conditions=0 if self.stage_as_token else q,
+        activation=cfg.get("mlp_activation", "gelu"), rngs=rngs)
     if self.first_stage == 0:  # frames since / until their phoneme's boundary
       self.timing_embed = layers.make_param(rngs, embed, (2, TIMING_EMBEDDINGS, d),
                                             (None, None, "embed"))
+    if self.tie_offset:
+      self.last_head = layers.make_param(rngs, embed, (cfg.codebook_size, d),
+                                         ("vocab", "embed"))
     if not self.tie_output:
       self.head_kernel = layers.make_param(rngs, jax.nn.initializers.lecun_normal(),
                                            (q, d, cfg.codebook_size),
@@ -138,7 +148,11 @@ class NARModel(nnx.Module):
     condition = None if self.stage_as_token else stage
     h, _ = self.transformer(x, mask, condition=condition, dropout_rng=layers_rng)
     h = h[:, -num_target:]                                              # [B, T, D]
-    if self.tie_output:
+    if self.tie_offset:
+      out = jnp.where((stage == q - 1)[:, None, None], self.last_head[...][None],
+                      table[jnp.minimum(stage + 1, q - 1)])             # [B, V, D]
+      logits = jnp.einsum("btd,bvd->btv", h, out.astype(h.dtype))
+    elif self.tie_output:
       out = table[stage]                                                # [B, V, D]
       logits = jnp.einsum("btd,bvd->btv", h, out.astype(h.dtype))
     else:
