@@ -2,10 +2,11 @@
 the CI-sized one). See valle_jax/demo.py.
 
 The demo runs VALL-E as in the paper, at toy size: the AR samples codebook 1, the NAR makes
-codebooks 2-8 in 7 stages, and all 8 are decoded. The full demo takes about an hour on a
-2-core CPU: the built-in corpus (1000 training utterances of 16 voices, 60 held-out
-utterances of 3 unseen voices), the offline codec fitted on the training split, and a small
-AR + NAR (4 layers, width 192) trained together for `train.train.steps` steps.
+codebooks 2-8 in 7 stages, and all 8 are decoded. The full demo: the built-in corpus (1000
+training utterances of 16 voices, 60 held-out utterances of 3 unseen voices), the offline
+codec fitted on the training split, and a small AR + NAR (4 layers, width 192) trained
+together for `train.train.steps` steps (sized on the aligned variant's demo at this model
+size: 55 minutes to 1.5 h on a 2-core CPU, README "The demo").
 `--budget=MINUTES` scales the training steps linearly (`budget_minutes` is the budget the
 steps were sized for). `valle-jax demo --variant=aligned` runs the aligned variant's demo
 instead (valle_jax/variants/aligned/config.py).

@@ -1,7 +1,6 @@
 """AR and NAR models: shapes, masks, KV cache, AdaLN, weight tying, dtypes, param counts."""
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx

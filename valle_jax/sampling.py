@@ -197,10 +197,11 @@ class ARSample(NamedTuple):
   controlled: Any = None
 
 
+@dataclasses.dataclass(frozen=True)
 class Controller:
   """`sample_ar`'s extension point; this base changes nothing (VALL-E's decoding).
 
-  A variant subclasses it (a hashable one: it is a static argument of the jit). Its
+  A variant subclasses it (a frozen dataclass: it is a static argument of the jit). Its
   methods run traced inside `sample_ar`; `inputs` is `sample_ar`'s `controller_inputs`,
   `carry` the controller's own per-sequence state (a pytree of arrays).
   """
