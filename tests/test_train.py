@@ -274,35 +274,3 @@ def test_sigterm_saves_and_stops(tiny_dataset, tmp_path):
   assert "SIGTERM received" in out
   saved = int(sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-1])
   assert saved == max(_metrics(workdir)) >= 3
-
-
-def test_acoustic_embeddings_start_from_the_codec(tiny_dataset):
-  """`acoustic_embedding_init = "codec"`: the NAR's table and the AR's code rows are the
-  projected codebook vectors of the dataset's codec; EOS and BOS keep their random start."""
-  from valle_jax import codec as codec_lib  # pylint: disable=g-import-not-at-top
-  from valle_jax import data  # pylint: disable=g-import-not-at-top
-  from valle_jax.models import layers  # pylint: disable=g-import-not-at-top
-  cfg = _cfg(tiny_dataset, **{"model.acoustic_embedding_init": "codec"})
-  description = data.open_dataset(tiny_dataset).codec_description
-  vectors = train._codebook_vectors(cfg, description)
-  assert vectors.shape == (8, 1024, 128)              # EnCodec's quantiser (random init)
-  np.testing.assert_array_equal(vectors, codec_lib.get_codec(description).codebook_vectors())
-  mesh = sharding.make_mesh(cfg.mesh)
-  trainer = train.Trainer(cfg, mesh)
-  params = trainer.init_state(vectors)["params"]
-  random_params = trainer.init_state()["params"]
-  table = np.asarray(layers.codebook_embeddings(vectors, cfg.model.width,
-                                                jax.random.key(cfg.seed + 200)))
-  np.testing.assert_allclose(np.asarray(params["nar"]["audio_embed"]), table, atol=1e-6)
-  ar_table = np.asarray(params["ar"]["audio_embed"])
-  np.testing.assert_allclose(ar_table[:1024], table[0], atol=1e-6)
-  np.testing.assert_array_equal(ar_table[1024:],
-                                np.asarray(random_params["ar"]["audio_embed"])[1024:])
-  np.testing.assert_array_equal(np.asarray(params["ar"]["phoneme_embed"]),
-                                np.asarray(random_params["ar"]["phoneme_embed"]))
-  assert train._codebook_vectors(_cfg(tiny_dataset), description) is None
-  with pytest.raises(UserError, match="acoustic_embedding_init must be 'random' or 'codec'"):
-    train._codebook_vectors(_cfg(tiny_dataset, **{"model.acoustic_embedding_init": "kmeans"}),
-                            description)
-  with pytest.raises(UserError, match="the codec's codebooks are"):
-    trainer.init_state(vectors[:4])

@@ -33,9 +33,10 @@ NAR batches add an acoustic prompt per example: by default a random prefix of ab
 zero-shot inference's layout — or, with `prompt_from_other_utterance`, a random crop of
 another utterance of the same speaker with the whole utterance as target (the paper's
 option). The stage (codebook to predict, 0-based in [1, Q)) is drawn per example, uniformly
-or with the probabilities `nar_stage_weights` (one weight per codebook 2..Q) give. A NAR
-with `model.nar_codebook1` also learns codebook 1 (stages [0, Q), one weight per codebook
-1..Q) and reads `frame_phonemes`, each target frame's phoneme from the alignments.
+or with the probabilities `nar_stage_weights` (one weight per codebook 2..Q) give.
+
+A variant's loader (valle_jax/variants) subclasses `BatchLoader`: `first_stage`, and the
+`_record`, `_ar` and `_nar_target_inputs` methods, are where it adds its own inputs.
 """
 from __future__ import annotations
 
@@ -73,39 +74,6 @@ class Dataset:
       raise UserError(f"dataset {self.path} has no split {name!r} (it has "
                       f"{sorted(self.splits)}); set the split name in the config.")
     return self.splits[name]
-
-  def alignments(self, split: str) -> "Alignments":
-    """The phoneme-to-frame alignments of a split (written by `valle-jax align`)."""
-    path = os.path.join(self.path, ALIGNMENTS_FILE)
-    if not os.path.isfile(path):
-      raise UserError(f"{self.path} has no alignments ({ALIGNMENTS_FILE}), which "
-                      "model.ar_phoneme_pointer trains on; run `valle-jax align "
-                      f"--dataset={self.path}` first.")
-    with np.load(path) as z:
-      if f"{split}/offsets" not in z:
-        raise UserError(f"{path} has no alignments of split {split!r}; run `valle-jax align "
-                        f"--dataset={self.path}` again.")
-      alignments = Alignments(z[f"{split}/frames"], z[f"{split}/offsets"])
-    if len(alignments) != len(self.split(split)):
-      raise UserError(f"{path} aligns {len(alignments)} records of split {split!r}, the "
-                      f"dataset has {len(self.split(split))}; run `valle-jax align` again.")
-    return alignments
-
-
-ALIGNMENTS_FILE = "alignments.npz"
-
-
-@dataclasses.dataclass(frozen=True)
-class Alignments:
-  """Per record, the phoneme index of each frame (int32 [T]), stored end to end."""
-  frames: np.ndarray       # int32 [sum of T]
-  offsets: np.ndarray      # int64 [N + 1]
-
-  def __len__(self) -> int:
-    return len(self.offsets) - 1
-
-  def __getitem__(self, index: int) -> np.ndarray:
-    return self.frames[self.offsets[index]:self.offsets[index + 1]]
 
 
 def open_dataset(path: str) -> Dataset:
@@ -312,25 +280,18 @@ class BatchPlan:
 
 class BatchLoader:
   """Global batch index -> this process's rows of that batch, padded (numpy)."""
+  first_stage = 1            # the first codebook (0-based) the NAR's stages are drawn from
 
   def __init__(self, source, plan: BatchPlan, data_cfg, *, kind: str, num_codebooks: int,
-               frame_rate: float, process_index: int = 0, process_count: int = 1,
-               alignments: Alignments | None = None, nar_first_stage: int = 1):
+               frame_rate: float, process_index: int = 0, process_count: int = 1):
     if kind not in ("ar", "nar", "both"):
       raise UserError(f"train.model must be 'ar', 'nar' or 'both', got {kind!r}.")
     self.source, self.plan, self.kind = source, plan, kind
-    # With alignments, AR batches carry the phoneme pointer's inputs, and NAR batches that
-    # start at stage 0 (`nar_codebook1`) their target frames' phonemes.
-    self.alignments = alignments
-    if nar_first_stage == 0 and alignments is None and kind != "ar":
-      raise UserError("model.nar_codebook1 trains on the dataset's forced alignments; run "
-                      "`valle-jax align` on it first.")
-    self.nar_first_stage = nar_first_stage
     self.num_codebooks = num_codebooks
     self.prompt_frames = max(1, int(round(data_cfg.prompt_seconds * frame_rate)))
     self.prompt_from_other = bool(data_cfg.prompt_from_other_utterance)
     self.stage_probabilities = _stage_probabilities(
-        tuple(data_cfg.get("nar_stage_weights", ())), num_codebooks, nar_first_stage)
+        tuple(data_cfg.get("nar_stage_weights", ())), num_codebooks, self.first_stage)
     self.process_index, self.process_count = process_index, process_count
     if self.prompt_from_other:
       self._by_speaker: dict[str, list[int]] = {}
@@ -351,49 +312,25 @@ class BatchLoader:
     return batch
 
   def _record(self, partner: int, index: int) -> dict[str, Any]:
-    """The example's phonemes and codes: the utterance's, after its partner's if paired.
-
-    With alignments, also `phoneme_of_frame` and `target_start`: the utterance's alignment,
-    after (for a pair) the partner's frames split evenly over its phonemes, as a prompt is
-    at inference, where the prompt's alignment is not known (the AR's pointer); and
-    `frame_phonemes`, the alignment of every frame, the partner's included (the NAR's).
-    """
+    """The example's phonemes and codes: the utterance's, after its partner's if paired."""
     record = self.source[index]
-    alignment = None if self.alignments is None else np.asarray(self.alignments[index],
-                                                                 np.int32)
     if partner < 0:
-      if alignment is None:
-        return record
-      return {**record, "phoneme_of_frame": alignment, "target_start": 0,
-              "frame_phonemes": alignment}
+      return record
     first = self.source[partner]
-    out = {"phonemes": np.concatenate([np.asarray(first["phonemes"]),
-                                       np.asarray(record["phonemes"])]),
-           "codes": np.concatenate([np.asarray(first["codes"]), np.asarray(record["codes"])])}
-    if alignment is not None:
-      num_frames, num_phon = len(first["codes"]), len(first["phonemes"])
-      out["phoneme_of_frame"] = np.concatenate([even_split(num_frames, num_phon),
-                                                alignment + num_phon])
-      out["target_start"] = num_frames
-      out["frame_phonemes"] = np.concatenate([
-          np.asarray(self.alignments[partner], np.int32), alignment + num_phon])
-    return out
+    return {"phonemes": np.concatenate([np.asarray(first["phonemes"]),
+                                        np.asarray(record["phonemes"])]),
+            "codes": np.concatenate([np.asarray(first["codes"]),
+                                     np.asarray(record["codes"])])}
 
   def _ar(self, records, bucket: Bucket) -> dict[str, np.ndarray]:
     codes = [np.asarray(r["codes"])[:, :1] for r in records]   # AR reads codebook 1 only
-    batch = {**_pad_phonemes(records, bucket.phonemes),
-             **_pad_codes(codes, bucket.frames, 1, "codes", "code_lens")}
-    if self.alignments is not None:
-      batch["phoneme_of_frame"] = _pad_frames([r["phoneme_of_frame"] for r in records],
-                                              bucket.frames)
-      batch["target_start"] = np.array([r["target_start"] for r in records], np.int32)
-    return batch
+    return {**_pad_phonemes(records, bucket.phonemes),
+            **_pad_codes(codes, bucket.frames, 1, "codes", "code_lens")}
 
   def _nar(self, records, members, bucket: Bucket, rng) -> dict[str, np.ndarray]:
-    prompts, targets, timings = [], [], []
+    prompts, targets, target_starts = [], [], []
     for record, index in zip(records, members):
       codes = np.asarray(record["codes"])
-      timing = record.get("frame_phonemes")
       other = self._other_utterance(int(index), rng) if self.prompt_from_other else None
       if other is not None:
         other_codes = np.asarray(self.source[other]["codes"])
@@ -401,23 +338,27 @@ class BatchLoader:
         start = int(rng.integers(0, len(other_codes) - length + 1))
         prompts.append(other_codes[start:start + length])
         targets.append(codes)
-        timings.append(timing)
+        target_starts.append(0)
       else:  # a prefix of about prompt_seconds (at most half) is the prompt, the rest target
         longest = max(1, min(self.prompt_frames, len(codes) // 2))
         length = int(rng.integers(max(1, longest // 2), longest + 1))
         prompts.append(codes[:length])
         targets.append(codes[length:])
-        timings.append(None if timing is None else timing[length:])
+        target_starts.append(length)
     q = self.num_codebooks
-    stages = rng.choice(np.arange(self.nar_first_stage, q), size=len(records),
+    stages = rng.choice(np.arange(self.first_stage, q), size=len(records),
                         p=self.stage_probabilities)
-    batch = {**_pad_phonemes(records, bucket.phonemes),
-             **_pad_codes(prompts, self.prompt_frames, q, "prompt_codes", "prompt_lens"),
-             **_pad_codes(targets, bucket.frames, q, "codes", "code_lens"),
-             "stage": stages.astype(np.int32)}
-    if self.nar_first_stage == 0:
-      batch["frame_phonemes"] = _pad_frames(timings, bucket.frames)
-    return batch
+    return {**_pad_phonemes(records, bucket.phonemes),
+            **_pad_codes(prompts, self.prompt_frames, q, "prompt_codes", "prompt_lens"),
+            **_pad_codes(targets, bucket.frames, q, "codes", "code_lens"),
+            "stage": stages.astype(np.int32),
+            **self._nar_target_inputs(records, target_starts, bucket)}
+
+  def _nar_target_inputs(self, records, target_starts: list[int], bucket: Bucket
+                         ) -> dict[str, np.ndarray]:
+    """More NAR inputs, given where in each record its target starts (VALL-E: none)."""
+    del records, target_starts, bucket
+    return {}
 
   def _other_utterance(self, index: int, rng) -> int | None:
     same = self._by_speaker[str(self.plan.lengths.speakers[index])]
@@ -425,12 +366,6 @@ class BatchLoader:
       return None
     choice = same[int(rng.integers(0, len(same) - 1))]
     return choice if choice != index else same[-1]
-
-
-def even_split(num_frames: int, num_phonemes: int) -> np.ndarray:
-  """int32 [T]: frame t -> phoneme floor((t + 1/2) L / T), the alignment of a steady rate."""
-  t = (np.arange(num_frames) + 0.5) * num_phonemes / max(num_frames, 1)
-  return np.minimum(t.astype(np.int32), max(num_phonemes - 1, 0))
 
 
 def _stage_probabilities(weights: tuple[float, ...], num_codebooks: int,
@@ -455,14 +390,6 @@ def _pad_phonemes(records, width: int) -> dict[str, np.ndarray]:
     out[row, :len(ph)] = ph
     lens[row] = len(ph)
   return {"phonemes": out, "phoneme_lens": lens}
-
-
-def _pad_frames(rows: Sequence[np.ndarray], width: int) -> np.ndarray:
-  """Per-frame int rows [T_i] -> int32 [B, width], 0-padded (cut to width)."""
-  out = np.zeros((len(rows), width), np.int32)
-  for row, values in enumerate(rows):
-    out[row, :len(values)] = values[:width]
-  return out
 
 
 def _pad_codes(codes: Sequence[np.ndarray], width: int, q: int, name: str, lens_name: str):

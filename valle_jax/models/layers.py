@@ -43,29 +43,6 @@ def embed(table: Array, ids: Array) -> Array:
   return table[ids] * table.shape[-1] ** 0.5
 
 
-def codebook_embeddings(vectors: Array, width: int, key: Array) -> Array:
-  """Acoustic embeddings [Q, K, D] that carry a codec's geometry (`acoustic_embedding_init
-  = "codec"`): its codebook vectors [Q, K, C] times one random projection [C, D] with
-  orthonormal rows (C <= D; Gaussian when C > D), scaled so that codebook 0's entries have
-  `embed_init`'s spread.
-
-  Residual-VQ codes are unordered labels: a model with random embeddings learns which codes
-  lie near each other only from many examples of each. With this start, the NAR's input
-  (the sum of the embeddings of codebooks < j) is the projection of the codec's partial
-  reconstruction, and its tied prediction layer scores entries by their alignment with a
-  direction in the codec's space, from step 0. Entries stay trainable.
-  """
-  q, k, c = vectors.shape
-  vectors = jnp.asarray(vectors, jnp.float32)
-  if c <= width:
-    proj = jax.random.orthogonal(key, width)[:c]                          # [C, D]
-  else:
-    proj = jax.random.normal(key, (c, width)) * c ** -0.5
-  table = jnp.einsum("qkc,cd->qkd", vectors, proj)
-  rms0 = jnp.sqrt(jnp.mean(jnp.square(table[0])))
-  return table * (width ** -0.5 / jnp.maximum(rms0, 1e-12))
-
-
 def make_param(rngs: nnx.Rngs, init, shape: tuple[int, ...],
                logical_axes: tuple[str | None, ...]) -> nnx.Param:
   """A float32 parameter annotated with logical axis names (one per dimension)."""
