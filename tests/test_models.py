@@ -354,8 +354,7 @@ def test_lifeiteng_switches_reject_bad_values(cfg):
       ("mlp_activation", "swish", models.ARModel, "mlp_activation must be one of"),
       ("nar_tie_offset", 2, models.NARModel, "nar_tie_offset must be 0 or 1"),
       ("nar_tie_output", False, models.NARModel, "1 needs nar_tie_output")):
-    bad = ml_collections.ConfigDict(cfg.to_dict())
-    bad[field] = value
+    bad = _with(cfg, **{field: value})
     if field == "nar_tie_output":
       bad.nar_tie_offset = 1
     with pytest.raises(ValueError, match=message):
