@@ -9,8 +9,8 @@ with explicit shardings and donated state buffers:
 - `train.model` chooses "ar", "nar" or "both" (one optimiser over both models).
 - AdamW with linear warmup to `optim.peak_lr` and linear decay to 0 at `train.steps`,
   gradient clipping to `optim.grad_clip_norm` by each model's own global norm (so training
-  AR and NAR together gives each the updates it would get alone), weight decay on matrices
-  only.
+  AR and NAR together gives each the updates it would get alone), weight decay on the
+  matmul kernels only (`weight_decay_mask`).
 - Gradient accumulation splits each global batch into `train.grad_accum_steps`
   micro-batches inside the step (a `lax.scan`), so memory scales with the micro-batch.
 - NaN/Inf guard: a step whose loss or gradients are not finite leaves params and
@@ -99,15 +99,29 @@ def clip_each_model_by_global_norm(max_norm: float) -> optax.GradientTransformat
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+# Parameters named with one of these endings are matmul weights (layers.py's convention).
+DECAYED_NAME_ENDINGS = ("kernel", "_proj")
+
+
+def weight_decay_mask(params) -> Any:
+  """True for each parameter that gets weight decay: the matmul kernels (attention q/k/v/out,
+  MLP, untied output heads, VALL-E 2's group projection), by their names. Never biases,
+  norm or AdaLN gains and biases, or embeddings (the NAR's tied output reads its acoustic
+  embedding): decaying an AdaLN gain pulls it toward 0, and an embedding row decays
+  whenever its token is rare."""
+  def decays(path, _):
+    return str(getattr(path[-1], "key", path[-1])).endswith(DECAYED_NAME_ENDINGS)
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
 def make_optimizer(cfg) -> optax.GradientTransformation:
   """AdamW on `make_schedule`, after each model's global-norm clipping; weight decay on
-  matrices only."""
+  the parameters `weight_decay_mask` selects."""
   o = cfg.optim
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
   return optax.chain(
       clip_each_model_by_global_norm(o.grad_clip_norm),
       optax.adamw(make_schedule(cfg), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
-                  mask=decay_mask))
+                  mask=weight_decay_mask))
 
 
 class Trainer:
