@@ -80,7 +80,11 @@ def base() -> ml_collections.ConfigDict:
   c.data.max_tokens = 6000          # acoustic frames per global batch (token budget)
   c.data.max_batch_size = 64
   c.data.prompt_seconds = 3.0       # NAR acoustic prompt length
-  c.data.prompt_from_other_utterance = False   # True: prompt from another utterance, same speaker
+  # NAR acoustic prompt (data.py): "prefix" (a prefix is the prompt, the rest the target: the
+  # layout of zero-shot inference), "segment" (a random window of the utterance is the
+  # prompt, the whole utterance the target: the paper's) or "other_utterance" (a window of
+  # another utterance of the same speaker).
+  c.data.nar_prompt = "prefix"
   # Probability that an example is another utterance of its speaker followed by itself
   # (concatenated; data.py): for corpora of short utterances, so training sequences are as
   # long as zero-shot ones (prompt + text). 0 = single utterances (the paper's LibriLight).

@@ -132,15 +132,18 @@ def test_pointer_batches_split_the_partner_evenly():
                                np.cumsum([0] + [len(t) for t in truth]))
   cfg = ml_collections.ConfigDict({
       "frame_buckets": (200,), "phoneme_buckets": (64,), "max_tokens": 800,
-      "max_batch_size": 4, "prompt_seconds": 1.0, "prompt_from_other_utterance": False,
+      "max_batch_size": 4, "prompt_seconds": 1.0, "nar_prompt": "prefix",
       "same_speaker_pairs": 1.0})
   plan = data.BatchPlan(data.scan_lengths(records, progress=False), cfg, seed=0)
+  symbols = text.SymbolTable.default()
   loader = data.BatchLoader(records, plan, cfg, kind="ar", num_codebooks=8, frame_rate=75.0,
-                            alignments=alignments)
+                            alignments=alignments, symbols=symbols)
   batch = loader(0)["ar"]
   for row, (partner, index) in enumerate(plan.batch(0)[1]):
     first = records[partner]
-    expected = np.concatenate([data.even_split(len(first["codes"]), len(first["phonemes"])),
-                               truth[index] + len(first["phonemes"])])
+    _, heard = text.join_prompt_and_text(first["phonemes"], records[index]["phonemes"],
+                                         symbols)
+    expected = np.concatenate([data.even_split(len(first["codes"]), heard),
+                               truth[index] + heard])
     np.testing.assert_array_equal(batch["phoneme_of_frame"][row, :len(expected)], expected)
     assert batch["target_start"][row] == len(first["codes"])

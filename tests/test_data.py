@@ -3,8 +3,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from valle_jax import data
+from valle_jax import data, text
 from valle_jax.errors import UserError
+
+
+SYMBOLS = text.SymbolTable.default()
 
 
 def _records(n=23, seed=0):
@@ -21,7 +24,7 @@ def _records(n=23, seed=0):
 def _cfg(**changes):
   c = ml_collections.ConfigDict({
       "frame_buckets": (100, 200, 300), "phoneme_buckets": (32, 64), "max_tokens": 800,
-      "max_batch_size": 6, "prompt_seconds": 1.0, "prompt_from_other_utterance": False})
+      "max_batch_size": 6, "prompt_seconds": 1.0, "nar_prompt": "prefix"})
   c.update(changes)
   return c
 
@@ -105,7 +108,7 @@ def test_loader_pads_and_masks(records, lengths):
 
 
 def test_prompt_from_other_utterance_of_same_speaker(records, lengths):
-  cfg = _cfg(prompt_from_other_utterance=True)
+  cfg = _cfg(nar_prompt="other_utterance")
   plan = data.BatchPlan(lengths, cfg, seed=0)
   loader = data.BatchLoader(records, plan, cfg, kind="nar", num_codebooks=8, frame_rate=75.0)
   batch = loader(1)["nar"]
@@ -116,6 +119,34 @@ def test_prompt_from_other_utterance_of_same_speaker(records, lengths):
     same_speaker = [j for j, r in enumerate(records)
                     if r["speaker"] == records[index]["speaker"] and j != index]
     assert any(_contains(records[j]["codes"], prompt) for j in same_speaker)
+
+
+def test_segment_prompt_is_a_window_of_the_whole_target_not_scored_there(records, lengths):
+  """nar_prompt = "segment" (the paper): the prompt is a random window of the utterance
+  (prompt_seconds, at most a quarter), the target the whole utterance, and the loss skips
+  the target frames under the window."""
+  cfg = _cfg(nar_prompt="segment")
+  plan = data.BatchPlan(lengths, cfg, seed=0)
+  loader = data.BatchLoader(records, plan, cfg, kind="nar", num_codebooks=8, frame_rate=75.0)
+  starts = []
+  for index in range(plan.batches_per_epoch):
+    batch = loader(index)["nar"]
+    for row, member in enumerate(_utterances(plan, index)):
+      codes = records[member]["codes"]
+      n, p = len(codes), batch["prompt_lens"][row]
+      assert batch["code_lens"][row] == n
+      np.testing.assert_array_equal(batch["codes"][row, :n], codes)
+      assert p == max(1, min(75, n // 4))
+      prompt = batch["prompt_codes"][row, :p]
+      (start,) = [s for s in range(n - p + 1) if np.array_equal(codes[s:s + p], prompt)][:1]
+      expected = np.ones(batch["loss_mask"].shape[1], np.float32)
+      expected[start:start + p] = 0.0
+      np.testing.assert_array_equal(batch["loss_mask"][row], expected)
+      starts.append(start / max(1, n - p))
+  assert 0.2 < np.mean(starts) < 0.8 and np.std(starts) > 0.15     # anywhere, not a prefix
+  with pytest.raises(UserError, match="nar_prompt"):
+    data.BatchLoader(records, plan, _cfg(nar_prompt="suffix"), kind="nar", num_codebooks=8,
+                     frame_rate=75.0)
 
 
 def _contains(codes, crop):
@@ -200,13 +231,15 @@ def test_same_speaker_pairs_change_each_epoch_and_cover_every_utterance(records,
   again = data.BatchPlan(lengths, _pairs_cfg(), seed=0, batch_multiple=2)
   for i in reversed(range(start)):                      # random access, any order
     np.testing.assert_array_equal(again.batch(i)[1], plan.batch(i)[1])
-  # The loader concatenates partner then utterance, for the AR and the NAR.
+  # The loader puts the partner first, for the AR and the NAR: codes concatenated, phonemes
+  # joined as zero-shot synthesis joins a prompt's transcript and the text.
   loader = data.BatchLoader(records, plan, _pairs_cfg(), kind="both", num_codebooks=8,
-                            frame_rate=75.0)
+                            frame_rate=75.0, symbols=SYMBOLS)
   batch = loader(start - 1)
   for row, (partner, index) in enumerate(plan.batch(start - 1)[1]):
     codes = np.concatenate([records[partner]["codes"], records[index]["codes"]])
-    phonemes = np.concatenate([records[partner]["phonemes"], records[index]["phonemes"]])
+    phonemes, _ = text.join_prompt_and_text(records[partner]["phonemes"],
+                                            records[index]["phonemes"], SYMBOLS)
     n = len(codes)
     assert batch["ar"]["code_lens"][row] == n and batch["index"][row] == index
     np.testing.assert_array_equal(batch["ar"]["codes"][row, :n, 0], codes[:, 0])
@@ -241,7 +274,7 @@ def test_pairs_that_do_not_fit_stay_single_and_probability_is_honoured(lengths):
 def test_pairs_resume_exactly_across_epochs(records, lengths):
   plan = data.BatchPlan(lengths, _pairs_cfg(), seed=0)
   loader = data.BatchLoader(records, plan, _pairs_cfg(), kind="ar", num_codebooks=8,
-                            frame_rate=75.0)
+                            frame_rate=75.0, symbols=SYMBOLS)
   total = plan.batch_offset(2) + 2                      # into the third epoch
   it = data.batch_iterator(loader, total)
   for _ in range(plan.batch_offset(1) - 1):
@@ -286,7 +319,8 @@ def test_nar_codebook1_batches_carry_each_target_frames_phoneme(records, lengths
   plan = data.BatchPlan(lengths, cfg, seed=0)
   alignments = _alignments(records)
   loader = data.BatchLoader(records, plan, cfg, kind="nar", num_codebooks=8,
-                            frame_rate=75.0, alignments=alignments, nar_first_stage=0)
+                            frame_rate=75.0, alignments=alignments, nar_first_stage=0,
+                            symbols=SYMBOLS)
   stages, pairs = [], 0
   for index in range(plan.batches_per_epoch):
     nar = loader(index)["nar"]
@@ -295,8 +329,9 @@ def test_nar_codebook1_batches_carry_each_target_frames_phoneme(records, lengths
       own = alignments[member]
       if partner >= 0:
         pairs += 1
-        own = np.concatenate([alignments[partner],
-                              own + len(records[partner]["phonemes"])])
+        _, heard = text.join_prompt_and_text(records[partner]["phonemes"],
+                                             records[member]["phonemes"], SYMBOLS)
+        own = np.concatenate([np.minimum(alignments[partner], heard - 1), own + heard])
       n, p = nar["code_lens"][row], nar["prompt_lens"][row]
       np.testing.assert_array_equal(nar["frame_phonemes"][row, :n], own[p:p + n])
       assert not nar["frame_phonemes"][row, n:].any()

@@ -86,3 +86,12 @@ def test_ids_stable_across_processes():
   table = text.SymbolTable.default()
   assert symbols == table.symbols
   assert ids == text.text_to_ids(SENTENCE, table).tolist()
+
+
+def test_join_prompt_and_text_drops_the_prompts_final_punctuation_only():
+  table = text.SymbolTable.default()
+  prompt = table.encode(["h", "ə", ",", text.WORD, "l", "oʊ", ".", "…"])
+  words = table.encode(["ɡ", "oʊ", "!"])
+  ids, heard = text.join_prompt_and_text(prompt, words, table)
+  assert table.decode(ids) == ["h", "ə", ",", text.WORD, "l", "oʊ", text.WORD, "ɡ", "oʊ", "!"]
+  assert heard == 7 and ids.dtype == np.int32

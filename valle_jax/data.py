@@ -20,7 +20,8 @@ Batching (deterministic from the seed):
   of i, so the iterator state is just the next i (Grain's `next_index`) and resuming is exact.
 - Same-speaker pairs (`same_speaker_pairs = p`, default 0): in each epoch, each example is,
   with probability p, another utterance of its speaker (drawn with seed (seed, e)) followed by
-  itself, phonemes and codes concatenated, when the pair fits the largest bucket. Training
+  itself, when the pair fits the largest bucket: codes concatenated, phonemes joined as
+  zero-shot synthesis joins a prompt's transcript and the text (`text.join_prompt_and_text`). Training
   sequences then look like zero-shot inference's (an utterance of the voice, then new text
   in it) even when a corpus's utterances are short: trained on single 4 s utterances, the AR
   learns to stop where they stop and ends zero-shot speech early. Pairs are bucketed by
@@ -28,11 +29,17 @@ Batching (deterministic from the seed):
 - Multi-host: every process computes the same plan and loads only its own rows of each
   global batch (rows [p * B / P, (p + 1) * B / P)).
 
-NAR batches add an acoustic prompt per example: by default a random prefix of about
-`prompt_seconds` (at most half the utterance) with the rest of the utterance as target —
-zero-shot inference's layout — or, with `prompt_from_other_utterance`, a random crop of
-another utterance of the same speaker with the whole utterance as target (the paper's
-option). The stage (codebook to predict, 0-based in [1, Q)) is drawn per example, uniformly
+NAR batches add an acoustic prompt per example, chosen by `nar_prompt`:
+- "prefix": a random prefix of about `prompt_seconds` (at most half the utterance) is the
+  prompt and the rest of the utterance the target: zero-shot inference's layout (prompt
+  audio, then new audio, on one position axis); lifeiteng/vall-e's prefix_mode 1.
+- "segment" (the paper, §5.1): a random window of `prompt_seconds` (at most a quarter of the
+  utterance) is the prompt and the whole utterance the target; the target frames under the
+  window are not scored (`loss_mask`), else the NAR learns to copy them from the prompt, as
+  in lifeiteng/vall-e's prefix_mode 2.
+- "other_utterance": a random window of `prompt_seconds` of another utterance of the same
+  speaker is the prompt and the whole utterance the target (a prefix for a speaker with one
+  utterance). The stage (codebook to predict, 0-based in [1, Q)) is drawn per example, uniformly
 or with the probabilities `nar_stage_weights` (one weight per codebook 2..Q) give. A NAR
 with `model.nar_codebook1` also learns codebook 1 (stages [0, Q), one weight per codebook
 1..Q) and reads `frame_phonemes`, each target frame's phoneme from the alignments.
@@ -51,6 +58,7 @@ import grain
 import numpy as np
 from tqdm import tqdm
 
+from valle_jax import text as text_lib
 from valle_jax.errors import UserError
 
 
@@ -228,7 +236,7 @@ class BatchPlan:
     offset += offset >= self._position_in_group
     partner = self._order[self._group_start + np.minimum(offset, self._group_size - 1)]
     frames = self.lengths.frames + self.lengths.frames[partner]
-    phonemes = self.lengths.phonemes + self.lengths.phonemes[partner]
+    phonemes = self.lengths.phonemes + self.lengths.phonemes[partner] + 1   # + word boundary
     paired &= self._bucket_of(frames, phonemes) >= 0        # a pair too long stays single
     return np.where(paired, partner, -1)
 
@@ -237,7 +245,7 @@ class BatchPlan:
     partner = self.partners(epoch)
     pair = partner >= 0
     frames = self.lengths.frames + np.where(pair, self.lengths.frames[partner], 0)
-    phonemes = self.lengths.phonemes + np.where(pair, self.lengths.phonemes[partner], 0)
+    phonemes = self.lengths.phonemes + np.where(pair, self.lengths.phonemes[partner] + 1, 0)
     return partner, self._bucket_of(frames, phonemes)
 
   def epoch(self, epoch: int) -> list[tuple[Bucket, np.ndarray]]:
@@ -315,10 +323,11 @@ class BatchLoader:
 
   def __init__(self, source, plan: BatchPlan, data_cfg, *, kind: str, num_codebooks: int,
                frame_rate: float, process_index: int = 0, process_count: int = 1,
-               alignments: Alignments | None = None, nar_first_stage: int = 1):
+               alignments: Alignments | None = None, nar_first_stage: int = 1,
+               symbols: text_lib.SymbolTable | None = None):
     if kind not in ("ar", "nar", "both"):
       raise UserError(f"train.model must be 'ar', 'nar' or 'both', got {kind!r}.")
-    self.source, self.plan, self.kind = source, plan, kind
+    self.source, self.plan, self.kind, self.symbols = source, plan, kind, symbols
     # With alignments, AR batches carry the phoneme pointer's inputs, and NAR batches that
     # start at stage 0 (`nar_codebook1`) their target frames' phonemes.
     self.alignments = alignments
@@ -328,11 +337,17 @@ class BatchLoader:
     self.nar_first_stage = nar_first_stage
     self.num_codebooks = num_codebooks
     self.prompt_frames = max(1, int(round(data_cfg.prompt_seconds * frame_rate)))
-    self.prompt_from_other = bool(data_cfg.prompt_from_other_utterance)
+    self.nar_prompt = data_cfg.nar_prompt
+    if self.nar_prompt not in NAR_PROMPTS:
+      raise UserError(f"config.data.nar_prompt must be one of {list(NAR_PROMPTS)}, got "
+                      f"{self.nar_prompt!r}.")
     self.stage_probabilities = _stage_probabilities(
         tuple(data_cfg.get("nar_stage_weights", ())), num_codebooks, nar_first_stage)
     self.process_index, self.process_count = process_index, process_count
-    if self.prompt_from_other:
+    if plan.pair_probability and symbols is None:
+      raise ValueError("same_speaker_pairs joins phonemes with text.join_prompt_and_text, "
+                       "which needs the dataset's symbol table (symbols=).")
+    if self.nar_prompt == "other_utterance":
       self._by_speaker: dict[str, list[int]] = {}
       for i, s in enumerate(plan.lengths.speakers):
         self._by_speaker.setdefault(str(s), []).append(i)
@@ -351,7 +366,8 @@ class BatchLoader:
     return batch
 
   def _record(self, partner: int, index: int) -> dict[str, Any]:
-    """The example's phonemes and codes: the utterance's, after its partner's if paired.
+    """The example's phonemes and codes: the utterance's, after its partner's if paired
+    (phonemes joined by `text.join_prompt_and_text`, zero-shot synthesis's layout).
 
     With alignments, also `phoneme_of_frame` and `target_start`: the utterance's alignment,
     after (for a pair) the partner's frames split evenly over its phonemes, as a prompt is
@@ -367,16 +383,18 @@ class BatchLoader:
       return {**record, "phoneme_of_frame": alignment, "target_start": 0,
               "frame_phonemes": alignment}
     first = self.source[partner]
-    out = {"phonemes": np.concatenate([np.asarray(first["phonemes"]),
-                                       np.asarray(record["phonemes"])]),
+    phonemes, num_phon = text_lib.join_prompt_and_text(first["phonemes"], record["phonemes"],
+                                                       self.symbols)
+    out = {"phonemes": phonemes,
            "codes": np.concatenate([np.asarray(first["codes"]), np.asarray(record["codes"])])}
     if alignment is not None:
-      num_frames, num_phon = len(first["codes"]), len(first["phonemes"])
+      num_frames = len(first["codes"])
       out["phoneme_of_frame"] = np.concatenate([even_split(num_frames, num_phon),
                                                 alignment + num_phon])
       out["target_start"] = num_frames
       out["frame_phonemes"] = np.concatenate([
-          np.asarray(self.alignments[partner], np.int32), alignment + num_phon])
+          np.minimum(np.asarray(self.alignments[partner], np.int32), num_phon - 1),
+          alignment + num_phon])
     return out
 
   def _ar(self, records, bucket: Bucket) -> dict[str, np.ndarray]:
@@ -390,11 +408,12 @@ class BatchLoader:
     return batch
 
   def _nar(self, records, members, bucket: Bucket, rng) -> dict[str, np.ndarray]:
-    prompts, targets, timings = [], [], []
+    prompts, targets, timings, unscored = [], [], [], []
     for record, index in zip(records, members):
       codes = np.asarray(record["codes"])
       timing = record.get("frame_phonemes")
-      other = self._other_utterance(int(index), rng) if self.prompt_from_other else None
+      other = (self._other_utterance(int(index), rng) if self.nar_prompt == "other_utterance"
+               else None)
       if other is not None:
         other_codes = np.asarray(self.source[other]["codes"])
         length = min(self.prompt_frames, len(other_codes))
@@ -402,6 +421,13 @@ class BatchLoader:
         prompts.append(other_codes[start:start + length])
         targets.append(codes)
         timings.append(timing)
+      elif self.nar_prompt == "segment":   # a window is the prompt, the whole the target
+        length = max(1, min(self.prompt_frames, len(codes) // 4))
+        start = int(rng.integers(0, max(1, len(codes) - length + 1)))
+        prompts.append(codes[start:start + length])
+        targets.append(codes)
+        timings.append(timing)
+        unscored.append((start, start + length))
       else:  # a prefix of about prompt_seconds (at most half) is the prompt, the rest target
         longest = max(1, min(self.prompt_frames, len(codes) // 2))
         length = int(rng.integers(max(1, longest // 2), longest + 1))
@@ -415,6 +441,10 @@ class BatchLoader:
              **_pad_codes(prompts, self.prompt_frames, q, "prompt_codes", "prompt_lens"),
              **_pad_codes(targets, bucket.frames, q, "codes", "code_lens"),
              "stage": stages.astype(np.int32)}
+    if self.nar_prompt == "segment":   # 1 where a target frame's loss counts
+      batch["loss_mask"] = np.ones((len(records), bucket.frames), np.float32)
+      for row, (start, end) in enumerate(unscored):
+        batch["loss_mask"][row, start:end] = 0.0
     if self.nar_first_stage == 0:
       batch["frame_phonemes"] = _pad_frames(timings, bucket.frames)
     return batch
@@ -425,6 +455,9 @@ class BatchLoader:
       return None
     choice = same[int(rng.integers(0, len(same) - 1))]
     return choice if choice != index else same[-1]
+
+
+NAR_PROMPTS = ("prefix", "segment", "other_utterance")
 
 
 def even_split(num_frames: int, num_phonemes: int) -> np.ndarray:

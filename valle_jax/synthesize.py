@@ -7,7 +7,7 @@
     valle-jax synthesize --checkpoint=runs/x --tsv=list.tsv --out_dir=out/
 
 Modes (VALL-E §4): **zero-shot**: the phonemes are the prompt's transcript followed by the
-text, the acoustic prompt is the whole enrolled utterance, and the output is what comes
+text (`text.join_prompt_and_text`, the layout of training pairs), the acoustic prompt is the whole enrolled utterance, and the output is what comes
 after it. **continual**: the phonemes are the text of the whole utterance, the acoustic
 prompt is its first `--continual_seconds` (3 s), and the output is the whole utterance
 (prompt included). A TSV has one request a line: `text<TAB>prompt.wav<TAB>prompt
@@ -55,25 +55,31 @@ class Request:
   out: str = ""
 
 
-def _phoneme_ids(words: str, what: str, symbols: text.SymbolTable, lang: str,
-                 final_punctuation: bool = True) -> np.ndarray:
-  """Text -> phoneme ids [L], or a `UserError` for an empty, unpronounceable or long text.
-
-  `final_punctuation=False` drops the punctuation it ends with: a zero-shot prompt's
-  transcript runs on into the text, and a model trained on single sentences has only ever
-  seen a final "." just before EOS (with it, the demo's model stopped at once)."""
+def _phoneme_ids(words: str, what: str, symbols: text.SymbolTable, lang: str) -> np.ndarray:
+  """Text -> phoneme ids [L], or a `UserError` for an empty, unpronounceable or long text."""
   if not words.strip():
     raise UserError(f"{what} is empty; give some words to say.")
   phones = text.phonemize(words, lang)
   if all(s in text.PUNCTUATION or s == text.WORD for s in phones):
     raise UserError(f"{what} {words!r} has nothing to pronounce; give it some words.")
-  while not final_punctuation and phones[-1] in text.PUNCTUATION:
-    phones = phones[:-1]
   ids = symbols.encode(phones, text=words)
   if len(ids) > sampling.PHONEME_BUCKETS[-1]:
     raise UserError(f"{what} has {len(ids)} phonemes, more than the "
                     f"{sampling.PHONEME_BUCKETS[-1]} the sampler takes; split it.")
   return ids
+
+
+def request_phonemes(request: Request, symbols: text.SymbolTable, lang: str, *,
+                     continual: bool = False, what: str = "the request"
+                     ) -> tuple[np.ndarray, int]:
+  """A request's phoneme ids [L] and how many of them are the prompt's transcript: zero-shot,
+  `text.join_prompt_and_text` of the prompt text and the text (training pairs' layout);
+  continual, the text alone."""
+  words = _phoneme_ids(request.text, f"the text of {what}", symbols, lang)
+  if continual:
+    return words, 0
+  heard = _phoneme_ids(request.prompt_text, f"the prompt text of {what}", symbols, lang)
+  return text.join_prompt_and_text(heard, words, symbols)
 
 
 def _prompt_codes(path: str, codec, seconds: float | None) -> np.ndarray:
@@ -131,13 +137,9 @@ def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Req
   examples = []
   for n, r in enumerate(requests, 1):
     where = f"request {n}" if len(requests) > 1 else "the request"
-    words = _phoneme_ids(r.text, f"the text of {where}", symbols, lang)
-    if not continual:
-      heard = _phoneme_ids(r.prompt_text, f"the prompt text of {where}", symbols, lang,
-                           final_punctuation=False)
-      words = np.concatenate([heard, [symbols.word_id], words]).astype(np.int32)
+    words, heard = request_phonemes(r, symbols, lang, continual=continual, what=where)
     prompt = _prompt_codes(r.prompt, codec, continual_seconds if continual else None)
-    examples.append((words, prompt, 0 if continual else len(heard) + 1))
+    examples.append((words, prompt, heard))
   codebook1 = _codebook1_source(codebook1, ar, nar)
   ar_def, ar_state = nnx.split(ar)
   nar_def, nar_state = nnx.split(nar)

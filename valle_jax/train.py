@@ -407,7 +407,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                 process_index=jax.process_index(),
                                 process_count=jax.process_count(),
                                 alignments=_alignments(cfg, dataset, cfg.data.train_split),
-                                nar_first_stage=models.nar_first_stage(cfg.model))
+                                nar_first_stage=models.nar_first_stage(cfg.model),
+                                symbols=table)
   data_iter = data_lib.batch_iterator(loader, cfg.train.steps, num_threads=cfg.data.num_threads,
                                       prefetch=cfg.data.prefetch)
 
@@ -539,7 +540,8 @@ def _eval_batches(cfg, dataset, workdir, *, frame_rate: float, multiple: int):
                                 process_index=jax.process_index(),
                                 process_count=jax.process_count(),
                                 alignments=_alignments(cfg, dataset, split),
-                                nar_first_stage=models.nar_first_stage(cfg.model))
+                                nar_first_stage=models.nar_first_stage(cfg.model),
+                                symbols=text_lib.SymbolTable.load(dataset.symbols_path))
   return [loader(i) for i in range(min(cfg.train.eval_batches, plan.batches_per_epoch))]
 
 

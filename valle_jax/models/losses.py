@@ -8,7 +8,9 @@ AR batch:  phonemes [B, L], phoneme_lens [B], codes [B, T, Q] (codebook 0 is use
            code_lens [B].
 NAR batch: phonemes, phoneme_lens, prompt_codes [B, P, Q], prompt_lens [B],
            codes [B, T, Q], code_lens [B], stage [B] (0-based codebook in [1, Q), or
-           [0, Q) with `nar_codebook1`, which also reads frame_phonemes [B, T]).
+           [0, Q) with `nar_codebook1`, which also reads frame_phonemes [B, T]), and
+           optionally loss_mask [B, T] (0: that target frame is not scored; data.py's
+           "segment" prompts).
 """
 from __future__ import annotations
 
@@ -86,7 +88,7 @@ def ar_loss(model: ARModel, batch: dict[str, Array], dropout_rng: Array | None =
 
 def nar_loss(model: NARModel, batch: dict[str, Array], dropout_rng: Array | None = None
              ) -> tuple[Array, dict[str, Array]]:
-  """Cross-entropy on codebook `stage` of the target frames.
+  """Cross-entropy on codebook `stage` of the target frames (those `loss_mask` keeps).
 
   Metrics also carry per-codebook sums (`loss_sum_per_codebook`, `count_per_codebook`,
   `top10_correct_per_codebook`, each [Q]) so training can report every stage.
@@ -98,6 +100,8 @@ def nar_loss(model: NARModel, batch: dict[str, Array], dropout_rng: Array | None
                  dropout_rng=dropout_rng)                     # [B, T, V]
   targets = jnp.take_along_axis(codes, stage[:, None, None], axis=-1)[..., 0]  # [B, T]
   maskf = (jnp.arange(codes.shape[1])[None, :] < batch["code_lens"][:, None]).astype(jnp.float32)
+  if "loss_mask" in batch:                   # target frames copied into the prompt
+    maskf = maskf * batch["loss_mask"]
   nll, in_topk = token_nll_and_topk(logits, targets)
   correct = in_topk.astype(jnp.float32)
   onehot = jax.nn.one_hot(stage, codes.shape[-1])             # [B, Q]
