@@ -441,6 +441,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   eval_batches = _eval_batches(cfg, dataset, workdir, frame_rate=frame_rate, multiple=multiple)
   logger = MetricLogger(workdir, cfg.train.steps, start)
+  if start == 0:      # cropped and left-out long examples, real frames per batch
+    logger.write(0, plan.stats(), console=False, prefix="plan")
   stop = _StopSignal()
   save = functools.partial(_save, checkpointer, cfg=cfg, symbols=symbols, codec=codec)
   step, window, window_start, last = start, [], time.time(), {}

@@ -5,7 +5,7 @@ where `loss` is the mean cross-entropy over valid positions and `metrics` holds 
 counts (so they can be summed across steps and devices before dividing).
 
 AR batch:  phonemes [B, L], phoneme_lens [B], codes [B, T, Q] (codebook 0 is used),
-           code_lens [B].
+           code_lens [B]. A row without phonemes is padding (data.py) and is not scored.
 NAR batch: phonemes, phoneme_lens, prompt_codes [B, P, Q], prompt_lens [B],
            codes [B, T, Q], code_lens [B], stage [B] (0-based codebook in [1, Q), or
            [0, Q) with `nar_codebook1`, which also reads frame_phonemes [B, T]), and
@@ -75,6 +75,7 @@ def ar_loss(model: ARModel, batch: dict[str, Array], dropout_rng: Array | None =
               return_advance=model.phoneme_pointer)
   logits = out[0] if model.phoneme_pointer else out            # [B, Ta, G, V + 1]
   mask = jnp.arange(inputs.shape[1])[None, :, None] < group_lens[:, None, None]
+  mask &= (batch["phoneme_lens"] > 0)[:, None, None]       # padding rows: not scored
   mask = jnp.broadcast_to(mask, targets.shape).astype(jnp.float32)
   nll, in_topk = token_nll_and_topk(logits, targets)
   metrics = {"loss_sum": jnp.sum(nll * mask), "count": jnp.sum(mask),
