@@ -212,6 +212,33 @@ def test_training_pairs_and_zero_shot_requests_share_one_phoneme_layout():
   assert laid_out[heard:] == symbols.decode(records[1]["phonemes"])
 
 
+def test_a_nar_trained_on_segment_prompts_reads_the_text_alone(kit, wavs, monkeypatch):
+  """A NAR trained with data.nar_prompt = "segment" (or "other_utterance") only ever read its
+  target's text: zero-shot, it gets the text's phonemes without the prompt's transcript; a
+  "prefix" NAR gets both. Runs from before nar_prompt map to their mode."""
+  seen = []
+  decode_nar = sampling.decode_nar
+
+  def recording(graphdef, state, phonemes, phoneme_lens, *args, **kw):
+    seen.append((np.asarray(phonemes), np.asarray(phoneme_lens)))
+    return decode_nar(graphdef, state, phonemes, phoneme_lens, *args, **kw)
+  monkeypatch.setattr(sampling, "decode_nar", recording)
+  request = synthesize.Request("Good morning.", wavs["mono"], "A quiet tone.")
+  _run(kit, [request], nar_prompt="segment")
+  _run(kit, [request])
+  (alone, alone_lens), (joined, joined_lens) = seen
+  words, heard = synthesize.request_phonemes(request, kit["symbols"], "en-us")
+  np.testing.assert_array_equal(joined[0, :joined_lens[0]], words)
+  assert alone_lens[0] == len(words) - heard
+  np.testing.assert_array_equal(alone[0, :alone_lens[0]], words[heard:])
+  assert not alone[0, alone_lens[0]:].any()
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  for data, mode in (({"nar_prompt": "segment"}, "segment"), ({}, "prefix"),
+                     ({"prompt_from_other_utterance": True}, "other_utterance")):
+    config = ml_collections.ConfigDict({"data": data})
+    assert synthesize.trained_nar_prompt(config) == mode
+
+
 def test_pointer_flags_need_the_phoneme_pointer():
   """--min_dwell or --pointer_advance on a run whose AR has no pointer is one sentence, not a
   traceback; with the pointer they become sampling options, checked."""

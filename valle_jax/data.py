@@ -31,9 +31,9 @@ Batching (deterministic from the seed):
   with probability p, another utterance of its speaker (drawn with seed (seed, e)) followed by
   itself, when the pair fits the largest bucket: codes concatenated, phonemes joined as
   zero-shot synthesis joins a prompt's transcript and the text (`text.join_prompt_and_text`).
-  Training sequences then look like zero-shot inference's (an utterance of the voice, then new text
-  in it) even when a corpus's utterances are short: trained on single 4 s utterances, the AR
-  learns to stop where they stop and ends zero-shot speech early. Pairs are bucketed by
+  Training sequences then look like zero-shot inference's (an utterance of the voice, then
+  new text in it) even when a corpus's utterances are short: trained on single 4 s
+  utterances, the AR learns to stop where they stop and ends zero-shot speech early. Pairs are bucketed by
   their own lengths, so an epoch's batch count depends on e.
 - Multi-host: every process computes the same plan and loads only its own rows of each
   global batch (rows [p * B / P, (p + 1) * B / P)).
@@ -48,7 +48,8 @@ NAR batches add an acoustic prompt per example, chosen by `nar_prompt`:
   in lifeiteng/vall-e's prefix_mode 2.
 - "other_utterance": a random window of `prompt_seconds` of another utterance of the same
   speaker is the prompt and the whole utterance the target (a prefix for a speaker with one
-  utterance). The stage (codebook to predict, 0-based in [1, Q)) is drawn per example, uniformly
+  utterance).
+The stage (codebook to predict, 0-based in [1, Q)) is drawn per example, uniformly
 or with the probabilities `nar_stage_weights` (one weight per codebook 2..Q) give. A NAR
 with `model.nar_codebook1` also learns codebook 1 (stages [0, Q), one weight per codebook
 1..Q) and reads `frame_phonemes`, each target frame's phoneme from the alignments.

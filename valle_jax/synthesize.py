@@ -7,7 +7,7 @@
     valle-jax synthesize --checkpoint=runs/x --tsv=list.tsv --out_dir=out/
 
 Modes (VALL-E §4): **zero-shot**: the phonemes are the prompt's transcript followed by the
-text (`text.join_prompt_and_text`, the layout of training pairs), the acoustic prompt is the whole enrolled utterance, and the output is what comes
+text, the acoustic prompt is the whole enrolled utterance, and the output is what comes
 after it. **continual**: the phonemes are the text of the whole utterance, the acoustic
 prompt is its first `--continual_seconds` (3 s), and the output is the whole utterance
 (prompt included). A TSV has one request a line: `text<TAB>prompt.wav<TAB>prompt
@@ -104,8 +104,8 @@ def _prompt_codes(path: str, codec, seconds: float | None) -> np.ndarray:
 def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Request],
                options: sampling.SampleOptions, *, continual: bool = False,
                continual_seconds: float = 3.0, lang: str = "en-us", seed: int = 0,
-               batch_size: int = 1, codebooks: int = 0, codebook1: str | None = None
-               ) -> list[np.ndarray]:
+               batch_size: int = 1, codebooks: int = 0, codebook1: str | None = None,
+               nar_prompt: str = "prefix") -> list[np.ndarray]:
   """Makes each request's speech.
 
   Args:
@@ -122,6 +122,11 @@ def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Req
     codebook1: who makes codebook 1: "ar" (VALL-E: the AR's frames) or "nar" (a NAR trained
       with `nar_codebook1`, all frames at once on the AR's timing: the phoneme its pointer
       was on at each frame). None: "nar" when the NAR learnt codebook 1, else "ar".
+    nar_prompt: the NAR's training prompt (its run's `data.nar_prompt`, `trained_nar_prompt`).
+      A NAR trained on "segment" or "other_utterance" prompts read only its target's text,
+      so zero-shot it reads the text without the prompt's transcript (lifeiteng/vall-e's
+      prefix_mode 2 inference); a "prefix" NAR reads both, prompt and target being one
+      utterance in training.
   Returns:
     float32 waveforms at `codec.sample_rate`, one per request (empty when the AR ended at
     once). Logs a warning for each that stopped at the length limit instead of EOS.
@@ -157,7 +162,11 @@ def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Req
                              jax.random.fold_in(key, start), options=options,
                              max_steps=batch.max_steps,
                              prompt_phoneme_lens=batch.prompt_phoneme_lens)
-    codes = sampling.decode_nar(nar_def, nar_state, batch.phonemes, batch.phoneme_lens,
+    nar_phonemes, nar_phoneme_lens = batch.phonemes, batch.phoneme_lens
+    if nar_prompt != "prefix":
+      nar_phonemes, nar_phoneme_lens = _after_prompt_transcript(
+          batch.phonemes, batch.phoneme_lens, batch.prompt_phoneme_lens)
+    codes = sampling.decode_nar(nar_def, nar_state, nar_phonemes, nar_phoneme_lens,
                                 batch.prompt, batch.prompt_lens, out.codes, out.lengths,
                                 copied_codebooks=copied, codebooks=codebooks,
                                 frame_phonemes=out.phoneme_of_frame,
@@ -173,6 +182,25 @@ def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Req
       wavs.append(np.asarray(codec.decode(made), np.float32) if len(made) else
                   np.zeros((0,), np.float32))
   return wavs
+
+
+def _after_prompt_transcript(phonemes: np.ndarray, phoneme_lens: np.ndarray,
+                             heard: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """phonemes [B, L] without each row's first `heard` [B] (its prompt's transcript), moved to
+  the front and 0-padded, and their counts [B]."""
+  columns = np.arange(phonemes.shape[1])[None, :] + np.asarray(heard)[:, None]
+  lens = np.asarray(phoneme_lens) - np.asarray(heard)
+  kept = np.take_along_axis(np.asarray(phonemes), np.minimum(columns, phonemes.shape[1] - 1), 1)
+  return (np.where(np.arange(phonemes.shape[1])[None, :] < lens[:, None], kept, 0)
+          .astype(np.int32), lens.astype(np.int32))
+
+
+def trained_nar_prompt(config) -> str:
+  """The NAR prompt a run was trained with (`data.nar_prompt`; earlier runs had the option
+  `prompt_from_other_utterance`)."""
+  if "nar_prompt" in config.data:
+    return config.data.nar_prompt
+  return "other_utterance" if config.data.get("prompt_from_other_utterance") else "prefix"
 
 
 def _codebook1_source(choice: str | None, ar, nar) -> str:
@@ -284,8 +312,9 @@ def sample_options(config, overrides: dict[str, Any]) -> sampling.SampleOptions:
 
 
 def load_models(path: str, nar_path: str | None = None):
-  """(bundle, NAR model, symbols, codec) of a run, the NAR from `nar_path` when given; a
-  `UserError` for a checkpoint without the models or runs that don't match."""
+  """(bundle, NAR bundle, symbols, codec) of a run, the NAR from `nar_path` when given (else
+  the bundle itself); a `UserError` for a checkpoint without the models or runs that don't
+  match."""
   from valle_jax import checkpoint, codec as codec_lib  # pylint: disable=g-import-not-at-top
   bundle = checkpoint.load_inference_bundle(path)
   nar_bundle = checkpoint.load_inference_bundle(nar_path) if nar_path else bundle
@@ -301,7 +330,7 @@ def load_models(path: str, nar_path: str | None = None):
                       "tables; use runs on the same dataset.")
     codec_lib.check_same_codec(bundle.codec_description, nar_bundle.codec_description,
                                f"the NAR checkpoint {nar_path}")
-  return bundle, nar_bundle.nar, bundle.symbols, codec_lib.get_codec(bundle.codec_description)
+  return bundle, nar_bundle, bundle.symbols, codec_lib.get_codec(bundle.codec_description)
 
 
 def main(argv):
@@ -318,9 +347,10 @@ def main(argv):
     if not _PROMPT.value:
       raise UserError("--prompt is required: a recording of the voice to use.")
     requests = [Request(_TEXT.value, _PROMPT.value, _PROMPT_TEXT.value, _OUT.value)]
-  bundle, nar, symbols, codec = load_models(_CHECKPOINT.value, _NAR_CHECKPOINT.value)
+  bundle, nar_bundle, symbols, codec = load_models(_CHECKPOINT.value, _NAR_CHECKPOINT.value)
   options = sample_options(bundle.config, sample_flags())
-  wavs = synthesize(bundle.ar, nar, symbols, codec, requests, options,
+  wavs = synthesize(bundle.ar, nar_bundle.nar, symbols, codec, requests, options,
+                    nar_prompt=trained_nar_prompt(nar_bundle.config),
                     continual=_CONTINUAL.value, continual_seconds=_CONTINUAL_SECONDS.value,
                     lang=_LANG.value, seed=_SEED.value, batch_size=_BATCH.value,
                     codebooks=_CODEBOOKS.value, codebook1=_CODEBOOK1.value)
