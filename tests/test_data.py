@@ -146,6 +146,9 @@ def test_too_long_examples_are_cropped_to_a_random_window_and_reported(records, 
       windows.setdefault(int(member), set()).add(start)
   assert set(windows) == set(np.flatnonzero(long).tolist())
   assert sum(len(w) > 1 for w in windows.values()) > len(windows) // 2   # new windows
+  kept_out = data.BatchPlan(lengths, cfg, seed=0, crop_long=False)   # for alignments
+  assert kept_out.dropped == long.sum() and not kept_out.cropped.any()
+  assert f"{long.sum()} ({share:.1%} of the audio) left out" in kept_out.describe()
   unfit = data.Lengths(np.array([100, 50]), np.array([10 ** 6, 20]), np.array(["a", "a"]))
   plan = data.BatchPlan(unfit, cfg, seed=0)
   assert plan.dropped == 1 and "1 (66.7% of the audio) left out" in plan.describe()

@@ -14,8 +14,10 @@ Batching (deterministic from the seed):
   the largest frame bucket, fewer frames when the window's share of the phonemes would not
   fit the largest phoneme bucket, and that share of the phonemes, at the same relative
   position (`crop_lengths`: no alignment is needed, the text is assumed spoken at an even
-  rate, so a window's text is right up to the edge words). How many examples are cropped,
-  and their share of the audio, is printed at train start (`describe`) and logged (`stats`).
+  rate, so a window's text is right up to the edge words; with alignments, which a crop
+  would not follow, such examples are left out, `crop_long=False`). How many examples are
+  cropped or left out, and their share of the audio, is printed at train start (`describe`)
+  and logged (`stats`).
 - Token budget (the paper: 6k real acoustic tokens per GPU): each bucket's examples, in
   shuffled order, fill batches until their real frames would pass `max_tokens` (or
   `max_batch_size` examples). A bucket's batch has one shape, rows enough for its shortest
@@ -227,7 +229,10 @@ class BatchPlan:
   padding row is (-1, -1).
   """
 
-  def __init__(self, lengths: Lengths, data_cfg, *, seed: int, batch_multiple: int = 1):
+  def __init__(self, lengths: Lengths, data_cfg, *, seed: int, batch_multiple: int = 1,
+               crop_long: bool = True):
+    """`crop_long=False` (for alignments, which a crop would not follow): examples longer
+    than the largest bucket are left out, counted, instead of cropped."""
     self.seed = seed
     self.lengths = lengths
     self.frame_buckets = np.asarray(sorted(int(b) for b in data_cfg.frame_buckets))
@@ -240,6 +245,9 @@ class BatchPlan:
     # Each single example's lengths in batching: its own, or its crop window's (0: left out).
     self.frames, self.phonemes = crop_lengths(lengths.frames, lengths.phonemes,
                                               self.frame_buckets[-1], self.phoneme_buckets[-1])
+    if not crop_long:
+      fits = (self.frames == lengths.frames) & (self.phonemes == lengths.phonemes)
+      self.frames, self.phonemes = self.frames * fits, self.phonemes * fits
     self.cropped = (self.frames > 0) & ((self.frames < lengths.frames)
                                         | (self.phonemes < lengths.phonemes))   # bool [N]
     self.dropped = int(np.sum(self.frames == 0))
@@ -392,7 +400,7 @@ class BatchPlan:
               f"window that fits")
       if self.dropped:
         long += (f", {self.dropped} ({stats['left_out_audio_share']:.1%} of the audio) "
-                 "left out (no window of a frame and a phoneme fits)")
+                 "left out")
     return (f"{placed} examples in {len(counts)} buckets [{', '.join(parts)}], "
             f"{stats['batches_per_epoch']} batches in epoch 0 of "
             f"{stats['real_frames_per_batch']:.0f} real frames on average (budget "
@@ -429,9 +437,8 @@ class BatchLoader:
       raise ValueError("same_speaker_pairs joins phonemes with text.join_prompt_and_text, "
                        "which needs the dataset's symbol table (symbols=).")
     if alignments is not None and plan.cropped.any():
-      raise UserError(f"{int(plan.cropped.sum())} examples are longer than the largest "
-                      "bucket and would be cropped, which their alignments do not follow; "
-                      "raise config.data.frame_buckets / phoneme_buckets to hold them.")
+      raise ValueError(f"the plan crops {int(plan.cropped.sum())} examples, which their "
+                       "alignments do not follow; make it with crop_long=False.")
     if self.nar_prompt == "other_utterance":
       self._by_speaker: dict[str, list[int]] = {}
       for i, s in enumerate(plan.lengths.speakers):

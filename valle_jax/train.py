@@ -401,12 +401,14 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   lengths = data_lib.scan_lengths(
       source, os.path.join(workdir, f"lengths-{cfg.data.train_split}.npz"),
       progress=jax.process_index() == 0)
-  plan = data_lib.BatchPlan(lengths, cfg.data, seed=cfg.seed, batch_multiple=multiple)
+  alignments = _alignments(cfg, dataset, cfg.data.train_split)
+  plan = data_lib.BatchPlan(lengths, cfg.data, seed=cfg.seed, batch_multiple=multiple,
+                            crop_long=alignments is None)
   loader = data_lib.BatchLoader(source, plan, cfg.data, kind=cfg.train.model,
                                 num_codebooks=cfg.model.num_codebooks, frame_rate=frame_rate,
                                 process_index=jax.process_index(),
                                 process_count=jax.process_count(),
-                                alignments=_alignments(cfg, dataset, cfg.data.train_split),
+                                alignments=alignments,
                                 nar_first_stage=models.nar_first_stage(cfg.model),
                                 symbols=table)
   data_iter = data_lib.batch_iterator(loader, cfg.train.steps, num_threads=cfg.data.num_threads,
@@ -536,12 +538,14 @@ def _eval_batches(cfg, dataset, workdir, *, frame_rate: float, multiple: int):
   source = dataset.split(split)
   lengths = data_lib.scan_lengths(source, os.path.join(workdir, f"lengths-{split}.npz"),
                                   progress=False)
-  plan = data_lib.BatchPlan(lengths, cfg.data, seed=cfg.seed + 1, batch_multiple=multiple)
+  alignments = _alignments(cfg, dataset, split)
+  plan = data_lib.BatchPlan(lengths, cfg.data, seed=cfg.seed + 1, batch_multiple=multiple,
+                            crop_long=alignments is None)
   loader = data_lib.BatchLoader(source, plan, cfg.data, kind=cfg.train.model,
                                 num_codebooks=cfg.model.num_codebooks, frame_rate=frame_rate,
                                 process_index=jax.process_index(),
                                 process_count=jax.process_count(),
-                                alignments=_alignments(cfg, dataset, split),
+                                alignments=alignments,
                                 nar_first_stage=models.nar_first_stage(cfg.model),
                                 symbols=text_lib.SymbolTable.load(dataset.symbols_path))
   return [loader(i) for i in range(min(cfg.train.eval_batches, plan.batches_per_epoch))]
