@@ -510,8 +510,8 @@ def synthesize_samples(ar, nar, symbols, codec, pairs: Sequence[Pair], options, 
   Writes `<id>_resynthesis.wav` (the codec's encode + decode of the target, every codebook)
   and `<id>_valle.wav` (`synthesize.synthesize` with `options` and `codebooks`: zero-shot
   from the prompt, or `continual` from the target's first `prompt_seconds`, then also
-  `<id>_prompt.wav`, that excerpt); `nar_prompt` as in `synthesize.synthesize`. Batch k (pairs k*batch_size...) is sampled with seed
-  `seed + k*batch_size`; a batch whose files all exist is reused, so a re-run, or one after
+  `<id>_prompt.wav`, that excerpt; `nar_prompt` as in `synthesize.synthesize`). Batch k
+  (pairs k*batch_size...) is sampled with seed `seed + k*batch_size`; a batch whose files all exist is reused, so a re-run, or one after
   an interruption, redoes nothing and gives the same files. Returns the samples, also written to
   `out_dir/samples.json`: {id, speaker, text, prompt_id, prompt_text, prompt_seconds,
   valle_seconds, audio: {prompt, ground_truth, resynthesis, valle: wav path}}.
