@@ -72,14 +72,11 @@ def test_plan_fills_batches_with_real_frames_up_to_the_budget(lengths):
   assert all(n <= 1 for n in not_full.values()), not_full
   assert plan.dropped == 0 and not plan.cropped.any()
   assert plan.stats()["real_frames_per_batch"] == pytest.approx(np.mean(real_frames))
-  # Counting real frames takes fewer batches than a budget of padded lengths, whose batch
-  # sizes were 800 // bucket frames (6, 4 and 2 here).
-  counts: dict[tuple[int, int], int] = {}
-  for bucket, examples in plan.epoch(0):
-    key = (bucket.frames, bucket.phonemes)
-    counts[key] = counts.get(key, 0) + int(np.sum(examples[:, 1] >= 0))
-  padded_sizes = {100: 6, 200: 4, 300: 2}
-  assert plan.batches_per_epoch < sum(-(-n // padded_sizes[f]) for (f, _), n in counts.items())
+  # The budget counts real frames: examples of 201 frames in a 300-frame bucket go 3 to a
+  # batch of 800 frames (603 real), where a padded-length budget took 800 // 300 = 2.
+  short = data.Lengths(np.full(12, 201), np.full(12, 10), np.array(["a"] * 12))
+  plan = data.BatchPlan(short, _cfg(frame_buckets=(300,)), seed=0)
+  assert [int(np.sum(e[:, 1] >= 0)) for _, e in plan.epoch(0)] == [3] * 4
 
 
 def test_every_example_each_epoch_deterministic(lengths):

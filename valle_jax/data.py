@@ -21,15 +21,16 @@ Batching (deterministic from the seed):
 - Token budget (the paper: 6k real acoustic tokens per GPU): each bucket's examples, in
   shuffled order, fill batches until their real frames would pass `max_tokens`, or the
   batch has `max_examples` of them: the budget over the mean length of the bucket's
-  examples, at most `max_batch_size`, rounded to the nearest multiple of the data-parallel
+  examples (in epoch 0, pairs included), at most `max_batch_size`, rounded to the nearest multiple of the data-parallel
   size (rows for that many are the bucket's one shape; when rounding up, the batch still
   stops at the first count). Rows a batch does not fill are padding (utterance -1:
   no phonemes, no frames, not scored). Many examples a batch sum to near their mean times
   their count, so batches end close to the budget: with the paper's 96k budget, examples
-  of 751-1200 frames (uniform) fill 95.1k real frames a batch of 99 rows, 80% of the padded
+  of 751-1200 frames (uniform) fill 94.7k real frames a batch of 98 rows, 80% of the padded
   slots (a padded-length budget gave 80 rows, 78.0k real frames; rows for the shortest
-  example, 127, would hold 62% real). Fixed shapes per bucket: `jax.jit` compiles once per
-  bucket, however long the run.
+  example, 127, would hold 62% real). With a few examples a batch the row count binds
+  first, as a padded-length budget did. Fixed shapes per bucket: `jax.jit` compiles once
+  per bucket, however long the run.
 - Epoch e shuffles each bucket with seed (seed, e), cuts it into batches (every example
   exactly once) and shuffles batch order.
   Global batch i is batch i - (first batch of e) of the epoch e it falls in: a pure function
@@ -260,22 +261,6 @@ class BatchPlan:
       raise UserError(f"no example fits the length buckets (frames <= {self.frame_buckets[-1]}, "
                       f"phonemes <= {self.phoneme_buckets[-1]}) or can be cropped to them; "
                       "raise config.data.frame_buckets / phoneme_buckets.")
-    # Per frame bucket: the most examples a batch takes, the budget over the mean length of
-    # the bucket's single examples (the middle of its range when it has none), at most
-    # max_batch_size; and its rows, that rounded to the nearest multiple of batch_multiple
-    # (at least one, at most max_batch_size); fewer rows lower the most examples.
-    placed = self.frames > 0
-    bucket = np.searchsorted(self.frame_buckets, self.frames[placed], side="left")
-    mean = (np.concatenate([[0], self.frame_buckets[:-1]]) + self.frame_buckets + 1) / 2
-    for b in np.unique(bucket):
-      mean[b] = self.frames[placed][bucket == b].mean()
-    self.max_examples = np.clip(np.ceil(self.max_tokens / mean).astype(np.int64), 1,
-                                int(data_cfg.max_batch_size))
-    rows = np.maximum(1, np.round(self.max_examples / batch_multiple)).astype(np.int64)
-    rows *= batch_multiple
-    capped = max(batch_multiple, int(data_cfg.max_batch_size) // batch_multiple * batch_multiple)
-    self.batch_sizes = np.where(rows > data_cfg.max_batch_size, capped, rows)
-    self.max_examples = np.minimum(self.max_examples, self.batch_sizes)
     # Same-speaker groups: example i is order[group_start[i] + position_in_group[i]].
     speakers = np.asarray(lengths.speakers)
     self._order = np.argsort(speakers, kind="stable")
@@ -287,6 +272,23 @@ class BatchPlan:
       members = self._order[start:start + count]
       self._group_size[members], self._group_start[members] = count, start
       self._position_in_group[members] = np.arange(count)
+    # Per frame bucket: the most examples a batch takes, the budget over the mean length of
+    # the bucket's examples in epoch 0 (pairs included; the middle of its range when it has
+    # none), at most max_batch_size; and its rows, that rounded to the nearest multiple of
+    # batch_multiple (at least one, at most max_batch_size); fewer rows lower the most
+    # examples. Fixed from epoch 0, so shapes never change.
+    _, frames, flat = self._assignment(0)
+    bucket = flat[flat >= 0] // len(self.phoneme_buckets)
+    mean = (np.concatenate([[0], self.frame_buckets[:-1]]) + self.frame_buckets + 1) / 2
+    for b in np.unique(bucket):
+      mean[b] = frames[flat >= 0][bucket == b].mean()
+    self.max_examples = np.clip((self.max_tokens // mean).astype(np.int64), 1,
+                                int(data_cfg.max_batch_size))
+    rows = np.maximum(1, np.round(self.max_examples / batch_multiple)).astype(np.int64)
+    rows *= batch_multiple
+    capped = max(batch_multiple, int(data_cfg.max_batch_size) // batch_multiple * batch_multiple)
+    self.batch_sizes = np.where(rows > data_cfg.max_batch_size, capped, rows)
+    self.max_examples = np.minimum(self.max_examples, self.batch_sizes)
     self._lock = threading.RLock()
     self._epoch_starts = [0]            # global index of each epoch's first batch, computed lazily
     self._epoch_cache: dict[int, list[tuple[Bucket, np.ndarray]]] = {}
