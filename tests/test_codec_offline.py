@@ -158,9 +158,9 @@ def test_voice_codebook_codes_each_utterance_voice_once(codec, train_feats, held
   offset = offline.utterance_offset(z, voice.features)
   entry = voice.codebooks[1][voice.quantize(train_feats[0])[0, 1]]
   np.testing.assert_allclose(entry, offset, atol=1e-5)
-  # ... which the codec names, for the NAR to copy them from the prompt.
-  assert codec_registry.utterance_codebooks(voice.describe()) == (1,)
-  assert codec_registry.utterance_codebooks(codec.describe()) == ()
+  # ... which the codec names (the aligned variant copies them from the prompt).
+  assert voice.describe()["utterance_codebooks"] == [1]
+  assert codec.describe()["utterance_codebooks"] == []
   with pytest.raises(ValueError, match="content_first"):
     offline.Features(voice_codebooks=1)
   with pytest.raises(ValueError, match="voice_codebooks must be in"):

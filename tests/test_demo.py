@@ -1,5 +1,7 @@
-"""`valle-jax demo --quick` end to end (every stage, in process), then a re-run that reuses the
-finished stages."""
+"""`valle-jax demo --quick` end to end (every stage, in process): VALL-E's two models, all 8
+codebooks; then a re-run that reuses the finished stages. The aligned variant's demo config
+(`--variant=aligned`) is checked here; its models, training and synthesis are run by
+tests/test_variant_aligned.py."""
 import csv
 import json
 import math
@@ -25,10 +27,8 @@ def test_quick_demo_end_to_end(quick_demo):
     marker = json.load(open(os.path.join(workdir, "stages", f"{name}.json"), encoding="utf-8"))
     assert marker["seconds"] >= 0 and marker["outputs"]
   assert not os.path.exists(os.path.join(workdir, demo.FEATURE_CACHE))  # prepare removed it
-  # The AR's phoneme pointer trains on alignments of every record of both splits.
-  aligned = result["stages"]["prepare"]["outputs"]["aligned"]
-  records = result["stages"]["prepare"]["outputs"]["records"]
-  assert {split: aligned[split] for split in records} == records
+  # VALL-E: nothing but the prepared dataset is needed (no alignments).
+  assert "variant" not in result["stages"]["prepare"]["outputs"]
   table = result["table"]
   assert [r["system"] for r in table] == ["ground truth", "codec resynthesis", "valle-jax"]
   for row in table:
@@ -46,7 +46,6 @@ def test_quick_demo_end_to_end(quick_demo):
                                                              "valle"}
   page = open(result["report"], encoding="utf-8").read()
   assert page.count("<audio") == 16 and "training_curves.png" in page
-  assert "pointer_advance=median" in page    # the report says how the timing was made
   # Training ends with one evaluation on the held-out voices, text use included.
   gain = result["stages"]["train"]["outputs"]["eval"]["ar/text_gain"]
   assert math.isfinite(gain) and "ar/text_gain" in page
@@ -68,6 +67,24 @@ def test_rerun_reuses_finished_stages(quick_demo):
   # The markers as written (JSON) are what a re-run reads back, unchanged.
   assert again["stages"] == json.loads(json.dumps(first["stages"]))
   assert again["table"] == first["table"] and again["report"] == first["report"]
+
+
+def test_the_demo_is_valle_and_the_aligned_variant_has_its_own():
+  """The demo's config is the paper's two models (VALL-E, every NAR stage, all codebooks
+  decoded, no codebook copied); `--variant=aligned` takes the variant's own config."""
+  for quick in (False, True):
+    cfg = demo.demo_config(quick)
+    assert cfg.train.variant == "valle" and "pointer" not in cfg.train
+    assert cfg.synthesis.codebooks == 0 and cfg.codec.voice_codebooks == 0
+    assert tuple(cfg.train.data.nar_stage_weights) == ()
+  from valle_jax.variants import aligned  # pylint: disable=g-import-not-at-top
+  del aligned   # registers the variant's recipe
+  variant = demo.demo_config(variant="aligned")
+  assert variant.train.variant == "aligned" and variant.train.pointer.advance == "median"
+  assert variant.synthesis.codebooks == 2 and variant.codec.voice_codebooks == 1
+  assert variant.train.train.steps == demo.demo_config().train.train.steps
+  with pytest.raises(UserError, match="not loaded"):
+    demo.demo_config(variant="nonesuch")
 
 
 def test_budget_scales_the_steps_and_the_final_evaluation_follows():

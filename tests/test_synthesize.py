@@ -106,30 +106,6 @@ def test_codebooks_out_of_range_is_refused(kit, wavs):
       _run(kit, [request], codebooks=bad)
 
 
-def test_codebook1_from_the_nar_on_the_ar_pointers_timing(kit, wavs):
-  """A NAR trained on codebook 1 (`nar_codebook1`) makes it by default, on the timing of
-  the AR's phoneme pointer: the same AR draws (same seed, same lengths), another codebook
-  1 than `codebook1="ar"` decodes (the AR's frames, the same again with the same seed). A
-  NAR that never learnt codebook 1, or an AR without a pointer to give the timing, is
-  refused in one sentence."""
-  cfg = tiny.get_config().model
-  cfg.ar_phoneme_pointer = True
-  ar = models.ARModel(cfg, rngs=nnx.Rngs(0))
-  cfg.nar_codebook1 = True
-  nar = models.NARModel(cfg, rngs=nnx.Rngs(1))
-  pointer_kit = {**kit, "ar": ar, "nar": nar}
-  request = synthesize.Request("Hello there.", wavs["mono"], "A quiet tone.")
-  made = {c: _decoded_codes(pointer_kit, [request], codebook1=c)[0] for c in (None, "ar")}
-  assert made[None].shape == made["ar"].shape and len(made[None]) > 2
-  assert (made[None][:, 0] != made["ar"][:, 0]).any()
-  np.testing.assert_array_equal(made["ar"], _decoded_codes(pointer_kit, [request],
-                                                           codebook1="ar")[0])
-  with pytest.raises(UserError, match="nar_codebook1"):
-    _run({**pointer_kit, "nar": kit["nar"]}, [request], codebook1="nar")
-  with pytest.raises(UserError, match="phoneme pointer"):
-    _run({**kit, "nar": nar}, [request])
-
-
 @pytest.mark.parametrize("request_kw, message", [
     (dict(text="  "), "text of the request is empty"),
     (dict(text="... !"), "nothing to pronounce"),
@@ -238,26 +214,3 @@ def test_a_nar_trained_on_segment_prompts_reads_the_text_alone(kit, wavs, monkey
     config = ml_collections.ConfigDict({"data": data})
     assert synthesize.trained_nar_prompt(config) == mode
 
-
-def test_pointer_flags_need_the_phoneme_pointer():
-  """--min_dwell or --pointer_advance on a run whose AR has no pointer is one sentence, not a
-  traceback; with the pointer they become sampling options, checked."""
-  cfg = tiny.get_config()
-  for flag in ({"min_dwell": 0.5}, {"pointer_advance": "median"}):
-    with pytest.raises(UserError, match="has none"):
-      synthesize.sample_options(cfg, flag)
-  cfg.model.ar_phoneme_pointer = True
-  assert synthesize.sample_options(cfg, {"min_dwell": 0.5}).min_dwell == 0.5
-  assert synthesize.sample_options(cfg, {"pointer_advance": "mean"}).pointer_advance == "mean"
-  with pytest.raises(UserError, match="min_dwell"):
-    synthesize.sample_options(cfg, {"min_dwell": 2.0, "max_dwell": 1.0})
-  with pytest.raises(UserError, match="pointer_advance must be one of"):
-    synthesize.sample_options(cfg, {"pointer_advance": "mode"})
-
-
-def test_text_guidance_needs_text_dropout():
-  cfg = tiny.get_config()
-  with pytest.raises(UserError, match="ar_text_dropout"):
-    synthesize.sample_options(cfg, {"text_guidance": 1.0})
-  cfg.model.ar_text_dropout = 0.1
-  assert synthesize.sample_options(cfg, {"text_guidance": 1.0}).text_guidance == 1.0

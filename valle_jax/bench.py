@@ -108,7 +108,7 @@ def bench_sample(args: argparse.Namespace) -> None:
     prompt_frames = int(args.prompt_seconds * 75) // g * g
     for batch in (int(b) for b in args.batches.split(",")):
       for use_cache, steps in ((True, args.steps), (False, args.no_cache_steps)):
-        if steps < 2 or (model.phoneme_pointer and not use_cache):  # the pointer needs it
+        if steps < 2:
           continue
         options = sampling.SampleOptions(max_frames_per_phoneme=g, use_cache=use_cache)
         phonemes = rng.integers(1, cfg.phoneme_vocab_size, (batch, max(args.phonemes, steps)))
@@ -171,11 +171,7 @@ def bench_train(args: argparse.Namespace) -> None:
   trainer = train.Trainer(cfg, mesh)
   state = trainer.init_state()
   host = models.example_batch(cfg.model, args.batch, args.phonemes, args.frames)
-  ar_fields = ("phonemes", "phoneme_lens", "codes", "code_lens")
-  if cfg.model.ar_phoneme_pointer:
-    ar_fields += ("phoneme_of_frame", "target_start")
-  fields = {"ar": ar_fields,
-            "nar": tuple(k for k in host if k not in ("phoneme_of_frame", "target_start"))}
+  fields = {"ar": ("phonemes", "phoneme_lens", "codes", "code_lens"), "nar": tuple(host)}
   batch = {name: {k: host[k] for k in fields[name]} for name in trainer.names}
   batch = sharding.shard_batch(batch, mesh)
   start = time.perf_counter()

@@ -14,8 +14,8 @@ Batching (deterministic from the seed):
   the largest frame bucket, fewer frames when the window's share of the phonemes would not
   fit the largest phoneme bucket, and that share of the phonemes, at the same relative
   position (`crop_lengths`: no alignment is needed, the text is assumed spoken at an even
-  rate, so a window's text is right up to the edge words; with alignments, which a crop
-  would not follow, such examples are left out, `crop_long=False`). How many examples are
+  rate, so a window's text is right up to the edge words; the aligned variant's alignments,
+  which a crop would not follow, leave such examples out: `crop_long=False`). How many are
   cropped or left out, and their share of the audio, is printed at train start (`describe`)
   and logged (`stats`).
 - Token budget (the paper: 6k real acoustic tokens per GPU): each bucket's examples, in
@@ -58,9 +58,10 @@ NAR batches add an acoustic prompt per example, chosen by `nar_prompt`:
   speaker is the prompt and the whole utterance the target (a prefix for a speaker with one
   utterance).
 The stage (codebook to predict, 0-based in [1, Q)) is drawn per example, uniformly
-or with the probabilities `nar_stage_weights` (one weight per codebook 2..Q) give. A NAR
-with `model.nar_codebook1` also learns codebook 1 (stages [0, Q), one weight per codebook
-1..Q) and reads `frame_phonemes`, each target frame's phoneme from the alignments.
+or with the probabilities `nar_stage_weights` (one weight per codebook 2..Q) give.
+
+A variant's loader (valle_jax/variants) subclasses `BatchLoader`: `first_stage`, and the
+`_record`, `_ar` and `_nar_target_inputs` methods, are where it adds its own inputs.
 """
 from __future__ import annotations
 
@@ -99,39 +100,6 @@ class Dataset:
       raise UserError(f"dataset {self.path} has no split {name!r} (it has "
                       f"{sorted(self.splits)}); set the split name in the config.")
     return self.splits[name]
-
-  def alignments(self, split: str) -> "Alignments":
-    """The phoneme-to-frame alignments of a split (written by `valle-jax align`)."""
-    path = os.path.join(self.path, ALIGNMENTS_FILE)
-    if not os.path.isfile(path):
-      raise UserError(f"{self.path} has no alignments ({ALIGNMENTS_FILE}), which "
-                      "model.ar_phoneme_pointer trains on; run `valle-jax align "
-                      f"--dataset={self.path}` first.")
-    with np.load(path) as z:
-      if f"{split}/offsets" not in z:
-        raise UserError(f"{path} has no alignments of split {split!r}; run `valle-jax align "
-                        f"--dataset={self.path}` again.")
-      alignments = Alignments(z[f"{split}/frames"], z[f"{split}/offsets"])
-    if len(alignments) != len(self.split(split)):
-      raise UserError(f"{path} aligns {len(alignments)} records of split {split!r}, the "
-                      f"dataset has {len(self.split(split))}; run `valle-jax align` again.")
-    return alignments
-
-
-ALIGNMENTS_FILE = "alignments.npz"
-
-
-@dataclasses.dataclass(frozen=True)
-class Alignments:
-  """Per record, the phoneme index of each frame (int32 [T]), stored end to end."""
-  frames: np.ndarray       # int32 [sum of T]
-  offsets: np.ndarray      # int64 [N + 1]
-
-  def __len__(self) -> int:
-    return len(self.offsets) - 1
-
-  def __getitem__(self, index: int) -> np.ndarray:
-    return self.frames[self.offsets[index]:self.offsets[index + 1]]
 
 
 def open_dataset(path: str) -> Dataset:
@@ -419,21 +387,14 @@ class BatchPlan:
 
 class BatchLoader:
   """Global batch index -> this process's rows of that batch, padded (numpy)."""
+  first_stage = 1            # the first codebook (0-based) the NAR's stages are drawn from
 
   def __init__(self, source, plan: BatchPlan, data_cfg, *, kind: str, num_codebooks: int,
                frame_rate: float, process_index: int = 0, process_count: int = 1,
-               alignments: Alignments | None = None, nar_first_stage: int = 1,
                symbols: text_lib.SymbolTable | None = None):
     if kind not in ("ar", "nar", "both"):
       raise UserError(f"train.model must be 'ar', 'nar' or 'both', got {kind!r}.")
     self.source, self.plan, self.kind, self.symbols = source, plan, kind, symbols
-    # With alignments, AR batches carry the phoneme pointer's inputs, and NAR batches that
-    # start at stage 0 (`nar_codebook1`) their target frames' phonemes.
-    self.alignments = alignments
-    if nar_first_stage == 0 and alignments is None and kind != "ar":
-      raise UserError("model.nar_codebook1 trains on the dataset's forced alignments; run "
-                      "`valle-jax align` on it first.")
-    self.nar_first_stage = nar_first_stage
     self.num_codebooks = num_codebooks
     self.prompt_frames = max(1, int(round(data_cfg.prompt_seconds * frame_rate)))
     self.nar_prompt = data_cfg.nar_prompt
@@ -441,14 +402,11 @@ class BatchLoader:
       raise UserError(f"config.data.nar_prompt must be one of {list(NAR_PROMPTS)}, got "
                       f"{self.nar_prompt!r}.")
     self.stage_probabilities = _stage_probabilities(
-        tuple(data_cfg.get("nar_stage_weights", ())), num_codebooks, nar_first_stage)
+        tuple(data_cfg.get("nar_stage_weights", ())), num_codebooks, self.first_stage)
     self.process_index, self.process_count = process_index, process_count
     if plan.pair_probability and symbols is None:
       raise ValueError("same_speaker_pairs joins phonemes with text.join_prompt_and_text, "
                        "which needs the dataset's symbol table (symbols=).")
-    if alignments is not None and plan.cropped.any():
-      raise ValueError(f"the plan crops {int(plan.cropped.sum())} examples, which their "
-                       "alignments do not follow; make it with crop_long=False.")
     if self.nar_prompt == "other_utterance":
       self._by_speaker: dict[str, list[int]] = {}
       for i, s in enumerate(plan.lengths.speakers):
@@ -469,44 +427,23 @@ class BatchLoader:
 
   def _record(self, partner: int, index: int, batch_index: int) -> dict[str, Any]:
     """The example's phonemes and codes: the utterance's, after its partner's if paired
-    (phonemes joined by `text.join_prompt_and_text`, zero-shot synthesis's layout), or a
-    window of it when it is longer than the largest bucket (`_crop`); none for a padding row.
-
-    With alignments, also `phoneme_of_frame` and `target_start`: the utterance's alignment,
-    after (for a pair) the partner's frames split evenly over its phonemes, as a prompt is
-    at inference, where the prompt's alignment is not known (the AR's pointer); and
-    `frame_phonemes`, the alignment of every frame, the partner's included (the NAR's).
-    """
+    (phonemes joined by `text.join_prompt_and_text`, zero-shot synthesis's layout, with
+    `prompt_phonemes`, how many of them come before the utterance's), or a window of it when
+    it is longer than the largest bucket (`_crop`); none for a padding row (index -1)."""
     if index < 0:     # a padding row: no phonemes, no frames, nothing scored
-      empty = np.zeros((0,), np.int32)
-      record = {"phonemes": empty, "codes": np.zeros((0, self.num_codebooks), np.int32)}
-      if self.alignments is not None:
-        record.update(phoneme_of_frame=empty, target_start=0, frame_phonemes=empty)
-      return record
+      return {"phonemes": np.zeros((0,), np.int32),
+              "codes": np.zeros((0, self.num_codebooks), np.int32)}
     record = self.source[index]
-    if self.plan.cropped[index]:     # never paired, never with alignments (see __init__)
+    if self.plan.cropped[index]:     # never paired (a pair fits the largest bucket)
       return self._crop(record, index, batch_index)
-    alignment = None if self.alignments is None else np.asarray(self.alignments[index],
-                                                                 np.int32)
     if partner < 0:
-      if alignment is None:
-        return record
-      return {**record, "phoneme_of_frame": alignment, "target_start": 0,
-              "frame_phonemes": alignment}
+      return record
     first = self.source[partner]
-    phonemes, num_phon = text_lib.join_prompt_and_text(first["phonemes"], record["phonemes"],
-                                                       self.symbols)
-    out = {"phonemes": phonemes,
-           "codes": np.concatenate([np.asarray(first["codes"]), np.asarray(record["codes"])])}
-    if alignment is not None:
-      num_frames = len(first["codes"])
-      out["phoneme_of_frame"] = np.concatenate([even_split(num_frames, num_phon),
-                                                alignment + num_phon])
-      out["target_start"] = num_frames
-      out["frame_phonemes"] = np.concatenate([
-          np.minimum(np.asarray(self.alignments[partner], np.int32), num_phon - 1),
-          alignment + num_phon])
-    return out
+    phonemes, heard = text_lib.join_prompt_and_text(first["phonemes"], record["phonemes"],
+                                                    self.symbols)
+    return {"phonemes": phonemes, "prompt_phonemes": heard,
+            "codes": np.concatenate([np.asarray(first["codes"]),
+                                     np.asarray(record["codes"])])}
 
   def _crop(self, record, index: int, batch_index: int) -> dict[str, Any]:
     """A random window of `plan.frames[index]` frames of a long example, with the
@@ -522,23 +459,17 @@ class BatchLoader:
 
   def _ar(self, records, bucket: Bucket) -> dict[str, np.ndarray]:
     codes = [np.asarray(r["codes"])[:, :1] for r in records]   # AR reads codebook 1 only
-    batch = {**_pad_phonemes(records, bucket.phonemes),
-             **_pad_codes(codes, bucket.frames, 1, "codes", "code_lens")}
-    if self.alignments is not None:
-      batch["phoneme_of_frame"] = _pad_frames([r["phoneme_of_frame"] for r in records],
-                                              bucket.frames)
-      batch["target_start"] = np.array([r["target_start"] for r in records], np.int32)
-    return batch
+    return {**_pad_phonemes(records, bucket.phonemes),
+            **_pad_codes(codes, bucket.frames, 1, "codes", "code_lens")}
 
   def _nar(self, records, members, bucket: Bucket, rng) -> dict[str, np.ndarray]:
-    prompts, targets, timings, unscored = [], [], [], []
+    prompts, targets, target_starts, unscored = [], [], [], []
     for record, index in zip(records, members):
       codes = np.asarray(record["codes"])
-      timing = record.get("frame_phonemes")
       if index < 0:                        # a padding row
         prompts.append(codes)
         targets.append(codes)
-        timings.append(timing)
+        target_starts.append(0)
         unscored.append((0, 0))
         continue
       other = (self._other_utterance(int(index), rng) if self.nar_prompt == "other_utterance"
@@ -549,34 +480,39 @@ class BatchLoader:
         start = int(rng.integers(0, len(other_codes) - length + 1))
         prompts.append(other_codes[start:start + length])
         targets.append(codes)
-        timings.append(timing)
+        target_starts.append(0)
       elif self.nar_prompt == "segment":   # a window is the prompt, the whole the target
         length = max(1, min(self.prompt_frames, len(codes) // 4))
         start = int(rng.integers(0, max(1, len(codes) - length + 1)))
         prompts.append(codes[start:start + length])
         targets.append(codes)
-        timings.append(timing)
+        target_starts.append(0)
         unscored.append((start, start + length))
       else:  # a prefix of about prompt_seconds (at most half) is the prompt, the rest target
         longest = max(1, min(self.prompt_frames, len(codes) // 2))
         length = int(rng.integers(max(1, longest // 2), longest + 1))
         prompts.append(codes[:length])
         targets.append(codes[length:])
-        timings.append(None if timing is None else timing[length:])
+        target_starts.append(length)
     q = self.num_codebooks
-    stages = rng.choice(np.arange(self.nar_first_stage, q), size=len(records),
+    stages = rng.choice(np.arange(self.first_stage, q), size=len(records),
                         p=self.stage_probabilities)
     batch = {**_pad_phonemes(records, bucket.phonemes),
              **_pad_codes(prompts, self.prompt_frames, q, "prompt_codes", "prompt_lens"),
              **_pad_codes(targets, bucket.frames, q, "codes", "code_lens"),
-             "stage": stages.astype(np.int32)}
+             "stage": stages.astype(np.int32),
+             **self._nar_target_inputs(records, target_starts, bucket)}
     if self.nar_prompt == "segment":   # 1 where a target frame's loss counts
       batch["loss_mask"] = np.ones((len(records), bucket.frames), np.float32)
       for row, (start, end) in enumerate(unscored):
         batch["loss_mask"][row, start:end] = 0.0
-    if self.nar_first_stage == 0:
-      batch["frame_phonemes"] = _pad_frames(timings, bucket.frames)
     return batch
+
+  def _nar_target_inputs(self, records, target_starts: list[int], bucket: Bucket
+                         ) -> dict[str, np.ndarray]:
+    """More NAR inputs, given where in each record its target starts (VALL-E: none)."""
+    del records, target_starts, bucket
+    return {}
 
   def _other_utterance(self, index: int, rng) -> int | None:
     same = self._by_speaker[str(self.plan.lengths.speakers[index])]
@@ -587,12 +523,6 @@ class BatchLoader:
 
 
 NAR_PROMPTS = ("prefix", "segment", "other_utterance")
-
-
-def even_split(num_frames: int, num_phonemes: int) -> np.ndarray:
-  """int32 [T]: frame t -> phoneme floor((t + 1/2) L / T), the alignment of a steady rate."""
-  t = (np.arange(num_frames) + 0.5) * num_phonemes / max(num_frames, 1)
-  return np.minimum(t.astype(np.int32), max(num_phonemes - 1, 0))
 
 
 def _stage_probabilities(weights: tuple[float, ...], num_codebooks: int,
@@ -617,14 +547,6 @@ def _pad_phonemes(records, width: int) -> dict[str, np.ndarray]:
     out[row, :len(ph)] = ph
     lens[row] = len(ph)
   return {"phonemes": out, "phoneme_lens": lens}
-
-
-def _pad_frames(rows: Sequence[np.ndarray], width: int) -> np.ndarray:
-  """Per-frame int rows [T_i] -> int32 [B, width], 0-padded (cut to width)."""
-  out = np.zeros((len(rows), width), np.int32)
-  for row, values in enumerate(rows):
-    out[row, :len(values)] = values[:width]
-  return out
 
 
 def _pad_codes(codes: Sequence[np.ndarray], width: int, q: int, name: str, lens_name: str):

@@ -3,6 +3,11 @@
     valle-jax demo --workdir=demo            # the full demo: about 55 minutes on a 2-core CPU
     valle-jax demo --workdir=demo --budget=160   # twice the training steps (budget_minutes 80)
     valle-jax demo --workdir=ci --quick      # every stage in a few minutes (CI)
+    valle-jax demo --workdir=demo_aligned --variant=aligned   # a variant's demo
+
+The demo trains and samples VALL-E's two models (the AR's codebook-1 tokens, the NAR's 7
+stages, all 8 codebooks decoded). `--variant=NAME` runs a variant's own demo config
+(valle_jax/variants/NAME; its recipe's `demo_config`) instead.
 
 Stages (configs/demo.py holds every setting):
 
@@ -11,9 +16,9 @@ Stages (configs/demo.py holds every setting):
   2 codec       the offline codec fitted on the TRAIN split only      -> DIR/codec/
                 (its analysed features are kept in DIR/codec_features/ for stage 3)
   3 prepare     phonemes + codec codes of both splits (data_prep)     -> DIR/data/
-                (reads the train split's features from the cache, then deletes it), and
-                the phoneme-to-frame alignments the AR's phoneme pointer trains on
-                (data_prep/align.py)
+                (reads the train split's features from the cache, then deletes it), then
+                what the variant's recipe needs of a dataset (`prepare_dataset`; the
+                aligned variant: its forced alignments)
   4 train       AR and NAR together (valle_jax/train.py)              -> DIR/run/
   5 synthesize  zero-shot, for every held-out utterance: the prompt is ANOTHER utterance of
                 the same unseen speaker (the one closest to 3 s, with its transcript), the
@@ -55,12 +60,22 @@ _BUDGET = flags.DEFINE_float("budget", None, "Minutes the whole demo may take (s
                              "training steps; default: the config's budget_minutes).")
 _QUICK = flags.DEFINE_bool("quick", False, "A tiny corpus and model and a few steps: every "
                            "stage in a few minutes (CI).")
+_VARIANT = flags.DEFINE_string("variant", "valle", "valle (VALL-E) or a variant's name "
+                               "(valle_jax/variants): whose demo config to run.")
 
 
-def demo_config(quick: bool = False, budget: float | None = None):
-  """The demo's config (configs/demo.py), training steps scaled to `budget` minutes."""
-  from configs import demo  # pylint: disable=g-import-not-at-top
-  cfg = demo.get_config(quick)
+def demo_config(quick: bool = False, budget: float | None = None, variant: str = "valle"):
+  """The demo's config (configs/demo.py, or `variant`'s recipe's `demo_config`), training
+  steps scaled to `budget` minutes."""
+  if variant == "valle":
+    from configs import demo  # pylint: disable=g-import-not-at-top
+    cfg = demo.get_config(quick)
+  else:
+    from valle_jax import recipe  # pylint: disable=g-import-not-at-top
+    make = recipe.get(variant).demo_config
+    if make is None:
+      raise UserError(f"the variant {variant!r} has no demo.")
+    cfg = make(quick)
   if budget is not None:
     if budget <= 0:
       raise UserError(f"--budget must be a positive number of minutes, got {budget:g}.")
@@ -109,10 +124,10 @@ def _prepare(cfg, workdir: str, corpus: str, codec_dir: str) -> dict[str, Any]:
   shutil.rmtree(cache, ignore_errors=True)
   outputs = {"dataset": made["dataset"], "records": made["records"],
              "skipped": made["skipped"]}
-  model = cfg.train.model
-  if model.ar_phoneme_pointer or model.get("nar_codebook1"):   # they train on alignments
-    from data_prep import align  # pylint: disable=g-import-not-at-top
-    outputs["aligned"] = align.align_dataset(made["dataset"])
+  from valle_jax import recipe  # pylint: disable=g-import-not-at-top
+  prepare_dataset = recipe.of_config(cfg.train).prepare_dataset
+  if prepare_dataset is not None:
+    outputs["variant"] = prepare_dataset(made["dataset"])
   return outputs
 
 
@@ -142,7 +157,7 @@ def _last_eval(run: str) -> dict[str, float]:
 
 def _synthesize(cfg, workdir: str, corpus: str, run: str) -> dict[str, Any]:
   from data_prep.synthetic import read_manifest  # pylint: disable=g-import-not-at-top
-  from valle_jax import checkpoint, sampling  # pylint: disable=g-import-not-at-top
+  from valle_jax import checkpoint, sampling, synthesize  # pylint: disable=g-import-not-at-top
   from valle_jax.codec import get_codec  # pylint: disable=g-import-not-at-top
 
   pairs = evaluate.heldout_pairs(read_manifest(corpus, "test"), cfg.synthesis.prompt_seconds)
@@ -155,10 +170,12 @@ def _synthesize(cfg, workdir: str, corpus: str, run: str) -> dict[str, Any]:
   codec = get_codec(bundle.codec_description)   # the run's own codec, checksum checked
   options = sampling.SampleOptions.from_config(cfg.synthesis.sample)
   out_dir = os.path.join(workdir, "samples")
-  samples = evaluate.synthesize_samples(bundle.ar, bundle.nar, bundle.symbols, codec, pairs,
-                                        options, out_dir, seed=cfg.synthesis.seed,
-                                        batch_size=cfg.synthesis.batch_size,
-                                        codebooks=cfg.synthesis.codebooks)
+  samples = evaluate.synthesize_samples(
+      bundle.ar, bundle.nar, bundle.symbols, codec, pairs, options, out_dir,
+      seed=cfg.synthesis.seed, batch_size=cfg.synthesis.batch_size,
+      codebooks=cfg.synthesis.codebooks,
+      decoding=bundle.recipe.decoding(bundle.config, bundle.codec_description),
+      nar_prompt=synthesize.trained_nar_prompt(bundle.config))
   return {"samples": os.path.join(out_dir, "samples.json"), "count": len(samples),
           "checkpoint_step": bundle.step, "sample_options": cfg.synthesis.sample.to_dict()}
 
@@ -192,13 +209,7 @@ def _report(cfg, workdir: str, samples_path: str, table, run: str, evaluation, s
       f"Model: {cfg.train.model.num_layers} layers, width {cfg.train.model.width}, "
       f"{cfg.train.train.steps} training steps (AR and NAR).",
   ]
-  if cfg.train.model.get("nar_codebook1"):
-    notes.append("Codebook 1 is made by the NAR, all frames at once, on the timing the AR's "
-                 "phoneme pointer took (model.nar_codebook1).")
-  advance = cfg.synthesis.sample.get("pointer_advance", "sample")
-  if cfg.train.model.get("ar_phoneme_pointer") and advance != "sample":
-    notes.append(f"The pointer moves on at the {advance} phoneme length the AR's move-on "
-                 f"probabilities give, not by a draw per frame (pointer_advance={advance}).")
+  notes += list(cfg.report.notes)
   if cfg.synthesis.codebooks:
     notes.append(f"valle-jax makes and decodes the codec's first {cfg.synthesis.codebooks} "
                  "codebooks (a lower bandwidth); the codec resynthesis decodes all of them.")
@@ -218,12 +229,13 @@ def _report(cfg, workdir: str, samples_path: str, table, run: str, evaluation, s
 # Driver
 # ----------------------------------------------------------------------------------------
 
-def run_demo(workdir: str, quick: bool = False, budget: float | None = None) -> dict[str, Any]:
+def run_demo(workdir: str, quick: bool = False, budget: float | None = None,
+             variant: str = "valle") -> dict[str, Any]:
   """Runs (or resumes) every stage; returns {"stages": {stage: marker}, "table": rows,
   "report": path}."""
   workdir = os.path.abspath(workdir)
   os.makedirs(os.path.join(workdir, "stages"), exist_ok=True)
-  cfg = demo_config(quick, budget)
+  cfg = demo_config(quick, budget, variant)
   evaluate.check_settings(os.path.join(workdir, "demo_config.json"),
                           json.loads(cfg.to_json()), "a demo", "--workdir")
   t_start = time.time()
@@ -268,7 +280,7 @@ def main(argv):
   workdir = _WORKDIR.value  # read before the stages import valle_jax.train (see _WORKDIR)
   if not workdir:
     raise UserError("--workdir is required: the directory for the demo's files.")
-  result = run_demo(workdir, quick=_QUICK.value, budget=_BUDGET.value)
+  result = run_demo(workdir, quick=_QUICK.value, budget=_BUDGET.value, variant=_VARIANT.value)
   print("\n[demo] stage seconds: " + ", ".join(
       f"{k} {v['seconds']:.1f}" for k, v in result["stages"].items()))
   print("\n" + report.results_table(result["table"]))

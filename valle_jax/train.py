@@ -33,7 +33,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,13 +47,10 @@ from ml_collections import config_flags
 from valle_jax import checkpoint as ckpt_lib
 from valle_jax import codec as codec_lib
 from valle_jax import data as data_lib
+from valle_jax import recipe as recipe_lib
 from valle_jax import text as text_lib
 from valle_jax import models, report, sharding
-from valle_jax.models import layers
 from valle_jax.errors import UserError
-
-LOSSES: dict[str, Callable] = {"ar": models.ar_loss, "nar": models.nar_loss}
-MODEL_CLASSES = {"ar": models.ARModel, "nar": models.NARModel}
 
 
 # ------------------------------------------------------------------------- set-up
@@ -101,16 +98,21 @@ def clip_each_model_by_global_norm(max_norm: float) -> optax.GradientTransformat
 
 # Parameters named with one of these endings are matmul weights (layers.py's convention).
 DECAYED_NAME_ENDINGS = ("kernel", "_proj")
+# The NAR's own output layer for the last codebook (`nar_tie_offset = 1`, lifeiteng's): a
+# [V, D] table read like an embedding, but an untied output head like `head_kernel`.
+DECAYED_NAMES = ("last_head",)
 
 
 def weight_decay_mask(params) -> Any:
   """True for each parameter that gets weight decay: the matmul kernels (attention q/k/v/out,
-  MLP, untied output heads, VALL-E 2's group projection), by their names. Never biases,
-  norm or AdaLN gains and biases, or embeddings (the NAR's tied output reads its acoustic
-  embedding): decaying an AdaLN gain pulls it toward 0, and an embedding row decays
-  whenever its token is rare."""
+  MLP, untied output heads, `last_head` included, VALL-E 2's group projection), by their
+  names. Never biases, norm or AdaLN gains and biases, embeddings (the NAR's tied output
+  reads its acoustic embedding) or the AR's position scales (`ar_position_scale`'s
+  scalars): decaying an AdaLN gain or a position scale pulls it toward 0, and an embedding
+  row decays whenever its token is rare."""
   def decays(path, _):
-    return str(getattr(path[-1], "key", path[-1])).endswith(DECAYED_NAME_ENDINGS)
+    name = str(getattr(path[-1], "key", path[-1]))
+    return name.endswith(DECAYED_NAME_ENDINGS) or name in DECAYED_NAMES
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
@@ -125,16 +127,22 @@ def make_optimizer(cfg) -> optax.GradientTransformation:
 
 
 class Trainer:
-  """Holds the mesh, model definitions, optimiser and the compiled step functions."""
+  """Holds the mesh, model definitions, optimiser and the compiled step functions.
 
-  def __init__(self, cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+  `recipe` gives the model classes and losses (default: the one the config's `variant`
+  names, VALL-E's unless it names one; valle_jax/recipe.py)."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+               recipe: recipe_lib.Recipe | None = None):
     self.cfg, self.mesh = cfg, mesh
+    self.recipe = recipe or recipe_lib.of_config(cfg)
     self.names = model_names(cfg)
     self.tx = make_optimizer(cfg)
     self.schedule = make_schedule(cfg)
     self.graphdefs, abstract_params = {}, {}
     for name in self.names:
-      abstract = nnx.eval_shape(lambda n=name: MODEL_CLASSES[n](cfg.model, rngs=nnx.Rngs(0)))
+      cls = self.recipe.model_class(name)
+      abstract = nnx.eval_shape(lambda cls=cls: cls(cfg.model, rngs=nnx.Rngs(0)))
       graphdef, state = nnx.split(abstract)
       self.graphdefs[name] = graphdef
       abstract_params[name] = state
@@ -165,38 +173,20 @@ class Trainer:
 
   # -- state -----------------------------------------------------------------------
 
-  def init_state(self, codebook_vectors: np.ndarray | None = None) -> dict[str, Any]:
-    """Fresh parameters and optimiser state, created directly in their shardings.
-
-    `codebook_vectors` [Q, K, C] (the codec's, for `acoustic_embedding_init = "codec"`)
-    replace the acoustic embeddings by `layers.codebook_embeddings` of them: the NAR's
-    whole table, the AR's code rows (codebook 1; EOS and BOS stay random).
-    """
+  def init_state(self) -> dict[str, Any]:
+    """Fresh parameters and optimiser state, created directly in their shardings."""
     cfg = self.cfg
-    if codebook_vectors is not None:
-      expected = (cfg.model.num_codebooks, cfg.model.codebook_size)
-      if tuple(codebook_vectors.shape[:2]) != expected:
-        raise UserError(f"the codec's codebooks are {codebook_vectors.shape[:2]}, the model "
-                        f"expects {expected} (num_codebooks, codebook_size).")
 
-    def init(vectors):
+    def init():
       params = {}
       for i, name in enumerate(self.names):
-        model = MODEL_CLASSES[name](cfg.model, rngs=nnx.Rngs(params=cfg.seed + i))
+        model = self.recipe.model_class(name)(cfg.model, rngs=nnx.Rngs(params=cfg.seed + i))
         params[name] = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-      if vectors is not None:
-        table = layers.codebook_embeddings(vectors, cfg.model.width,
-                                           jax.random.key(cfg.seed + 200))   # [Q, K, D]
-        if "ar" in params:
-          params["ar"]["audio_embed"] = params["ar"]["audio_embed"].at[:table.shape[1]].set(
-              table[0])
-        if "nar" in params:
-          params["nar"]["audio_embed"] = table
       return {"params": params,
               "optimizer": {"opt_state": self.tx.init(params), "step": jnp.int32(0),
                             "rng": jax.random.key_data(jax.random.key(cfg.seed + 100)),
                             "nan_streak": jnp.int32(0), "skipped": jnp.int32(0)}}
-    return jax.jit(init, out_shardings=self.state_shardings)(codebook_vectors)
+    return jax.jit(init, out_shardings=self.state_shardings)()
 
   def abstract_for_restore(self):
     return ckpt_lib.abstract_with_shardings(self.abstract_state, self.state_shardings)
@@ -208,13 +198,14 @@ class Trainer:
 
     Each model's loss depends on its own params only, so the gradient of this sum for
     params[m] is model m's summed-loss gradient; `_step` divides it by m's token count.
+    A loss's auxiliary objectives (`metrics["aux"]`, models/losses.py) add their sums.
     """
     total, metrics = 0.0, {}
     for i, name in enumerate(self.names):
       model = nnx.merge(self.graphdefs[name], params[name])
       dropout_rng = None if deterministic else jax.random.fold_in(rng, i)
-      _, m = LOSSES[name](model, batch[name], dropout_rng)
-      total += m["loss_sum"] + m.get("advance_loss_sum", 0.0)
+      _, m = self.recipe.loss(name)(model, batch[name], dropout_rng)
+      total += m["loss_sum"] + sum(a["loss_sum"] for a in m.get("aux", {}).values())
       metrics[name] = m
     return total, metrics
 
@@ -267,7 +258,7 @@ class Trainer:
       # reversed (same length and phonemes, wrong order) less its NLL with the true ones.
       ar_batch = {**batch["ar"], "phonemes": models.reverse_valid(
           batch["ar"]["phonemes"], batch["ar"]["phoneme_lens"])}
-      _, m = LOSSES["ar"](nnx.merge(self.graphdefs["ar"], params["ar"]), ar_batch, None)
+      _, m = self.recipe.ar_loss(nnx.merge(self.graphdefs["ar"], params["ar"]), ar_batch, None)
       metrics["ar"]["text_gain_sum"] = m["loss_sum"] - metrics["ar"]["loss_sum"]
     return metrics
 
@@ -288,9 +279,8 @@ def summarize(metrics: dict[str, Any]) -> dict[str, float]:
     out[f"{name}/tokens"] = float(m["count"])
     if "text_gain_sum" in m:
       out[f"{name}/text_gain"] = float(m["text_gain_sum"]) / count
-    if "advance_count" in m:   # per frame whose advance is learnt
-      out[f"{name}/advance_loss"] = float(m["advance_loss_sum"]) / max(
-          float(m["advance_count"]), 1.0)
+    for aux, a in m.get("aux", {}).items():   # per the objective's own count
+      out[f"{name}/{aux}_loss"] = float(a["loss_sum"]) / max(float(a["count"]), 1.0)
     if "count_per_codebook" in m:
       for q, (c, l, a) in enumerate(zip(m["count_per_codebook"], m["loss_sum_per_codebook"],
                                          m["top10_correct_per_codebook"])):
@@ -391,7 +381,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   frame_rate = float(codec.get("frame_rate", 75.0))
 
   mesh = sharding.make_mesh(cfg.mesh)
-  trainer = Trainer(cfg, mesh)
+  recipe = recipe_lib.of_config(cfg)
+  trainer = Trainer(cfg, mesh, recipe)
   data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
   multiple = data_parallel * cfg.train.grad_accum_steps
   if multiple % jax.process_count():
@@ -401,16 +392,12 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   lengths = data_lib.scan_lengths(
       source, os.path.join(workdir, f"lengths-{cfg.data.train_split}.npz"),
       progress=jax.process_index() == 0)
-  alignments = _alignments(cfg, dataset, cfg.data.train_split)
   plan = data_lib.BatchPlan(lengths, cfg.data, seed=cfg.seed, batch_multiple=multiple,
-                            crop_long=alignments is None)
-  loader = data_lib.BatchLoader(source, plan, cfg.data, kind=cfg.train.model,
-                                num_codebooks=cfg.model.num_codebooks, frame_rate=frame_rate,
-                                process_index=jax.process_index(),
-                                process_count=jax.process_count(),
-                                alignments=alignments,
-                                nar_first_stage=models.nar_first_stage(cfg.model),
-                                symbols=table)
+                            crop_long=recipe.crop_long)
+  loader = recipe.batch_loader(cfg, dataset, cfg.data.train_split, source, plan,
+                               kind=cfg.train.model, num_codebooks=cfg.model.num_codebooks,
+                               frame_rate=frame_rate, process_index=jax.process_index(),
+                               process_count=jax.process_count(), symbols=table)
   data_iter = data_lib.batch_iterator(loader, cfg.train.steps, num_threads=cfg.data.num_threads,
                                       prefetch=cfg.data.prefetch)
 
@@ -430,7 +417,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     data_iter.set_state(restored["data"])
     start = latest
   else:
-    state = trainer.init_state(_codebook_vectors(cfg, codec))
+    state = trainer.init_state()
     start = 0
   log = print if jax.process_index() == 0 else (lambda *a, **k: None)
   log(f"[train] {cfg.train.model} on mesh {dict(mesh.shape)} "
@@ -441,7 +428,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   log(f"[train] parameters: {', '.join(f'{n} {c:,}' for n, c in params_count.items())}",
       flush=True)
 
-  eval_batches = _eval_batches(cfg, dataset, workdir, frame_rate=frame_rate, multiple=multiple)
+  eval_batches = _eval_batches(cfg, recipe, dataset, workdir, frame_rate=frame_rate,
+                               multiple=multiple)
   logger = MetricLogger(workdir, cfg.train.steps, start)
   if start == 0:      # cropped and left-out long examples, real frames per batch
     logger.write(0, plan.stats(), console=False, prefix="plan")
@@ -485,17 +473,6 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   return {"step": step, "metrics": last, "state": state}
 
 
-def _codebook_vectors(cfg, codec_description) -> np.ndarray | None:
-  """The dataset codec's codebook vectors when `model.acoustic_embedding_init` is "codec"."""
-  choice = cfg.model.acoustic_embedding_init
-  if choice == "random":
-    return None
-  if choice != "codec":
-    raise UserError(f"model.acoustic_embedding_init must be 'random' or 'codec', got "
-                    f"{choice!r}.")
-  return np.asarray(codec_lib.get_codec(codec_description).codebook_vectors(), np.float32)
-
-
 def _save(checkpointer, step, state, data_iter, *, cfg, symbols, codec, force=False):
   if checkpointer.latest_step() == step:
     return
@@ -522,15 +499,7 @@ def _log_window(logger: MetricLogger, step: int, window: list, window_start: flo
   return values
 
 
-def _alignments(cfg, dataset, split: str):
-  """The split's alignments when the AR trains a phoneme pointer or the NAR codebook 1,
-  else None."""
-  pointer = cfg.train.model in ("ar", "both") and cfg.model.ar_phoneme_pointer
-  timing = cfg.train.model in ("nar", "both") and models.nar_first_stage(cfg.model) == 0
-  return dataset.alignments(split) if pointer or timing else None
-
-
-def _eval_batches(cfg, dataset, workdir, *, frame_rate: float, multiple: int):
+def _eval_batches(cfg, recipe, dataset, workdir, *, frame_rate: float, multiple: int):
   """A fixed list of held-out batches (same batching rules, own plan), or []."""
   split = cfg.data.eval_split
   if not split or not cfg.train.eval_every:
@@ -538,16 +507,13 @@ def _eval_batches(cfg, dataset, workdir, *, frame_rate: float, multiple: int):
   source = dataset.split(split)
   lengths = data_lib.scan_lengths(source, os.path.join(workdir, f"lengths-{split}.npz"),
                                   progress=False)
-  alignments = _alignments(cfg, dataset, split)
   plan = data_lib.BatchPlan(lengths, cfg.data, seed=cfg.seed + 1, batch_multiple=multiple,
-                            crop_long=alignments is None)
-  loader = data_lib.BatchLoader(source, plan, cfg.data, kind=cfg.train.model,
-                                num_codebooks=cfg.model.num_codebooks, frame_rate=frame_rate,
-                                process_index=jax.process_index(),
-                                process_count=jax.process_count(),
-                                alignments=alignments,
-                                nar_first_stage=models.nar_first_stage(cfg.model),
-                                symbols=text_lib.SymbolTable.load(dataset.symbols_path))
+                            crop_long=recipe.crop_long)
+  loader = recipe.batch_loader(cfg, dataset, split, source, plan, kind=cfg.train.model,
+                               num_codebooks=cfg.model.num_codebooks, frame_rate=frame_rate,
+                               process_index=jax.process_index(),
+                               process_count=jax.process_count(),
+                               symbols=text_lib.SymbolTable.load(dataset.symbols_path))
   return [loader(i) for i in range(min(cfg.train.eval_batches, plan.batches_per_epoch))]
 
 

@@ -55,6 +55,7 @@ def get_config():
   c.sample_rate = 24000
   c.num_utterances = 1000          # train split, spread evenly over the training voices
   c.num_heldout_utterances = 60    # test split, spread evenly over `heldout_voices`
+  c.num_seen_voice_utterances = 0  # test_seen split: training voices say the test sentences
   c.min_words = 5
   c.max_words = 20
   c.workers = 0                    # processes; 0 = one per core

@@ -323,7 +323,7 @@ class OfflineCodec:
         "num_codebooks": NUM_CODEBOOKS,
         "codebook_size": CODEBOOK_SIZE,
         "features": dataclasses.asdict(self.features),
-        # one code per utterance (`valle_jax.codec.utterance_codebooks`)
+        # one code per utterance (the aligned variant copies them from the prompt)
         "utterance_codebooks": list(range(1, 1 + self.features.voice_codebooks)),
         "weights": self.checksum(),
         "fit": self.fit_info,
