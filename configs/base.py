@@ -56,12 +56,19 @@ def base() -> ml_collections.ConfigDict:
   c.data.dataset = ""               # a `valle-jax prepare` output: <out>/<builder>/<version>
   c.data.train_split = "train"
   c.data.eval_split = ""            # "" = no periodic evaluation
-  c.data.frame_buckets = (150, 225, 300, 450, 600, 750, 1200)   # 75 frames = 1 s
-  c.data.phoneme_buckets = (64, 128, 256)
-  c.data.max_tokens = 6000          # acoustic frames per global batch (token budget)
+  # Length buckets (data.py); an example longer than the largest is cropped at load time to
+  # a random window that fits. 75 frames = 1 s: the largest takes the paper's 20 s crops,
+  # and 384 phonemes (with stress marks and word boundaries) 20 s of fast speech.
+  c.data.frame_buckets = (150, 225, 300, 450, 600, 750, 1200, 1500)
+  c.data.phoneme_buckets = (64, 128, 256, 384)
+  c.data.max_tokens = 6000          # real acoustic frames per global batch (token budget)
   c.data.max_batch_size = 64
   c.data.prompt_seconds = 3.0       # NAR acoustic prompt length
-  c.data.prompt_from_other_utterance = False   # True: prompt from another utterance, same speaker
+  # NAR acoustic prompt (data.py): "prefix" (a prefix is the prompt, the rest the target: the
+  # layout of zero-shot inference), "segment" (a random window of the utterance is the
+  # prompt, the whole utterance the target: the paper's) or "other_utterance" (a window of
+  # another utterance of the same speaker).
+  c.data.nar_prompt = "prefix"
   # Probability that an example is another utterance of its speaker followed by itself
   # (concatenated; data.py): for corpora of short utterances, so training sequences are as
   # long as zero-shot ones (prompt + text). 0 = single utterances (the paper's LibriLight).

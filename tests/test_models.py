@@ -293,6 +293,25 @@ def test_losses_and_top10(cfg, ar_model, nar_model, batch):
   np.testing.assert_allclose(nll[0], -jax.nn.log_softmax(logits[0])[2], rtol=1e-6)
 
 
+def test_padding_rows_and_masked_frames_are_not_scored(ar_model, nar_model, batch):
+  """A row without phonemes (data.py's padding) adds nothing to the AR's loss or count, and
+  a NAR target frame with loss_mask 0 nothing to the NAR's."""
+  padded = {k: np.array(v) for k, v in batch.items()}
+  padded["phonemes"][0], padded["phoneme_lens"][0], padded["code_lens"][0] = 0, 0, 0
+  _, full = models.ar_loss(ar_model, batch)
+  _, m = models.ar_loss(ar_model, padded)
+  others = {k: v[1:] for k, v in batch.items()}
+  _, rest = models.ar_loss(ar_model, others)
+  assert float(m["count"]) == float(rest["count"]) < float(full["count"])
+  np.testing.assert_allclose(float(m["loss_sum"]), float(rest["loss_sum"]), rtol=1e-5)
+  mask = np.ones(batch["codes"].shape[:2], np.float32)
+  mask[:, :3] = 0.0
+  _, whole = models.nar_loss(nar_model, batch)
+  _, masked = models.nar_loss(nar_model, {**batch, "loss_mask": mask})
+  assert float(masked["count"]) == float(whole["count"]) - 3 * len(mask)
+  assert float(masked["loss_sum"]) < float(whole["loss_sum"])
+
+
 def test_bfloat16_compute_is_finite_and_close(cfg, ar_model, nar_model, batch, ar_io,
                                               ar_logits, nar_logits):
   inputs, _, lens = ar_io

@@ -274,3 +274,60 @@ def test_sigterm_saves_and_stops(tiny_dataset, tmp_path):
   assert "SIGTERM received" in out
   saved = int(sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-1])
   assert saved == max(_metrics(workdir)) >= 3
+
+
+def _leaves(tree):
+  return {"/".join(str(getattr(k, "key", k)) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+@pytest.mark.parametrize("changes", [
+    {"nar_stage_conditioning": "adaln", "nar_tie_output": True},
+    {"nar_stage_conditioning": "token", "nar_tie_output": False, "ar_group_size": 2},
+    {"mlp_activation": "relu", "ar_position_scale": True, "ar_bos": False,
+     "ar_head_bias": False, "nar_tie_output": True, "nar_tie_offset": 1}])   # lifeiteng's
+def test_weight_decay_only_on_matmul_kernels(changes):
+  """The decay mask is True for every matmul kernel (attention, MLP, untied heads, the
+  NAR's `last_head` among them, the grouped AR's projection) and False for every bias,
+  norm / AdaLN gain, embedding and AR position scale; one AdamW step with zero gradients
+  leaves those unchanged and shrinks the kernels."""
+  import optax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from valle_jax import models  # pylint: disable=g-import-not-at-top
+  cfg = tiny.get_config()
+  cfg.model.update(changes)
+  params = {"ar": nnx.to_pure_dict(nnx.state(models.ARModel(cfg.model, rngs=nnx.Rngs(0)),
+                                             nnx.Param)),
+            "nar": nnx.to_pure_dict(nnx.state(models.NARModel(cfg.model, rngs=nnx.Rngs(1)),
+                                              nnx.Param))}
+  mask = _leaves(train.weight_decay_mask(params))
+  kernels = {f"{m}/transformer/blocks/{i}/{k}" for m in ("ar", "nar")
+             for i in range(cfg.model.num_layers)
+             for k in ("attn/q_kernel", "attn/k_kernel", "attn/v_kernel", "attn/out_kernel",
+                       "mlp/in_kernel", "mlp/out_kernel")}
+  kernels |= {"ar/head_kernel"} | ({"ar/group_proj"} if cfg.model.ar_group_size > 1 else set())
+  kernels |= set() if cfg.model.nar_tie_output else {"nar/head_kernel"}
+  kernels |= {"nar/last_head"} if cfg.model.nar_tie_offset else set()
+  assert {name for name, decays in mask.items() if decays} == kernels
+  # Everything else is a bias, a norm's (or AdaLN's [stages, width]) gain or bias, an
+  # embedding, or an AR position scale.
+  others = set(mask) - kernels
+  assert all(n.endswith(("_bias", "norm/scale", "norm/bias", "_embed", "_pos_scale"))
+             for n in others), others
+  assert {"ar/phoneme_embed", "ar/audio_embed", "nar/audio_embed"} <= others
+  scales = {"ar/phoneme_pos_scale", "ar/audio_pos_scale"}
+  assert (scales <= others) == cfg.model.ar_position_scale
+  assert ("ar/head_bias" in others) == cfg.model.ar_head_bias
+  adaln = cfg.model.nar_stage_conditioning == "adaln"     # gains [stages, width]
+  assert params["nar"]["transformer"]["final_norm"]["scale"].ndim == (2 if adaln else 1)
+
+  cfg.optim.weight_decay = 0.1
+  tx = train.make_optimizer(cfg)
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  before, after = _leaves(params), _leaves(optax.apply_updates(params, updates))
+  shrink = 1 - float(train.make_schedule(cfg)(0)) * 0.1
+  for name, value in after.items():
+    if name in kernels:
+      np.testing.assert_allclose(value, before[name] * shrink, rtol=1e-6)
+    else:
+      np.testing.assert_array_equal(value, before[name])

@@ -120,24 +120,33 @@ def test_pointer_batches_split_the_partner_evenly():
                                np.cumsum([0] + [len(t) for t in truth]))
   cfg = ml_collections.ConfigDict({
       "frame_buckets": (200,), "phoneme_buckets": (64,), "max_tokens": 800,
-      "max_batch_size": 4, "prompt_seconds": 1.0, "prompt_from_other_utterance": False,
+      "max_batch_size": 4, "prompt_seconds": 1.0, "nar_prompt": "prefix",
       "same_speaker_pairs": 1.0})
-  plan = data.BatchPlan(data.scan_lengths(records, progress=False), cfg, seed=0)
+  plan = data.BatchPlan(data.scan_lengths(records, progress=False), cfg, seed=0,
+                        crop_long=False)
+  symbols = text.SymbolTable.default()
   loader = aligned_data.AlignedBatchLoader(records, plan, cfg, kind="ar", num_codebooks=8,
-                                           frame_rate=75.0, alignments=alignments)
+                                           frame_rate=75.0, alignments=alignments,
+                                           symbols=symbols)
   batch = loader(0)["ar"]
   for row, (partner, index) in enumerate(plan.batch(0)[1]):
+    if index < 0:
+      continue
     first = records[partner]
-    expected = np.concatenate([aligned_data.even_split(len(first["codes"]), len(first["phonemes"])),
-                               truth[index] + len(first["phonemes"])])
+    _, heard = text.join_prompt_and_text(first["phonemes"], records[index]["phonemes"],
+                                         symbols)
+    expected = np.concatenate([aligned_data.even_split(len(first["codes"]), heard),
+                               truth[index] + heard])
     np.testing.assert_array_equal(batch["phoneme_of_frame"][row, :len(expected)], expected)
     assert batch["target_start"][row] == len(first["codes"])
 
 
 def test_nar_codebook1_batches_carry_each_target_frames_phoneme():
   """The variant's NAR also learns codebook 1 (stage 0, one weight per codebook 1..Q) and
-  each target frame carries its phoneme from the alignments: a pair's partner's alignment,
-  then the utterance's (after the partner's phonemes), less the frames the prompt took."""
+  each target frame carries its phoneme from the alignments: a pair's partner's alignment
+  (clipped to the phonemes before the utterance's, the partner's transcript as synthesis
+  joins it), then the utterance's (after those), less the frames the prompt took; a padding
+  row carries none."""
   rng = np.random.default_rng(0)
   records = [{"id": f"u{i}".encode(), "speaker": f"s{i % 3}".encode(),
               "phonemes": rng.integers(1, 50, int(rng.integers(5, 30))).astype(np.int32),
@@ -145,35 +154,70 @@ def test_nar_codebook1_batches_carry_each_target_frames_phoneme():
              for i in range(23)]
   cfg = ml_collections.ConfigDict({
       "frame_buckets": (100, 200, 300), "phoneme_buckets": (32, 64), "max_tokens": 800,
-      "max_batch_size": 6, "prompt_seconds": 1.0, "prompt_from_other_utterance": False,
+      "max_batch_size": 6, "prompt_seconds": 1.0, "nar_prompt": "prefix",
       "same_speaker_pairs": 1.0, "nar_stage_weights": (2, 0, 1, 0, 0, 0, 0, 0)})
-  plan = data.BatchPlan(data.scan_lengths(records, progress=False), cfg, seed=0)
+  plan = data.BatchPlan(data.scan_lengths(records, progress=False), cfg, seed=0,
+                        crop_long=False)
+  symbols = text.SymbolTable.default()
   rows = [aligned_data.even_split(len(r["codes"]), len(r["phonemes"])) for r in records]
   alignments = aligned_data.Alignments(np.concatenate(rows),
                                        np.concatenate([[0], np.cumsum([len(a) for a in rows])]))
   loader = aligned_data.AlignedBatchLoader(records, plan, cfg, kind="nar", num_codebooks=8,
-                                           frame_rate=75.0, alignments=alignments)
-  stages, pairs = [], 0
+                                           frame_rate=75.0, alignments=alignments,
+                                           symbols=symbols)
+  stages, pairs, padding = [], 0, 0
   for index in range(plan.batches_per_epoch):
     nar = loader(index)["nar"]
-    stages.append(nar["stage"])
+    stages.append(nar["stage"][nar["code_lens"] > 0])
     for row, (partner, member) in enumerate(plan.batch(index)[1]):
+      if member < 0:
+        padding += 1
+        assert nar["code_lens"][row] == 0 and not nar["frame_phonemes"][row].any()
+        continue
       own = alignments[member]
       if partner >= 0:
         pairs += 1
-        own = np.concatenate([alignments[partner],
-                              own + len(records[partner]["phonemes"])])
+        _, heard = text.join_prompt_and_text(records[partner]["phonemes"],
+                                             records[member]["phonemes"], symbols)
+        own = np.concatenate([np.minimum(alignments[partner], heard - 1), own + heard])
       n, p = nar["code_lens"][row], nar["prompt_lens"][row]
       np.testing.assert_array_equal(nar["frame_phonemes"][row, :n], own[p:p + n])
       assert not nar["frame_phonemes"][row, n:].any()
-  assert pairs > 0
+  assert pairs > 0 and padding > 0
   stages = np.concatenate(stages)
   assert set(stages.tolist()) == {0, 2}
   assert 0.5 < np.mean(stages == 0) < 0.85
   bad = ml_collections.ConfigDict({**cfg.to_dict(), "nar_stage_weights": (1,) * 7})
   with pytest.raises(UserError, match=r"needs 8 .*codebooks 1\.\.8"):
     aligned_data.AlignedBatchLoader(records, plan, bad, kind="nar", num_codebooks=8,
-                                    frame_rate=75.0, alignments=alignments)
+                                    frame_rate=75.0, alignments=alignments, symbols=symbols)
+
+
+def test_long_examples_are_left_out_not_cropped():
+  """The variant's recipe plans with `crop_long=False`: an example longer than the largest
+  bucket, which a crop's alignment would not follow, is left out; a cropping plan is
+  refused."""
+  records, truth = _planted(6)
+  for r in records:
+    r["speaker"] = b"s"
+  records[0]["codes"] = np.tile(records[0]["codes"], (40, 1))[:250]     # past 200 frames
+  alignments = aligned_data.Alignments(np.concatenate(truth),
+                                       np.cumsum([0] + [len(t) for t in truth]))
+  cfg = ml_collections.ConfigDict({
+      "frame_buckets": (200,), "phoneme_buckets": (64,), "max_tokens": 800,
+      "max_batch_size": 4, "prompt_seconds": 1.0, "nar_prompt": "prefix"})
+  lengths = data.scan_lengths(records, progress=False)
+  assert aligned.RECIPE.crop_long is False and recipe.VALLE.crop_long is True
+  plan = data.BatchPlan(lengths, cfg, seed=0, crop_long=aligned.RECIPE.crop_long)
+  assert plan.dropped == 1 and not plan.cropped.any()
+  loader = aligned_data.AlignedBatchLoader(records, plan, cfg, kind="ar", num_codebooks=2,
+                                           frame_rate=75.0, alignments=alignments)
+  seen = np.concatenate([loader(i)["index"] for i in range(plan.batches_per_epoch)])
+  assert 0 not in seen.tolist() and set(range(1, 6)) <= set(seen.tolist())
+  with pytest.raises(ValueError, match="crop_long=False"):
+    aligned_data.AlignedBatchLoader(records, data.BatchPlan(lengths, cfg, seed=0), cfg,
+                                    kind="ar", num_codebooks=2, frame_rate=75.0,
+                                    alignments=alignments)
 
 
 # ---------------------------------------------------------------------------- models
@@ -586,17 +630,22 @@ def test_align_train_checkpoint_and_synthesize_through_the_recipe(tiny_dataset, 
   metrics = train.train(cfg, run)["metrics"]
   assert np.isfinite(metrics["nar/loss_codebook1"]) and np.isfinite(metrics["ar/advance_loss"])
   assert metrics["nar/tokens"] > 0 and "nar/loss_codebook2" not in metrics
-  bundle, nar, symbols, codec = synthesize.load_models(run)
+  bundle, nar_bundle, symbols, codec = synthesize.load_models(run)
+  assert nar_bundle is bundle
+  nar = nar_bundle.nar
   assert bundle.recipe is aligned.RECIPE
   assert isinstance(bundle.ar, aligned_models.PointerARModel)
   assert isinstance(nar, aligned_models.TimedNARModel)
   decoding = bundle.recipe.decoding(bundle.config, bundle.codec_description)
   assert decoding.controller.max_dwell == 4.0
-  (wav,) = synthesize.synthesize(bundle.ar, nar, symbols, codec,
-                                 [synthesize.Request("Hello there.", prompt_wav, "A tone.")],
-                                 sampling.SampleOptions(top_k=20, max_frames_per_phoneme=1.0),
-                                 decoding=decoding)
-  assert np.isfinite(wav).all()
+  # A NAR trained on "segment" prompts reads the text alone, on the pointer's timing
+  # counted from the text's first phoneme.
+  for nar_prompt in ("prefix", "segment"):
+    (wav,) = synthesize.synthesize(bundle.ar, nar, symbols, codec,
+                                   [synthesize.Request("Hello there.", prompt_wav, "A tone.")],
+                                   sampling.SampleOptions(top_k=20, max_frames_per_phoneme=1.0),
+                                   decoding=decoding, nar_prompt=nar_prompt)
+    assert np.isfinite(wav).all()
 
 
 def test_the_core_never_imports_a_variant_and_a_run_names_its_own():

@@ -157,7 +157,7 @@ def _last_eval(run: str) -> dict[str, float]:
 
 def _synthesize(cfg, workdir: str, corpus: str, run: str) -> dict[str, Any]:
   from data_prep.synthetic import read_manifest  # pylint: disable=g-import-not-at-top
-  from valle_jax import checkpoint, sampling  # pylint: disable=g-import-not-at-top
+  from valle_jax import checkpoint, sampling, synthesize  # pylint: disable=g-import-not-at-top
   from valle_jax.codec import get_codec  # pylint: disable=g-import-not-at-top
 
   pairs = evaluate.heldout_pairs(read_manifest(corpus, "test"), cfg.synthesis.prompt_seconds)
@@ -174,7 +174,8 @@ def _synthesize(cfg, workdir: str, corpus: str, run: str) -> dict[str, Any]:
       bundle.ar, bundle.nar, bundle.symbols, codec, pairs, options, out_dir,
       seed=cfg.synthesis.seed, batch_size=cfg.synthesis.batch_size,
       codebooks=cfg.synthesis.codebooks,
-      decoding=bundle.recipe.decoding(bundle.config, bundle.codec_description))
+      decoding=bundle.recipe.decoding(bundle.config, bundle.codec_description),
+      nar_prompt=synthesize.trained_nar_prompt(bundle.config))
   return {"samples": os.path.join(out_dir, "samples.json"), "count": len(samples),
           "checkpoint_step": bundle.step, "sample_options": cfg.synthesis.sample.to_dict()}
 

@@ -119,7 +119,7 @@ def run(checkpoint: str, out_dir: str, *, test_list: str | None = None,
   asr_scorer = evaluate.get_asr(asr, **({"model": asr_model} if asr_model else {}))
   speaker_scorer = evaluate.get_speaker_encoder(
       speaker, **({"model": speaker_model} if speaker_model else {}))
-  bundle, nar, symbols, codec = synthesize.load_models(checkpoint, nar_checkpoint)
+  bundle, nar_bundle, symbols, codec = synthesize.load_models(checkpoint, nar_checkpoint)
   options = synthesize.sample_options(bundle.config, sample or {})
 
   def absolute(path):
@@ -137,10 +137,12 @@ def run(checkpoint: str, out_dir: str, *, test_list: str | None = None,
   evaluate.check_settings(os.path.join(out_dir, "settings.json"), settings, "samples",
                           "--out_dir")
   samples = evaluate.synthesize_samples(
-      bundle.ar, nar, symbols, codec, pairs, options, os.path.join(out_dir, "samples"),
-      continual=mode == "continual", prompt_seconds=prompt_seconds, lang=lang, seed=seed,
-      batch_size=batch_size, codebooks=codebooks,
-      decoding=bundle.recipe.decoding(bundle.config, bundle.codec_description))
+      bundle.ar, nar_bundle.nar, symbols, codec, pairs, options,
+      os.path.join(out_dir, "samples"), continual=mode == "continual",
+      prompt_seconds=prompt_seconds, lang=lang, seed=seed, batch_size=batch_size,
+      codebooks=codebooks,
+      decoding=bundle.recipe.decoding(bundle.config, bundle.codec_description),
+      nar_prompt=synthesize.trained_nar_prompt(nar_bundle.config))
   scores = evaluate.score_samples(samples, asr_scorer, speaker_scorer)
   table = evaluate.summarize(scores)
   csv_path, json_path = evaluate.write_results(

@@ -30,6 +30,9 @@ class Recipe:
   ar_model, nar_model: the model classes, built as `cls(cfg.model, rngs=...)`.
   ar_loss, nar_loss: (model, batch, dropout_rng) -> (loss, metrics) (`models.ar_loss`).
   batch_loader: (cfg, dataset, split, source, plan, **BatchLoader keywords) -> a loader.
+  crop_long: whether the batch plan crops examples longer than the largest bucket to a
+    window (`data.BatchPlan(crop_long=)`); False leaves them out, for a loader whose inputs
+    a crop would not follow (alignments).
   decoding: (run config, codec description) -> the `sampling.Decoding` synthesis runs the
     models with.
   prepare_dataset: what a prepared dataset (its path) needs before training, or None (the
@@ -42,6 +45,7 @@ class Recipe:
   ar_loss: Callable = models.ar_loss
   nar_loss: Callable = models.nar_loss
   batch_loader: Callable[..., data.BatchLoader] = _batch_loader
+  crop_long: bool = True
   decoding: Callable[[Any, dict], sampling.Decoding] = (
       lambda cfg, codec_description: sampling.Decoding())
   prepare_dataset: Callable[[str], Any] | None = None

@@ -435,14 +435,35 @@ class Decoding:
     del continual
 
   def __call__(self, ar_def, ar_state, nar_def, nar_state, batch: "Batch", rng: Array,
-               options: SampleOptions, codebooks: int = 0) -> tuple[Array, Array, Array]:
-    """(codes int32 [B, T, K], lengths [B], hit_limit [B]) for the batch's requests."""
+               options: SampleOptions, codebooks: int = 0, *, nar_text_only: bool = False
+               ) -> tuple[Array, Array, Array]:
+    """(codes int32 [B, T, K], lengths [B], hit_limit [B]) for the batch's requests.
+
+    `nar_text_only`: the NAR reads the text without the prompt's transcript
+    (`text_after_prompt`), as a NAR trained on "segment" or "other_utterance" prompts read
+    only its target's text (synthesize's `nar_prompt`)."""
     out = sample_ar(ar_def, ar_state, batch.phonemes, batch.phoneme_lens,
                     batch.prompt[..., 0], batch.prompt_lens, rng, options=options,
                     max_steps=batch.max_steps)
-    codes = decode_nar(nar_def, nar_state, batch.phonemes, batch.phoneme_lens, batch.prompt,
+    phonemes, phoneme_lens = (text_after_prompt(batch) if nar_text_only
+                              else (batch.phonemes, batch.phoneme_lens))
+    codes = decode_nar(nar_def, nar_state, phonemes, phoneme_lens, batch.prompt,
                        batch.prompt_lens, out.codes, out.lengths, codebooks)
     return codes, out.lengths, out.hit_limit
+
+
+def text_after_prompt(batch: "Batch") -> tuple[np.ndarray, np.ndarray]:
+  """The batch's phonemes [B, L] without each row's first `prompt_phoneme_lens` (its prompt's
+  transcript), moved to the front and 0-padded, and their counts [B]."""
+  if batch.prompt_phoneme_lens is None:
+    raise ValueError("the text after the prompt's transcript needs the prompts' phoneme "
+                     "counts (prepare_batch's prompt_phoneme_lens).")
+  phonemes, heard = np.asarray(batch.phonemes), np.asarray(batch.prompt_phoneme_lens)
+  slots = np.arange(phonemes.shape[1])[None, :]
+  lens = np.asarray(batch.phoneme_lens) - heard
+  kept = np.take_along_axis(phonemes, np.minimum(slots + heard[:, None], phonemes.shape[1] - 1),
+                            1)
+  return (np.where(slots < lens[:, None], kept, 0).astype(np.int32), lens.astype(np.int32))
 
 
 # ------------------------------------------------------------------------------ batching

@@ -56,25 +56,31 @@ class Request:
   out: str = ""
 
 
-def _phoneme_ids(words: str, what: str, symbols: text.SymbolTable, lang: str,
-                 final_punctuation: bool = True) -> np.ndarray:
-  """Text -> phoneme ids [L], or a `UserError` for an empty, unpronounceable or long text.
-
-  `final_punctuation=False` drops the punctuation it ends with: a zero-shot prompt's
-  transcript runs on into the text, and a model trained on single sentences has only ever
-  seen a final "." just before EOS (with it, the demo's model stopped at once)."""
+def _phoneme_ids(words: str, what: str, symbols: text.SymbolTable, lang: str) -> np.ndarray:
+  """Text -> phoneme ids [L], or a `UserError` for an empty, unpronounceable or long text."""
   if not words.strip():
     raise UserError(f"{what} is empty; give some words to say.")
   phones = text.phonemize(words, lang)
   if all(s in text.PUNCTUATION or s == text.WORD for s in phones):
     raise UserError(f"{what} {words!r} has nothing to pronounce; give it some words.")
-  while not final_punctuation and phones[-1] in text.PUNCTUATION:
-    phones = phones[:-1]
   ids = symbols.encode(phones, text=words)
   if len(ids) > sampling.PHONEME_BUCKETS[-1]:
     raise UserError(f"{what} has {len(ids)} phonemes, more than the "
                     f"{sampling.PHONEME_BUCKETS[-1]} the sampler takes; split it.")
   return ids
+
+
+def request_phonemes(request: Request, symbols: text.SymbolTable, lang: str, *,
+                     continual: bool = False, what: str = "the request"
+                     ) -> tuple[np.ndarray, int]:
+  """A request's phoneme ids [L] and how many of them are the prompt's transcript: zero-shot,
+  `text.join_prompt_and_text` of the prompt text and the text (training pairs' layout);
+  continual, the text alone."""
+  words = _phoneme_ids(request.text, f"the text of {what}", symbols, lang)
+  if continual:
+    return words, 0
+  heard = _phoneme_ids(request.prompt_text, f"the prompt text of {what}", symbols, lang)
+  return text.join_prompt_and_text(heard, words, symbols)
 
 
 def _prompt_codes(path: str, codec, seconds: float | None) -> np.ndarray:
@@ -100,7 +106,8 @@ def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Req
                options: sampling.SampleOptions, *, continual: bool = False,
                continual_seconds: float = 3.0, lang: str = "en-us", seed: int = 0,
                batch_size: int = 1, codebooks: int = 0,
-               decoding: sampling.Decoding | None = None) -> list[np.ndarray]:
+               decoding: sampling.Decoding | None = None, nar_prompt: str = "prefix"
+               ) -> list[np.ndarray]:
   """Makes each request's speech.
 
   Args:
@@ -116,6 +123,11 @@ def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Req
       NAR passes); 0: all.
     decoding: how the models make the codes (default VALL-E's `sampling.Decoding`; a
       variant's run gives its recipe's, `recipe.decoding(config, codec_description)`).
+    nar_prompt: the NAR's training prompt (its run's `data.nar_prompt`, `trained_nar_prompt`).
+      A NAR trained on "segment" or "other_utterance" prompts read only its target's text,
+      so zero-shot it reads the text without the prompt's transcript (lifeiteng/vall-e's
+      prefix_mode 2 inference); a "prefix" NAR reads both, prompt and target being one
+      utterance in training.
   Returns:
     float32 waveforms at `codec.sample_rate`, one per request (empty when the AR ended at
     once). Logs a warning for each that stopped at the length limit instead of EOS.
@@ -129,13 +141,9 @@ def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Req
   examples = []
   for n, r in enumerate(requests, 1):
     where = f"request {n}" if len(requests) > 1 else "the request"
-    words = _phoneme_ids(r.text, f"the text of {where}", symbols, lang)
-    if not continual:
-      heard = _phoneme_ids(r.prompt_text, f"the prompt text of {where}", symbols, lang,
-                           final_punctuation=False)
-      words = np.concatenate([heard, [symbols.word_id], words]).astype(np.int32)
+    words, heard = request_phonemes(r, symbols, lang, continual=continual, what=where)
     prompt = _prompt_codes(r.prompt, codec, continual_seconds if continual else None)
-    examples.append((words, prompt, 0 if continual else len(heard) + 1))
+    examples.append((words, prompt, heard))
   ar_def, ar_state = nnx.split(ar)
   nar_def, nar_state = nnx.split(nar)
   key = jax.random.key(seed)
@@ -146,7 +154,8 @@ def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Req
                                    options, batch_size=batch_size,
                                    prompt_phoneme_lens=[h for _, _, h in chunk])
     made = decoding(ar_def, ar_state, nar_def, nar_state, batch,
-                    jax.random.fold_in(key, start), options, codebooks)
+                    jax.random.fold_in(key, start), options, codebooks,
+                    nar_text_only=nar_prompt != "prefix")
     codes, lengths, hit_limit = jax.device_get(made)
     for i in range(len(chunk)):
       if hit_limit[i]:
@@ -158,6 +167,14 @@ def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Req
       wavs.append(np.asarray(codec.decode(made), np.float32) if len(made) else
                   np.zeros((0,), np.float32))
   return wavs
+
+
+def trained_nar_prompt(config) -> str:
+  """The NAR prompt a run was trained with (`data.nar_prompt`; earlier runs had the option
+  `prompt_from_other_utterance`)."""
+  if "nar_prompt" in config.data:
+    return config.data.nar_prompt
+  return "other_utterance" if config.data.get("prompt_from_other_utterance") else "prefix"
 
 
 def read_tsv(path: str) -> list[Request]:
@@ -225,8 +242,9 @@ def sample_options(config, overrides: dict[str, Any]) -> sampling.SampleOptions:
 
 
 def load_models(path: str, nar_path: str | None = None):
-  """(bundle, NAR model, symbols, codec) of a run, the NAR from `nar_path` when given; a
-  `UserError` for a checkpoint without the models or runs that don't match."""
+  """(bundle, NAR bundle, symbols, codec) of a run, the NAR from `nar_path` when given (else
+  the bundle itself); a `UserError` for a checkpoint without the models or runs that don't
+  match."""
   from valle_jax import checkpoint, codec as codec_lib  # pylint: disable=g-import-not-at-top
   bundle = checkpoint.load_inference_bundle(path)
   nar_bundle = checkpoint.load_inference_bundle(nar_path) if nar_path else bundle
@@ -242,7 +260,7 @@ def load_models(path: str, nar_path: str | None = None):
                       "tables; use runs on the same dataset.")
     codec_lib.check_same_codec(bundle.codec_description, nar_bundle.codec_description,
                                f"the NAR checkpoint {nar_path}")
-  return bundle, nar_bundle.nar, bundle.symbols, codec_lib.get_codec(bundle.codec_description)
+  return bundle, nar_bundle, bundle.symbols, codec_lib.get_codec(bundle.codec_description)
 
 
 def main(argv):
@@ -259,9 +277,10 @@ def main(argv):
     if not _PROMPT.value:
       raise UserError("--prompt is required: a recording of the voice to use.")
     requests = [Request(_TEXT.value, _PROMPT.value, _PROMPT_TEXT.value, _OUT.value)]
-  bundle, nar, symbols, codec = load_models(_CHECKPOINT.value, _NAR_CHECKPOINT.value)
+  bundle, nar_bundle, symbols, codec = load_models(_CHECKPOINT.value, _NAR_CHECKPOINT.value)
   options = sample_options(bundle.config, sample_flags())
-  wavs = synthesize(bundle.ar, nar, symbols, codec, requests, options,
+  wavs = synthesize(bundle.ar, nar_bundle.nar, symbols, codec, requests, options,
+                    nar_prompt=trained_nar_prompt(nar_bundle.config),
                     continual=_CONTINUAL.value, continual_seconds=_CONTINUAL_SECONDS.value,
                     lang=_LANG.value, seed=_SEED.value, batch_size=_BATCH.value,
                     codebooks=_CODEBOOKS.value,

@@ -9,8 +9,8 @@ with explicit shardings and donated state buffers:
 - `train.model` chooses "ar", "nar" or "both" (one optimiser over both models).
 - AdamW with linear warmup to `optim.peak_lr` and linear decay to 0 at `train.steps`,
   gradient clipping to `optim.grad_clip_norm` by each model's own global norm (so training
-  AR and NAR together gives each the updates it would get alone), weight decay on matrices
-  only.
+  AR and NAR together gives each the updates it would get alone), weight decay on the
+  matmul kernels only (`weight_decay_mask`).
 - Gradient accumulation splits each global batch into `train.grad_accum_steps`
   micro-batches inside the step (a `lax.scan`), so memory scales with the micro-batch.
 - NaN/Inf guard: a step whose loss or gradients are not finite leaves params and
@@ -96,15 +96,34 @@ def clip_each_model_by_global_norm(max_norm: float) -> optax.GradientTransformat
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+# Parameters named with one of these endings are matmul weights (layers.py's convention).
+DECAYED_NAME_ENDINGS = ("kernel", "_proj")
+# The NAR's own output layer for the last codebook (`nar_tie_offset = 1`, lifeiteng's): a
+# [V, D] table read like an embedding, but an untied output head like `head_kernel`.
+DECAYED_NAMES = ("last_head",)
+
+
+def weight_decay_mask(params) -> Any:
+  """True for each parameter that gets weight decay: the matmul kernels (attention q/k/v/out,
+  MLP, untied output heads, `last_head` included, VALL-E 2's group projection), by their
+  names. Never biases, norm or AdaLN gains and biases, embeddings (the NAR's tied output
+  reads its acoustic embedding) or the AR's position scales (`ar_position_scale`'s
+  scalars): decaying an AdaLN gain or a position scale pulls it toward 0, and an embedding
+  row decays whenever its token is rare."""
+  def decays(path, _):
+    name = str(getattr(path[-1], "key", path[-1]))
+    return name.endswith(DECAYED_NAME_ENDINGS) or name in DECAYED_NAMES
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
 def make_optimizer(cfg) -> optax.GradientTransformation:
   """AdamW on `make_schedule`, after each model's global-norm clipping; weight decay on
-  matrices only."""
+  the parameters `weight_decay_mask` selects."""
   o = cfg.optim
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
   return optax.chain(
       clip_each_model_by_global_norm(o.grad_clip_norm),
       optax.adamw(make_schedule(cfg), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
-                  mask=decay_mask))
+                  mask=weight_decay_mask))
 
 
 class Trainer:
@@ -373,11 +392,12 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   lengths = data_lib.scan_lengths(
       source, os.path.join(workdir, f"lengths-{cfg.data.train_split}.npz"),
       progress=jax.process_index() == 0)
-  plan = data_lib.BatchPlan(lengths, cfg.data, seed=cfg.seed, batch_multiple=multiple)
+  plan = data_lib.BatchPlan(lengths, cfg.data, seed=cfg.seed, batch_multiple=multiple,
+                            crop_long=recipe.crop_long)
   loader = recipe.batch_loader(cfg, dataset, cfg.data.train_split, source, plan,
                                kind=cfg.train.model, num_codebooks=cfg.model.num_codebooks,
                                frame_rate=frame_rate, process_index=jax.process_index(),
-                               process_count=jax.process_count())
+                               process_count=jax.process_count(), symbols=table)
   data_iter = data_lib.batch_iterator(loader, cfg.train.steps, num_threads=cfg.data.num_threads,
                                       prefetch=cfg.data.prefetch)
 
@@ -411,6 +431,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   eval_batches = _eval_batches(cfg, recipe, dataset, workdir, frame_rate=frame_rate,
                                multiple=multiple)
   logger = MetricLogger(workdir, cfg.train.steps, start)
+  if start == 0:      # cropped and left-out long examples, real frames per batch
+    logger.write(0, plan.stats(), console=False, prefix="plan")
   stop = _StopSignal()
   save = functools.partial(_save, checkpointer, cfg=cfg, symbols=symbols, codec=codec)
   step, window, window_start, last = start, [], time.time(), {}
@@ -485,11 +507,13 @@ def _eval_batches(cfg, recipe, dataset, workdir, *, frame_rate: float, multiple:
   source = dataset.split(split)
   lengths = data_lib.scan_lengths(source, os.path.join(workdir, f"lengths-{split}.npz"),
                                   progress=False)
-  plan = data_lib.BatchPlan(lengths, cfg.data, seed=cfg.seed + 1, batch_multiple=multiple)
+  plan = data_lib.BatchPlan(lengths, cfg.data, seed=cfg.seed + 1, batch_multiple=multiple,
+                            crop_long=recipe.crop_long)
   loader = recipe.batch_loader(cfg, dataset, split, source, plan, kind=cfg.train.model,
                                num_codebooks=cfg.model.num_codebooks, frame_rate=frame_rate,
                                process_index=jax.process_index(),
-                               process_count=jax.process_count())
+                               process_count=jax.process_count(),
+                               symbols=text_lib.SymbolTable.load(dataset.symbols_path))
   return [loader(i) for i in range(min(cfg.train.eval_batches, plan.batches_per_epoch))]
 
 

@@ -3,6 +3,8 @@
 Conventions
 - Parameters are float32 `nnx.Param`s carrying `logical_axes` metadata (names from
   `valle_jax.sharding.LOGICAL_RULES`); they are cast to the compute dtype where used.
+  Matmul weights are named `*kernel` (or `*_proj`): those names, and only those, get
+  weight decay (`train.weight_decay_mask`).
 - Attention softmax, layer-norm statistics and logits are computed in float32.
 - Dropout is explicit: pass `dropout_rng=None` for deterministic (eval) behaviour, or a
   PRNG key for training. Nothing stores RNG state, so train steps stay pure functions.

@@ -5,9 +5,11 @@ where `loss` is the mean cross-entropy over valid positions and `metrics` holds 
 counts (so they can be summed across steps and devices before dividing).
 
 AR batch:  phonemes [B, L], phoneme_lens [B], codes [B, T, Q] (codebook 0 is used),
-           code_lens [B].
+           code_lens [B]. A row without phonemes is padding (data.py) and is not scored.
 NAR batch: phonemes, phoneme_lens, prompt_codes [B, P, Q], prompt_lens [B],
-           codes [B, T, Q], code_lens [B], stage [B] (0-based codebook in [1, Q)).
+           codes [B, T, Q], code_lens [B], stage [B] (0-based codebook in [1, Q)), and
+           optionally loss_mask [B, T] (0: that target frame is not scored; data.py's
+           "segment" prompts).
 
 A loss may add auxiliary objectives in `metrics["aux"]`: {name: {"loss_sum", "count"}};
 training adds their sums to the model's objective and reports `<model>/<name>_loss`.
@@ -54,14 +56,16 @@ def ar_loss(model: ARModel, batch: dict[str, Array], dropout_rng: Array | None =
       model.bos)
   logits = model(batch["phonemes"], batch["phoneme_lens"], inputs, group_lens,
                  dropout_rng=dropout_rng)                    # [B, Ta, G, V + 1]
-  return ar_metrics(logits, targets, group_lens)
+  return ar_metrics(logits, targets, group_lens, batch["phoneme_lens"])
 
 
-def ar_metrics(logits: Array, targets: Array, group_lens: Array
+def ar_metrics(logits: Array, targets: Array, group_lens: Array, phoneme_lens: Array
                ) -> tuple[Array, dict[str, Array]]:
   """The AR's mean loss and metric sums from its logits [B, Ta, G, V + 1] and targets
-  [B, Ta, G] (`ar_inputs_and_targets`), over each example's `group_lens` [B] groups."""
+  [B, Ta, G] (`ar_inputs_and_targets`), over each example's `group_lens` [B] groups; a row
+  without phonemes (`phoneme_lens` [B] 0) is padding (data.py) and not scored."""
   mask = jnp.arange(targets.shape[1])[None, :, None] < group_lens[:, None, None]
+  mask &= (phoneme_lens > 0)[:, None, None]                  # padding rows: not scored
   mask = jnp.broadcast_to(mask, targets.shape).astype(jnp.float32)
   nll, in_topk = token_nll_and_topk(logits, targets)
   metrics = {"loss_sum": jnp.sum(nll * mask), "count": jnp.sum(mask),
@@ -71,7 +75,7 @@ def ar_metrics(logits: Array, targets: Array, group_lens: Array
 
 def nar_loss(model: NARModel, batch: dict[str, Array], dropout_rng: Array | None = None
              ) -> tuple[Array, dict[str, Array]]:
-  """Cross-entropy on codebook `stage` of the target frames.
+  """Cross-entropy on codebook `stage` of the target frames (those `loss_mask` keeps).
 
   Metrics also carry per-codebook sums (`loss_sum_per_codebook`, `count_per_codebook`,
   `top10_correct_per_codebook`, each [Q]) so training can report every stage.
@@ -79,15 +83,19 @@ def nar_loss(model: NARModel, batch: dict[str, Array], dropout_rng: Array | None
   logits = model(batch["phonemes"], batch["phoneme_lens"], batch["prompt_codes"],
                  batch["prompt_lens"], batch["codes"], batch["code_lens"], batch["stage"],
                  dropout_rng=dropout_rng)                     # [B, T, V]
-  return nar_metrics(logits, batch["codes"], batch["code_lens"], batch["stage"])
+  return nar_metrics(logits, batch["codes"], batch["code_lens"], batch["stage"],
+                     batch.get("loss_mask"))
 
 
-def nar_metrics(logits: Array, codes: Array, code_lens: Array, stage: Array
-                ) -> tuple[Array, dict[str, Array]]:
+def nar_metrics(logits: Array, codes: Array, code_lens: Array, stage: Array,
+                loss_mask: Array | None = None) -> tuple[Array, dict[str, Array]]:
   """The NAR's mean loss and metric sums from its logits [B, T, V] for codebook `stage` [B]
-  of the target `codes` [B, T, Q] (`code_lens` [B] valid frames)."""
+  of the target `codes` [B, T, Q] (`code_lens` [B] valid frames; of those, the ones
+  `loss_mask` [B, T] keeps when given)."""
   targets = jnp.take_along_axis(codes, stage[:, None, None], axis=-1)[..., 0]  # [B, T]
   maskf = (jnp.arange(codes.shape[1])[None, :] < code_lens[:, None]).astype(jnp.float32)
+  if loss_mask is not None:                  # target frames copied into the prompt
+    maskf = maskf * loss_mask
   nll, in_topk = token_nll_and_topk(logits, targets)
   correct = in_topk.astype(jnp.float32)
   onehot = jax.nn.one_hot(stage, codes.shape[-1])             # [B, Q]

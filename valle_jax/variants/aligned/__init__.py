@@ -19,5 +19,5 @@ from valle_jax.variants.aligned import align, config, data, losses, models, samp
 RECIPE = recipe.register(recipe.Recipe(
     name="aligned", ar_model=models.PointerARModel, nar_model=models.TimedNARModel,
     ar_loss=losses.pointer_ar_loss, nar_loss=losses.timed_nar_loss,
-    batch_loader=data.batch_loader, decoding=sampling.decoding,
+    batch_loader=data.batch_loader, crop_long=False, decoding=sampling.decoding,
     prepare_dataset=align.align_dataset, demo_config=config.demo_config))

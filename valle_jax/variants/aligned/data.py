@@ -72,26 +72,34 @@ class AlignedBatchLoader(data.BatchLoader):
   def __init__(self, source, plan: data.BatchPlan, data_cfg, *, alignments: Alignments,
                **kwargs):
     super().__init__(source, plan, data_cfg, **kwargs)
+    if plan.cropped.any():
+      raise ValueError(f"the plan crops {int(plan.cropped.sum())} examples, which their "
+                       "alignments do not follow; make it with crop_long=False.")
     self.alignments = alignments
 
-  def _record(self, partner: int, index: int) -> dict[str, Any]:
+  def _record(self, partner: int, index: int, batch_index: int) -> dict[str, Any]:
     """VALL-E's record with `phoneme_of_frame` and `target_start`: the utterance's
-    alignment, after (for a pair) the partner's frames split evenly over its phonemes, as a
-    prompt is at inference, where the prompt's alignment is not known (the AR's pointer);
-    and `frame_phonemes`, the alignment of every frame, the partner's included (the NAR's)."""
-    record = super()._record(partner, index)
+    alignment, after (for a pair) the partner's frames split evenly over the phonemes before
+    the utterance's (`prompt_phonemes`: the partner's transcript as synthesis joins it), as a
+    prompt is at inference, where the prompt's alignment is not known (the AR's pointer); and
+    `frame_phonemes`, the alignment of every frame, the partner's included and clipped to
+    those phonemes (the NAR's). A padding row's are empty."""
+    record = super()._record(partner, index, batch_index)
+    if index < 0:
+      empty = np.zeros((0,), np.int32)
+      return {**record, "phoneme_of_frame": empty, "target_start": 0, "frame_phonemes": empty}
     alignment = np.asarray(self.alignments[index], np.int32)
     if partner < 0:
       return {**record, "phoneme_of_frame": alignment, "target_start": 0,
               "frame_phonemes": alignment}
-    first = self.source[partner]
-    num_frames, num_phon = len(first["codes"]), len(first["phonemes"])
+    num_frames, heard = len(self.source[partner]["codes"]), record["prompt_phonemes"]
     return {**record,
-            "phoneme_of_frame": np.concatenate([even_split(num_frames, num_phon),
-                                                alignment + num_phon]),
+            "phoneme_of_frame": np.concatenate([even_split(num_frames, heard),
+                                                alignment + heard]),
             "target_start": num_frames,
             "frame_phonemes": np.concatenate([
-                np.asarray(self.alignments[partner], np.int32), alignment + num_phon])}
+                np.minimum(np.asarray(self.alignments[partner], np.int32), heard - 1),
+                alignment + heard])}
 
   def _ar(self, records, bucket: data.Bucket) -> dict[str, np.ndarray]:
     return {**super()._ar(records, bucket),

@@ -32,7 +32,7 @@ def pointer_ar_loss(model: PointerARModel, batch: dict[str, Array],
   logits, advance_logits = model(batch["phonemes"], batch["phoneme_lens"], inputs, group_lens,
                                  phoneme_pointers=pointers, dropout_rng=dropout_rng,
                                  return_advance=True)
-  loss, metrics = models.ar_metrics(logits, targets, group_lens)
+  loss, metrics = models.ar_metrics(logits, targets, group_lens, batch["phoneme_lens"])
   bce = jax.nn.softplus(advance_logits) - advance_logits * advance            # [B, Ta]
   metrics["aux"] = {"advance": {
       "loss_sum": jnp.sum(bce * advance_mask),
@@ -46,7 +46,8 @@ def timed_nar_loss(model: TimedNARModel, batch: dict[str, Array],
   logits = model(batch["phonemes"], batch["phoneme_lens"], batch["prompt_codes"],
                  batch["prompt_lens"], batch["codes"], batch["code_lens"], batch["stage"],
                  frame_phonemes=batch["frame_phonemes"], dropout_rng=dropout_rng)
-  return models.nar_metrics(logits, batch["codes"], batch["code_lens"], batch["stage"])
+  return models.nar_metrics(logits, batch["codes"], batch["code_lens"], batch["stage"],
+                            batch.get("loss_mask"))
 
 
 def example_batch(model_cfg, batch_size: int, num_phonemes: int, num_frames: int,

@@ -128,7 +128,7 @@ class AlignedDecoding(sampling.Decoding):
                       "transcript), not --continual.")
 
   def __call__(self, ar_def, ar_state, nar_def, nar_state, batch, rng, options,
-               codebooks: int = 0):
+               codebooks: int = 0, *, nar_text_only: bool = False):
     if batch.prompt_phoneme_lens is None:
       raise ValueError("the aligned variant samples with the prompts' phoneme counts "
                        "(prepare_batch's prompt_phoneme_lens).")
@@ -136,8 +136,13 @@ class AlignedDecoding(sampling.Decoding):
                              batch.prompt[..., 0], batch.prompt_lens, rng, options=options,
                              max_steps=batch.max_steps, controller=self.controller,
                              controller_inputs=batch.prompt_phoneme_lens)
-    codes = decode_nar(nar_def, nar_state, batch.phonemes, batch.phoneme_lens, batch.prompt,
-                       batch.prompt_lens, out.lengths, out.controlled, self.copied_codebooks,
+    phonemes, phoneme_lens, frame_phonemes = batch.phonemes, batch.phoneme_lens, out.controlled
+    if nar_text_only:    # the pointer's phonemes counted from the text's first
+      phonemes, phoneme_lens = sampling.text_after_prompt(batch)
+      frame_phonemes = jnp.maximum(
+          frame_phonemes - jnp.asarray(batch.prompt_phoneme_lens)[:, None], 0)
+    codes = decode_nar(nar_def, nar_state, phonemes, phoneme_lens, batch.prompt,
+                       batch.prompt_lens, out.lengths, frame_phonemes, self.copied_codebooks,
                        codebooks)
     return codes, out.lengths, out.hit_limit
 
