@@ -4,9 +4,10 @@ the CI-sized one). See valle_jax/demo.py.
 The demo runs VALL-E as in the paper, at toy size: the AR samples codebook 1, the NAR makes
 codebooks 2-8 in 7 stages, and all 8 are decoded. The full demo: the built-in corpus (1000
 training utterances of 16 voices, 60 held-out utterances of 3 unseen voices), the offline
-codec fitted on the training split, and a small AR + NAR (4 layers, width 192) trained
-together for `train.train.steps` steps (sized on the aligned variant's demo at this model
-size: 55 minutes to 1.5 h on a 2-core CPU, README "The demo").
+codec fitted on the training split, 32 utterances of the training voices saying the held-out
+sentences (`test_seen`: the seen-voice condition), and a small AR + NAR (4 layers, width 192)
+trained together for `train.train.steps` steps (sized on the aligned variant's demo at this
+model size: 55 minutes to 1.5 h on a 2-core CPU, README "The demo").
 `--budget=MINUTES` scales the training steps linearly (`budget_minutes` is the budget the
 steps were sized for). `valle-jax demo --variant=aligned` runs the aligned variant's demo
 instead (valle_jax/variants/aligned/config.py).
@@ -79,6 +80,10 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
     c.corpus.num_heldout_utterances = 4
     c.corpus.min_words = 8
     c.corpus.max_words = 14
+  # The test_seen split: training voices say the test sentences (seen voices, new text), 2 per
+  # training voice, so each has a prompt from another of its utterances.
+  training_voices = len(c.corpus.voices) - len(c.corpus.heldout_voices)
+  c.corpus.num_seen_voice_utterances = 2 * training_voices
 
   # Stage 2: the offline codec (valle_jax/codec/offline.py FitConfig), training split only.
   c.codec = ml_collections.ConfigDict()
@@ -98,7 +103,8 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
   # with its transcript).
   c.synthesis = ml_collections.ConfigDict()
   c.synthesis.prompt_seconds = 3.0
-  c.synthesis.max_utterances = 0   # 0 = every held-out utterance
+  # Per condition (unseen voices, seen voices); 0 = every utterance of its split.
+  c.synthesis.max_utterances = 4 if quick else 0
   c.synthesis.batch_size = 1
   c.synthesis.codebooks = 0        # make and decode the codec's first K codebooks (0: all)
   c.synthesis.seed = 0

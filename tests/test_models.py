@@ -274,23 +274,34 @@ def test_nar_stage_as_token_variant(cfg, batch):
 # ---------------------------------------------------------------------- losses & dtypes
 
 
-def test_losses_and_top10(cfg, ar_model, nar_model, batch):
+def test_losses_and_topk(cfg, ar_model, nar_model, batch):
   loss, m = nnx.jit(models.ar_loss)(ar_model, batch)
   # Targets: codes plus EOS for each example.
   assert float(m["count"]) == float(jnp.sum(batch["code_lens"] + 1))
   assert abs(float(loss) - np.log(cfg.codebook_size + 1)) < 1.5
-  assert 0 <= float(m["top10_correct"]) <= float(m["count"])
+  assert 0 <= float(m["top1_correct"]) <= float(m["top10_correct"]) <= float(m["count"])
   loss, m = nnx.jit(models.nar_loss)(nar_model, batch)
   assert float(m["count"]) == float(jnp.sum(batch["code_lens"]))
   np.testing.assert_allclose(m["count_per_codebook"][np.asarray(batch["stage"])],
                              batch["code_lens"])
   np.testing.assert_allclose(float(jnp.sum(m["loss_sum_per_codebook"])), float(m["loss_sum"]),
                              rtol=1e-5)
-  # Top-k counts against a hand-made case.
-  logits = jnp.array([[0.0, 3.0, 2.0, 1.0]])
-  nll, in_top2 = models.token_nll_and_topk(logits, jnp.array([2]), k=2)
-  assert bool(in_top2[0]) and not bool(models.token_nll_and_topk(logits, jnp.array([0]), 2)[1][0])
-  np.testing.assert_allclose(nll[0], -jax.nn.log_softmax(logits[0])[2], rtol=1e-6)
+  for key in ("top1_correct", "top10_correct"):   # the stages' sums add up to the total
+    np.testing.assert_allclose(float(jnp.sum(m[f"{key}_per_codebook"])), float(m[key]))
+  assert 0 <= float(m["top1_correct"]) <= float(m["top10_correct"]) <= float(m["count"])
+  # Ranks (top-k: rank < k) against a hand-made case; a tie does not beat the target.
+  logits = jnp.array([[0.0, 3.0, 2.0, 1.0, 3.0]])
+  targets = jnp.array([[2, 0, 1, 4]])
+  nll, rank = models.token_nll_and_rank(jnp.broadcast_to(logits, (1, 4, 5)), targets)
+  np.testing.assert_array_equal(rank, [[2, 4, 0, 0]])
+  np.testing.assert_allclose(nll[0, 0], -jax.nn.log_softmax(logits[0])[2], rtol=1e-6)
+  # The metrics count top-1 and top-10 from those ranks.
+  logits12 = jnp.arange(12.0)[None, None, :]                   # code 11 first, 0 last
+  _, m = models.nar_metrics(jnp.broadcast_to(logits12, (1, 3, 12)),
+                            jnp.array([[[0, 11], [0, 2], [0, 1]]]), jnp.array([3]),
+                            jnp.array([1]))
+  assert float(m["top1_correct"]) == 1 and float(m["top10_correct"]) == 2
+  np.testing.assert_array_equal(m["top1_correct_per_codebook"], [0, 1])
 
 
 def test_padding_rows_and_masked_frames_are_not_scored(ar_model, nar_model, batch):

@@ -78,6 +78,12 @@ def test_loss_falls_and_nan_free(trained_run):
   assert evals[40]["nar/loss"] < evals[20]["nar/loss"]
   # The evaluation also scores the AR with each example's phonemes reversed.
   assert all(np.isfinite(e["ar/text_gain"]) and e["ar/text_gain"] != 0 for e in evals.values())
+  # Top-1 and top-10 accuracy, for the AR and for each NAR stage it met.
+  final = evals[40]
+  stages = [q for q in range(2, 9) if f"nar/loss_codebook{q}" in final]
+  assert stages and "nar/loss_codebook1" not in final
+  for prefix, suffix in [("ar", ""), ("nar", "")] + [("nar", f"_codebook{q}") for q in stages]:
+    assert 0 <= final[f"{prefix}/top1_acc{suffix}"] <= final[f"{prefix}/top10_acc{suffix}"] <= 1
   rows = _metrics(trained_run)
   first, last = rows[5], rows[40]
   assert last["ar/loss"] < first["ar/loss"] - 2.0, (first["ar/loss"], last["ar/loss"])

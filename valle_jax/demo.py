@@ -12,20 +12,24 @@ stages, all 8 codebooks decoded). `--variant=NAME` runs a variant's own demo con
 Stages (configs/demo.py holds every setting):
 
   1 corpus      the built-in synthetic corpus (data_prep/synthetic.py); the held-out voices
-                speak only in its test split                          -> DIR/corpus/
+                speak only in its test split, and in its test_seen split training voices
+                say the test split's sentences                        -> DIR/corpus/
   2 codec       the offline codec fitted on the TRAIN split only      -> DIR/codec/
                 (its analysed features are kept in DIR/codec_features/ for stage 3)
-  3 prepare     phonemes + codec codes of both splits (data_prep)     -> DIR/data/
+  3 prepare     phonemes + codec codes of every split (data_prep)     -> DIR/data/
                 (reads the train split's features from the cache, then deletes it), then
                 what the variant's recipe needs of a dataset (`prepare_dataset`; the
                 aligned variant: its forced alignments)
-  4 train       AR and NAR together (valle_jax/train.py)              -> DIR/run/
-  5 synthesize  zero-shot, for every held-out utterance: the prompt is ANOTHER utterance of
-                the same unseen speaker (the one closest to 3 s, with its transcript), the
-                text a sentence never seen in training; plus the codec resynthesis of the
-                ground truth                                          -> DIR/samples/
+  4 train       AR and NAR together (valle_jax/train.py), ending with one evaluation on
+                the test split (loss, top-1/top-10 accuracy, ar/text_gain), and the
+                unigram baseline of that split's codes (valle_jax/unigram.py) -> DIR/run/
+  5 synthesize  for two conditions, CONDITIONS: unseen voices (the test split: zero-shot)
+                and seen voices (test_seen: training voices), both saying sentences never
+                seen in training. The prompt is ANOTHER utterance of the same speaker in
+                that split (the one closest to 3 s, with its transcript); plus the codec
+                resynthesis of the ground truth                       -> DIR/samples/
   6 evaluate    WER (PocketSphinx) and speaker similarity (resemblyzer) of ground truth,
-                codec resynthesis and valle-jax                       -> DIR/results.csv,json
+                codec resynthesis and valle-jax, per condition        -> DIR/results.csv,json
   7 report      DIR/report.html (valle_jax/report.py)
 
 Each finished stage writes `DIR/stages/<stage>.json` (its outputs and seconds); a re-run
@@ -50,6 +54,8 @@ from valle_jax.errors import UserError
 # core), read back by the prepare stage instead of analysing the train split twice.
 FEATURE_CACHE = "codec_features"
 STAGES = ("corpus", "codec", "prepare", "train", "synthesize", "evaluate", "report")
+# (corpus split, condition): whose voices synthesis speaks in, in table order.
+CONDITIONS = (("test", "unseen voice"), ("test_seen", "seen voice"))
 
 # valle_jax.train (imported by the train stage, after flag parsing) defines its own
 # --workdir at import; allow_override lets it replace this flag then. main() reads the value
@@ -140,8 +146,10 @@ def _train(cfg, workdir: str, dataset: str) -> dict[str, Any]:
   if summary["step"] < tcfg.train.steps:
     raise UserError(f"training stopped at step {summary['step']} of {tcfg.train.steps}; "
                     "re-run the same command to resume it.")
+  from valle_jax import unigram  # pylint: disable=g-import-not-at-top
   return {"run": run, "step": summary["step"], "metrics": summary["metrics"],
-          "eval": _last_eval(run)}
+          "eval": _last_eval(run),
+          "unigram": unigram.dataset_baseline(dataset, tcfg.data.eval_split)}
 
 
 def _last_eval(run: str) -> dict[str, float]:
@@ -160,12 +168,18 @@ def _synthesize(cfg, workdir: str, corpus: str, run: str) -> dict[str, Any]:
   from valle_jax import checkpoint, sampling, synthesize  # pylint: disable=g-import-not-at-top
   from valle_jax.codec import get_codec  # pylint: disable=g-import-not-at-top
 
-  pairs = evaluate.heldout_pairs(read_manifest(corpus, "test"), cfg.synthesis.prompt_seconds)
-  if not pairs:
-    raise UserError(f"the corpus in {corpus} has no held-out speaker with two test "
-                    "utterances; raise corpus.num_heldout_utterances.")
-  if cfg.synthesis.max_utterances:
-    pairs = pairs[:cfg.synthesis.max_utterances]
+  pairs, conditions = [], []
+  for split, condition in CONDITIONS:
+    if split == "test_seen" and not cfg.corpus.num_seen_voice_utterances:
+      continue
+    mine = evaluate.heldout_pairs(read_manifest(corpus, split), cfg.synthesis.prompt_seconds)
+    if not mine:
+      count = "num_heldout_utterances" if split == "test" else "num_seen_voice_utterances"
+      raise UserError(f"the {split} split of the corpus in {corpus} has no speaker with two "
+                      f"utterances; raise corpus.{count}.")
+    mine = mine[:cfg.synthesis.max_utterances or None]
+    pairs += mine
+    conditions += [condition] * len(mine)
   bundle = checkpoint.load_inference_bundle(run)
   codec = get_codec(bundle.codec_description)   # the run's own codec, checksum checked
   options = sampling.SampleOptions.from_config(cfg.synthesis.sample)
@@ -176,6 +190,9 @@ def _synthesize(cfg, workdir: str, corpus: str, run: str) -> dict[str, Any]:
       codebooks=cfg.synthesis.codebooks,
       decoding=bundle.recipe.decoding(bundle.config, bundle.codec_description),
       nar_prompt=synthesize.trained_nar_prompt(bundle.config))
+  for sample, condition in zip(samples, conditions):   # samples are in pairs' order
+    sample["condition"] = condition
+  evaluate.write_json(os.path.join(out_dir, "samples.json"), samples)
   return {"samples": os.path.join(out_dir, "samples.json"), "count": len(samples),
           "checkpoint_step": bundle.step, "sample_options": cfg.synthesis.sample.to_dict()}
 
@@ -191,21 +208,29 @@ def _evaluate(cfg, workdir: str, samples_path: str) -> dict[str, Any]:
   return {"csv": csv_path, "json": json_path, "table": table}
 
 
-def _report(cfg, workdir: str, samples_path: str, table, run: str, evaluation, seconds
+def _report(cfg, workdir: str, samples_path: str, table, run: str, trained, seconds
             ) -> dict[str, Any]:
   with open(samples_path, encoding="utf-8") as f:
     samples = json.load(f)
   labels = {"prompt": "prompt", **dict(evaluate.SYSTEMS)}
+  present = [c for _, c in CONDITIONS if any(s["condition"] == c for s in samples)]
+  per_condition = max(1, cfg.report.max_samples // len(present))
+  by_condition = {c: [s for s in samples if s["condition"] == c] for c in present}
   shown = [{**s, "audio": {labels[k]: s["audio"][k] for k in labels}}
-           for s in samples[:cfg.report.max_samples]]
+           for c in present for s in by_condition[c][:per_condition]]
+  count = {c: len(mine) for c, mine in by_condition.items()}
   notes = [
-      f"{'Quick (CI) demo' if cfg.quick else 'Demo'}: zero-shot TTS for {len(samples)} "
-      "utterances of voices never heard in training, saying sentences never heard in "
-      "training; each prompt is another utterance of the same speaker (the one closest to "
-      f"{cfg.synthesis.prompt_seconds:g} s) with its transcript.",
+      f"{'Quick (CI) demo' if cfg.quick else 'Demo'}: TTS of sentences never heard in "
+      f"training, in two conditions: unseen voice ({count.get('unseen voice', 0)} "
+      "utterances of voices never heard in training: zero-shot) and seen voice "
+      f"({count.get('seen voice', 0)} utterances of training voices, the same sentences). "
+      "Each prompt is another utterance of the same speaker in the same condition (the one "
+      f"closest to {cfg.synthesis.prompt_seconds:g} s) with its transcript. A model that "
+      "does well on seen voices only has learned its training voices, not to clone a voice.",
       f"WER: {cfg.evaluate.asr} + jiwer after one text normalisation. SIM: cosine similarity "
       f"of {cfg.evaluate.speaker} speaker embeddings to the prompt, to the original "
-      "utterance, and (mean) to the prompts of the other held-out voices.",
+      "utterance, and (mean) to the prompts of the other voices of the same condition. "
+      "Ground truth and codec resynthesis bound what the scorers and the codec allow.",
       f"Model: {cfg.train.model.num_layers} layers, width {cfg.train.model.width}, "
       f"{cfg.train.train.steps} training steps (AR and NAR).",
   ]
@@ -213,15 +238,30 @@ def _report(cfg, workdir: str, samples_path: str, table, run: str, evaluation, s
   if cfg.synthesis.codebooks:
     notes.append(f"valle-jax makes and decodes the codec's first {cfg.synthesis.codebooks} "
                  "codebooks (a lower bandwidth); the codec resynthesis decodes all of them.")
+  evaluation = trained["eval"]
+  heldout_notes = [
+      "Next-token prediction on the test split (unseen voices, unseen sentences): the "
+      f"models' evaluation at the end of training ({cfg.train.train.eval_batches} batches "
+      "made as for training, same-speaker pairs included; the AR's tokens include its "
+      "end-of-speech ones; each NAR example scores one codebook, drawn as in training), "
+      "next to a unigram baseline that predicts each codebook's codes from their "
+      "frequencies in the training split, scored on every code of the test split "
+      "(valle_jax/unigram.py). Loss in nats per token; top-1 / top-10: the share of tokens "
+      "whose code the model ranks first / in its first 10 (chance: 1 / 10 in "
+      f"{cfg.train.model.codebook_size}). A model no better than the unigram has learned "
+      "only how often each code occurs."]
   gain = evaluation.get("ar/text_gain")
   if gain is not None:
-    notes.append(
-        f"Does the AR read the text? On pairs of the held-out voices, reversing each "
-        f"transcript raises its loss by {gain:.3f} nats per token (ar/text_gain); near 0, "
-        "the AR continues the prompt's sound without following the words.")
+    heldout_notes.append(
+        f"Does the AR read the text? On the same pairs, reversing each transcript raises "
+        f"its loss by {gain:.3f} nats per token (ar/text_gain: loss with the phonemes "
+        "reversed minus loss with them right); near 0, the AR continues the prompt's sound "
+        "without following the words.")
   path = report.write_report(workdir, table=table, samples=shown,
                              metrics_path=os.path.join(run, "metrics.jsonl"),
-                             title="valle-jax demo", notes=notes, stage_seconds=seconds)
+                             title="valle-jax demo", notes=notes, stage_seconds=seconds,
+                             heldout=report.heldout_rows(evaluation, trained["unigram"]),
+                             heldout_notes=heldout_notes)
   return {"report": path}
 
 
@@ -269,9 +309,11 @@ def run_demo(workdir: str, quick: bool = False, budget: float | None = None,
                   lambda: _synthesize(cfg, workdir, corpus, run))["samples"]
   table = stage("evaluate", lambda: _evaluate(cfg, workdir, samples))["table"]
   seconds = {k: v["seconds"] for k, v in markers.items()}
-  written = stage("report", lambda: _report(cfg, workdir, samples, table, run,
-                                             trained["eval"], seconds))
-  return {"stages": markers, "table": table, "report": written["report"]}
+  written = stage("report", lambda: _report(cfg, workdir, samples, table, run, trained,
+                                             seconds))
+  return {"stages": markers, "table": table,
+          "heldout": report.heldout_rows(trained["eval"], trained["unigram"]),
+          "report": written["report"]}
 
 
 def main(argv):
@@ -283,5 +325,6 @@ def main(argv):
   result = run_demo(workdir, quick=_QUICK.value, budget=_BUDGET.value, variant=_VARIANT.value)
   print("\n[demo] stage seconds: " + ", ".join(
       f"{k} {v['seconds']:.1f}" for k, v in result["stages"].items()))
+  print("\n" + report.heldout_table(result["heldout"]))
   print("\n" + report.results_table(result["table"]))
   print(f"\n[demo] report: {result['report']}")

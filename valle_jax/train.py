@@ -275,6 +275,7 @@ def summarize(metrics: dict[str, Any]) -> dict[str, float]:
     m = jax.tree.map(np.asarray, metrics[name])
     count = max(float(m["count"]), 1.0)
     out[f"{name}/loss"] = float(m["loss_sum"]) / count
+    out[f"{name}/top1_acc"] = float(m["top1_correct"]) / count
     out[f"{name}/top10_acc"] = float(m["top10_correct"]) / count
     out[f"{name}/tokens"] = float(m["count"])
     if "text_gain_sum" in m:
@@ -282,11 +283,13 @@ def summarize(metrics: dict[str, Any]) -> dict[str, float]:
     for aux, a in m.get("aux", {}).items():   # per the objective's own count
       out[f"{name}/{aux}_loss"] = float(a["loss_sum"]) / max(float(a["count"]), 1.0)
     if "count_per_codebook" in m:
-      for q, (c, l, a) in enumerate(zip(m["count_per_codebook"], m["loss_sum_per_codebook"],
-                                         m["top10_correct_per_codebook"])):
+      for q, (c, l, a1, a10) in enumerate(zip(
+          m["count_per_codebook"], m["loss_sum_per_codebook"], m["top1_correct_per_codebook"],
+          m["top10_correct_per_codebook"])):
         if c > 0:
           out[f"{name}/loss_codebook{q + 1}"] = float(l) / float(c)
-          out[f"{name}/top10_acc_codebook{q + 1}"] = float(a) / float(c)
+          out[f"{name}/top1_acc_codebook{q + 1}"] = float(a1) / float(c)
+          out[f"{name}/top10_acc_codebook{q + 1}"] = float(a10) / float(c)
   return out
 
 

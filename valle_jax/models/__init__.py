@@ -8,9 +8,9 @@
 """
 from valle_jax.models.ar import ARModel, ar_inputs_and_targets, bos_id, eos_id
 from valle_jax.models.losses import (ar_loss, ar_metrics, example_batch, nar_loss, nar_metrics,
-                                     reverse_valid, token_nll_and_topk)
+                                     reverse_valid, token_nll_and_rank)
 from valle_jax.models.nar import NARModel
 
 __all__ = ["ARModel", "NARModel", "ar_inputs_and_targets", "ar_loss", "ar_metrics", "bos_id",
            "eos_id", "example_batch", "nar_loss", "nar_metrics", "reverse_valid",
-           "token_nll_and_topk"]
+           "token_nll_and_rank"]

@@ -1,4 +1,5 @@
-"""Losses and metrics: masked cross-entropy and top-k accuracy (the paper reports top-10).
+"""Losses and metrics: masked cross-entropy and top-1 / top-10 accuracy (the paper reports
+top-10).
 
 Model-level loss functions take a model and a batch dict and return `(loss, metrics)`,
 where `loss` is the mean cross-entropy over valid positions and `metrics` holds sums and
@@ -26,18 +27,19 @@ from valle_jax.models.nar import NARModel
 Array = jax.Array
 
 
-def token_nll_and_topk(logits: Array, targets: Array, k: int = 10) -> tuple[Array, Array]:
-  """Per-token negative log-likelihood and whether the target is in the top k.
+def token_nll_and_rank(logits: Array, targets: Array) -> tuple[Array, Array]:
+  """Per-token negative log-likelihood and the target's rank (how many logits beat it).
 
   logits [..., V] (any float dtype; computed in float32), targets [...] int.
-  Returns nll [...] float32 and in_topk [...] bool.
+  Returns nll [...] float32 and rank [...] int32: the target is in the top k when rank < k
+  (top-1: rank 0; a tie with the target does not beat it).
   """
   logits = logits.astype(jnp.float32)
   targets = targets[..., None].astype(jnp.int32)
   nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), targets, axis=-1)[..., 0]
   target_logit = jnp.take_along_axis(logits, targets, axis=-1)
-  in_topk = jnp.sum(logits > target_logit, axis=-1) < k       # fewer than k beat it
-  return nll, in_topk
+  rank = jnp.sum(logits > target_logit, axis=-1, dtype=jnp.int32)
+  return nll, rank
 
 
 def reverse_valid(phonemes: Array, phoneme_lens: Array) -> Array:
@@ -67,9 +69,10 @@ def ar_metrics(logits: Array, targets: Array, group_lens: Array, phoneme_lens: A
   mask = jnp.arange(targets.shape[1])[None, :, None] < group_lens[:, None, None]
   mask &= (phoneme_lens > 0)[:, None, None]                  # padding rows: not scored
   mask = jnp.broadcast_to(mask, targets.shape).astype(jnp.float32)
-  nll, in_topk = token_nll_and_topk(logits, targets)
+  nll, rank = token_nll_and_rank(logits, targets)
   metrics = {"loss_sum": jnp.sum(nll * mask), "count": jnp.sum(mask),
-             "top10_correct": jnp.sum(in_topk * mask)}
+             "top1_correct": jnp.sum((rank < 1) * mask),
+             "top10_correct": jnp.sum((rank < 10) * mask)}
   return metrics["loss_sum"] / jnp.maximum(metrics["count"], 1.0), metrics
 
 
@@ -78,7 +81,7 @@ def nar_loss(model: NARModel, batch: dict[str, Array], dropout_rng: Array | None
   """Cross-entropy on codebook `stage` of the target frames (those `loss_mask` keeps).
 
   Metrics also carry per-codebook sums (`loss_sum_per_codebook`, `count_per_codebook`,
-  `top10_correct_per_codebook`, each [Q]) so training can report every stage.
+  `top1_correct_per_codebook`, `top10_correct_per_codebook`, each [Q]) so training can report every stage.
   """
   logits = model(batch["phonemes"], batch["phoneme_lens"], batch["prompt_codes"],
                  batch["prompt_lens"], batch["codes"], batch["code_lens"], batch["stage"],
@@ -96,16 +99,17 @@ def nar_metrics(logits: Array, codes: Array, code_lens: Array, stage: Array,
   maskf = (jnp.arange(codes.shape[1])[None, :] < code_lens[:, None]).astype(jnp.float32)
   if loss_mask is not None:                  # target frames copied into the prompt
     maskf = maskf * loss_mask
-  nll, in_topk = token_nll_and_topk(logits, targets)
-  correct = in_topk.astype(jnp.float32)
+  nll, rank = token_nll_and_rank(logits, targets)
+  top1, top10 = (rank < 1).astype(jnp.float32), (rank < 10).astype(jnp.float32)
   onehot = jax.nn.one_hot(stage, codes.shape[-1])             # [B, Q]
   per_codebook = lambda v: jnp.einsum("bt,bq->q", v * maskf, onehot)
   metrics = {
       "loss_sum": jnp.sum(nll * maskf), "count": jnp.sum(maskf),
-      "top10_correct": jnp.sum(correct * maskf),
+      "top1_correct": jnp.sum(top1 * maskf), "top10_correct": jnp.sum(top10 * maskf),
       "loss_sum_per_codebook": per_codebook(nll),
       "count_per_codebook": per_codebook(jnp.ones_like(nll)),
-      "top10_correct_per_codebook": per_codebook(correct),
+      "top1_correct_per_codebook": per_codebook(top1),
+      "top10_correct_per_codebook": per_codebook(top10),
   }
   return metrics["loss_sum"] / jnp.maximum(metrics["count"], 1.0), metrics
 
