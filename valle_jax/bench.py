@@ -190,7 +190,6 @@ def _xla_flops(compiled) -> float:
 def measure_matmul(n: int, dtype: str, reps: int = 10) -> float:
   """TFLOP/s of an [n, n] x [n, n] matmul in `dtype` on the default device (best of 3)."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   ka, kb = jax.random.split(jax.random.key(0))
   a = jax.random.normal(ka, (n, n), dtype)
   b = jax.random.normal(kb, (n, n), dtype)
@@ -519,7 +518,8 @@ def bench_accelerator(args: argparse.Namespace) -> None:
   cfg = load_config(config)
   devices = jax.device_count()
   print(f"valle-jax bench accelerator: {config} ({cfg.model.num_layers} x "
-        f"{cfg.model.width}) on {devices} x {jax.devices()[0].device_kind}", flush=True)
+        f"{cfg.model.width}) on {devices} x {jax.devices()[0].device_kind}; MFU = analytic "
+        "model FLOPs / step time / (bf16 peak x devices), float32 rows too", flush=True)
   print(f"{'what':<44}{'dtype':<10}{'batch':>6}{'ms':>10}{'rate':>20}{'compile s':>10}  note")
 
   def row(what, dtype, batch, seconds, rate, compile_s=None, note=""):
