@@ -7,7 +7,7 @@ training utterances of 16 voices, 60 held-out utterances of 3 unseen voices), th
 codec fitted on the training split, 32 utterances of the training voices saying the held-out
 sentences (`test_seen`: the seen-voice condition), and a small AR + NAR (4 layers, width 192)
 trained together for `train.train.steps` steps (sized on the aligned variant's demo at this
-model size: 55 minutes to 1.5 h on a 2-core CPU, README "The demo").
+model size: 55 minutes to 1.5 h on a 2-core CPU, docs/experiments/demo-history.md).
 `--budget=MINUTES` scales the training steps linearly (`budget_minutes` is the budget the
 steps were sized for). `valle-jax demo --variant=aligned` runs the aligned variant's demo
 instead (valle_jax/variants/aligned/config.py).
@@ -45,7 +45,7 @@ def _model(quick: bool) -> ml_collections.ConfigDict:
     # Every example is another utterance of its speaker followed by itself: trained on the
     # single utterances (4.4 s median) the AR stopped zero-shot speech where they stop,
     # 2.2 s into 4.6 s targets (prompt 2.9 s + 2.2 s = a training utterance); trained on
-    # pairs it speaks 4.8 s (data.py; README "The demo").
+    # pairs it speaks 4.8 s (data.py; docs/experiments/demo-history.md).
     c.data.same_speaker_pairs = 1.0
     c.data.frame_buckets = (300, 450, 600, 750, 900, 1200)
     c.data.phoneme_buckets = (128, 192, 256)
@@ -56,7 +56,7 @@ def _model(quick: bool) -> ml_collections.ConfigDict:
     c.checkpoint.every = 100
   c.train.model = "both"
   # One evaluation, at the end of training, on pairs of the held-out voices: the losses and
-  # `ar/text_gain`, what the AR gains from reading the text (README "The demo").
+  # `ar/text_gain`, what the AR gains from reading the text (docs/experiments/demo-history.md).
   c.data.eval_split = "test"
   c.train.eval_every = c.train.get_ref("steps")
   c.train.eval_batches = 8

@@ -182,7 +182,7 @@ def test_round_trip_keeps_the_spectrum(codec, heldout):
   codes = codec.encode(wav, 24000)
   one = spectral_distortion(wav, codec.decode(codes[:, :1])[:len(wav)], 24000)
   eight = spectral_distortion(wav, codec.decode(codes)[:len(wav)], 24000)
-  # (a codec fitted on 2 minutes of 4 voices; the real one is measured in the README)
+  # (a codec fitted on 2 minutes of 4 voices; the real one is measured in docs/offline_codec.md)
   assert eight < min(one - 1.0, 10.0), (one, eight)
 
 

@@ -5,7 +5,7 @@
 
 `get_config()` is the paper's model sizes (configs/base.py) as this variant; `aligned(c)`
 makes any training config one. `demo_config(quick)` is the toy demo (configs/demo.py) as it
-was before the demo went back to VALL-E (README "The demo"): WER 1.18 -> 0.93 on it.
+was before the demo went back to VALL-E (docs/experiments/demo-history.md): WER 1.18 -> 0.93 on it.
 """
 import ml_collections
 
