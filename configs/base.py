@@ -8,6 +8,9 @@ import ml_collections
 def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # "valle": VALL-E (valle_jax/models). A variant's configs name their variant here; its
+  # package (valle_jax/variants/<name>) gives the models, losses, loader and decoding.
+  c.variant = "valle"
 
   # Both the AR and the NAR transformer use these sizes (the paper uses one size for both).
   c.model = ml_collections.ConfigDict()
@@ -21,39 +24,17 @@ def base() -> ml_collections.ConfigDict:
   c.model.codebook_size = 1024      # entries per codebook
   c.model.compute_dtype = "float32"  # "float32" | "bfloat16"; params are always float32
   c.model.ar_group_size = 1          # VALL-E 2 grouped code modeling: frames per AR step
-  # Phoneme pointer (beyond the paper; like VALL-E R's monotonic alignment): each AR audio
-  # input also embeds the phoneme its frame is spoken in, and a second head predicts when the
-  # next frame moves on to the next phoneme. Trained on the dataset's forced alignments
-  # (`valle-jax align`); the sampler moves the pointer itself. Needs ar_group_size = 1.
-  c.model.ar_phoneme_pointer = False
-  # With the pointer: N > 0 adds to each audio slot an embedding of how many frames its
-  # phoneme has had before (0 .. N-1, clipped), so the AR knows where in a phoneme it is
-  # without reading it off its own frames. 0: off (the paper has no pointer).
-  c.model.ar_dwell_embeddings = 0
-  # Text dropout (beyond the paper; classifier-free guidance): the share of AR training
-  # examples whose every phoneme is replaced by <pad> (their count kept), so the same AR also
-  # learns to continue audio without the text, which the sampler guides against
-  # (SampleOptions.text_guidance).
-  c.model.ar_text_dropout = 0.0
-  # Training only: each AR input token's embedding (BOS's excepted) is zeroed with this
-  # probability; its position and, with the pointer, its phoneme stay (Tacotron's pre-net
-  # dropout). The previous frames then predict less and the text more, so that free-running
-  # synthesis, which feeds back its own frames, follows the text (README "The demo").
-  c.model.ar_audio_token_dropout = 0.0
-  # Training only (parallel scheduled sampling): a first, gradient-free pass draws the AR's
-  # own code for every frame, and each of the target's input frames is replaced by it with
-  # this probability, so the AR learns to read back frames like those it will generate.
-  # Costs one more forward pass per step.
-  c.model.ar_scheduled_sampling = 0.0
+  # Architecture switches that make the function lifeiteng/vall-e's (configs/lifeiteng.py,
+  # docs/fidelity.md); the defaults are this project's paper models.
+  c.model.mlp_activation = "gelu"    # "gelu" (tanh approximation) | "relu" (lifeiteng)
+  c.model.ar_position_scale = False  # True: a learned scale (alpha) on each AR segment's positions
+  c.model.ar_bos = True              # False: no BOS; the AR never predicts the first frame
+  c.model.ar_head_bias = True        # False: the AR's output layer has no bias
   c.model.nar_stage_conditioning = "adaln"  # "adaln" (VALL-E) | "token" (VALL-E 2)
-  # Beyond the paper: the NAR also predicts codebook 1 (stage 0), for every frame at once,
-  # given each frame's phoneme (forced alignments in training; the AR's phoneme pointer at
-  # inference, which then sets the timing and the NAR the codes). See models/nar.py.
-  c.model.nar_codebook1 = False
   c.model.nar_tie_output = True      # prediction layer j tied to acoustic embedding j+1
-  # "random" (the paper) | "codec": acoustic embeddings start from the dataset codec's
-  # codebook vectors, projected to `width` (models/layers.py codebook_embeddings).
-  c.model.acoustic_embedding_init = "random"
+  # 1: codebook j is predicted by acoustic embedding j+1 (0-based) and the last one by an
+  # untied layer (lifeiteng); 0: by embedding j, its own.
+  c.model.nar_tie_offset = 0
 
   # Device mesh: sizes of the (data, fsdp, tensor) axes; -1 means "all remaining devices".
   c.mesh = ml_collections.ConfigDict()
@@ -75,17 +56,24 @@ def base() -> ml_collections.ConfigDict:
   c.data.dataset = ""               # a `valle-jax prepare` output: <out>/<builder>/<version>
   c.data.train_split = "train"
   c.data.eval_split = ""            # "" = no periodic evaluation
-  c.data.frame_buckets = (150, 225, 300, 450, 600, 750, 1200)   # 75 frames = 1 s
-  c.data.phoneme_buckets = (64, 128, 256)
-  c.data.max_tokens = 6000          # acoustic frames per global batch (token budget)
+  # Length buckets (data.py); an example longer than the largest is cropped at load time to
+  # a random window that fits. 75 frames = 1 s: the largest takes the paper's 20 s crops,
+  # and 384 phonemes (with stress marks and word boundaries) 20 s of fast speech.
+  c.data.frame_buckets = (150, 225, 300, 450, 600, 750, 1200, 1500)
+  c.data.phoneme_buckets = (64, 128, 256, 384)
+  c.data.max_tokens = 6000          # real acoustic frames per global batch (token budget)
   c.data.max_batch_size = 64
   c.data.prompt_seconds = 3.0       # NAR acoustic prompt length
-  c.data.prompt_from_other_utterance = False   # True: prompt from another utterance, same speaker
+  # NAR acoustic prompt (data.py): "prefix" (a prefix is the prompt, the rest the target: the
+  # layout of zero-shot inference), "segment" (a random window of the utterance is the
+  # prompt, the whole utterance the target: the paper's) or "other_utterance" (a window of
+  # another utterance of the same speaker).
+  c.data.nar_prompt = "prefix"
   # Probability that an example is another utterance of its speaker followed by itself
   # (concatenated; data.py): for corpora of short utterances, so training sequences are as
   # long as zero-shot ones (prompt + text). 0 = single utterances (the paper's LibriLight).
   c.data.same_speaker_pairs = 0.0
-  c.data.nar_stage_weights = ()     # NAR stage sampling, one weight per codebook 2..Q (1..Q with nar_codebook1); () = uniform
+  c.data.nar_stage_weights = ()     # NAR stage sampling, one weight per codebook 2..Q; () = uniform
   c.data.num_threads = 2            # Grain reader threads
   c.data.prefetch = 4               # batches prepared ahead
 

@@ -16,11 +16,16 @@ Layouts:
                test-clean also gives the VALL-E paper's 4-10 s evaluation split.
   librilight   <source>/<subset>/<speaker>/<book>/<file>.flac, with a TSV manifest of
                transcripts (LibriLight ships none; e.g. from an ASR system), as for folder.
+  libriheavy   LibriLight's long recordings cut into segments by Libriheavy's lhotse cut
+               manifests (libriheavy_cuts_<split>.jsonl.gz: `start` / `duration` into the
+               recording, transcript and speaker in `supervisions[0]`); one split per manifest.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
+import gzip
+import json
 import os
 import re
 from typing import Callable, Iterable
@@ -40,6 +45,8 @@ class Item:
   lang: str
   text: str | None = None          # transcript known at listing time
   text_file: str | None = None     # UTF-8 transcript file read by the worker
+  start_s: float | None = None     # the utterance is this segment of `audio` (seconds) ...
+  duration_s: float | None = None  # ... ; None: the whole file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,10 +266,89 @@ def list_librilight(source: str, manifest: str, lang: str = "en-us") -> Listing:
   directory below it (unless the manifest has `split` / `speaker` columns)."""
   root = _require_dir(source, "LibriLight root")
   if not manifest:
-    raise UserError("LibriLight ships no transcripts: set config.manifest to a TSV with "
-                    "`path` and `text` columns (paths relative to config.source).")
+    raise UserError("LibriLight ships no transcripts: use the libriheavy corpus "
+                    "(configs/data/libriheavy.py, Libriheavy's cut manifests), or set "
+                    "config.manifest to a TSV with `path` and `text` columns.")
 
   def part(k: int) -> Callable[[str], str]:
     return lambda rel: (rel.replace("\\", "/").split("/") + ["unknown"] * 3)[k]
 
   return read_manifest(manifest, lang, part(0), part(1), root=root)
+
+
+def _libriheavy_split(manifest: str) -> str:
+  """'libriheavy_cuts_test_clean.jsonl.gz' -> 'test_clean'; other names: the file's stem."""
+  name = os.path.basename(manifest)
+  for suffix in (".gz", ".jsonl", ".json"):
+    name = name.removesuffix(suffix)
+  return split_name(name.removeprefix("libriheavy_cuts_"))
+
+
+def _libriheavy_item(cut: dict, root: str, prefix: str, split: str, lang: str) -> Item:
+  """One MonoCut of a Libriheavy manifest -> Item; raises KeyError / TypeError /
+  ValueError (with a message) for a cut this reader cannot use."""
+  if not isinstance(cut, dict) or not cut["supervisions"]:
+    raise ValueError("not a cut with supervisions")
+  recording, sup = cut["recording"], cut["supervisions"][0]
+  source = recording["sources"][0]
+  if source.get("type", "file") != "file":
+    raise ValueError(f"audio source of type {source['type']!r}, not a file")
+  path = source["source"]
+  if not os.path.isabs(path):
+    if prefix and path.startswith(prefix.rstrip("/") + "/"):
+      path = path[len(prefix.rstrip("/")) + 1:]
+    path = os.path.normpath(os.path.join(root, path))
+  text = sup.get("text")
+  if not isinstance(text, str):  # the raw release: [cased + punctuated, ASR]
+    text = sup.get("custom", {}).get("texts", [None])[0]
+  if not isinstance(text, str):
+    raise KeyError("text")
+  start, duration = float(cut["start"]), float(cut["duration"])
+  if start < 0 or duration <= 0:
+    raise ValueError(f"start {start} s, duration {duration} s")
+  rec_parts = recording["id"].split("/")
+  speaker = sup.get("speaker") or (rec_parts[1] if len(rec_parts) > 2 else "unknown")
+  return Item(id=cut["id"], split=split, audio=path, speaker=str(speaker), lang=lang,
+              text=text, start_s=start, duration_s=duration)
+
+
+def list_libriheavy(source: str, manifests: Iterable[str], lang: str = "en-us",
+                    path_prefix: str = "download/librilight") -> Listing:
+  """Libriheavy: each cut manifest (JSONL, gzipped or not) is one split named after its file
+  (`libriheavy_cuts_small.jsonl.gz` -> `small`). A cut's audio is `recording.sources[0]`,
+  relative paths with `path_prefix` (the release's hard-coded download folder) replaced by
+  `source`, the LibriLight root; the segment is the cut's `start` / `duration`; the text is
+  `supervisions[0].text`, else `supervisions[0].custom.texts[0]` (the raw release's cased,
+  punctuated book text). Audio is read by the workers: a missing file or a span outside it
+  is skipped there."""
+  root = _require_dir(source, "LibriLight root")
+  manifests = [manifests] if isinstance(manifests, str) else list(manifests)
+  if not manifests:
+    raise UserError("set config.manifests to one or more Libriheavy cut manifests "
+                    "(libriheavy_cuts_<split>.jsonl.gz).")
+  out, seen = Listing(), set()
+  for manifest in manifests:
+    if not os.path.isfile(manifest):
+      raise UserError(f"manifest {manifest!r} does not exist; fix config.manifests.")
+    split = _libriheavy_split(manifest)
+    opener = gzip.open if manifest.endswith(".gz") else open
+    try:
+      with opener(manifest, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+          if not line.strip():
+            continue
+          where = f"{os.path.basename(manifest)}:{lineno}"
+          try:
+            cut = json.loads(line)
+            item = _libriheavy_item(cut, root, path_prefix, split, lang)
+          except json.JSONDecodeError as e:
+            out.skips.append(Skip(where, split, "bad_manifest_row", f"not JSON: {e}"))
+          except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            detail = f"no {e} in the cut" if isinstance(e, KeyError) else str(e)
+            item_id = cut.get("id") if isinstance(cut, dict) else None
+            out.skips.append(Skip(str(item_id or where), split, "bad_manifest_row", detail))
+          else:
+            out.add(item, seen)
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+      raise UserError(f"cannot read manifest {manifest!r} ({e}); download it again.") from None
+  return out

@@ -100,7 +100,8 @@ class ItemProcessor:
 
   def _load(self, item: corpora.Item) -> np.ndarray:
     try:
-      wav = audio_lib.load_audio(item.audio, self.codec.sample_rate)
+      wav = audio_lib.load_audio(item.audio, self.codec.sample_rate, item.start_s,
+                                 item.duration_s)
     except audio_lib.AudioError as e:
       raise _SkipError(e.reason, str(e)) from None
     duration = wav.size / self.codec.sample_rate
@@ -293,6 +294,8 @@ CORPORA: dict[str, tuple[str, Callable[[Any], corpora.Listing]]] = {
         c.source, c.get("subsets", ()), c.lang, c.get("test_4_10s", True))),
     "librilight": ("valle_librilight", lambda c: corpora.list_librilight(
         c.source, c.get("manifest", ""), c.lang)),
+    "libriheavy": ("valle_libriheavy", lambda c: corpora.list_libriheavy(
+        c.source, c.manifests, c.lang, c.get("path_prefix", "download/librilight"))),
 }
 _BUILDER_CLASSES: dict[str, type] = {}
 

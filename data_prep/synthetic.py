@@ -9,7 +9,10 @@ words. Each voice of the config is one speaker: an `espeak-ng` voice + variant (
 speed), a `flite` voice or a `festival` voice, any of them optionally warped (`/warp=W`:
 pitch, formants and tempo scaled together, a new speaker from an old one). Voices named in
 `heldout_voices` speak only in the `test` split, and their sentences are never spoken in
-`train`: they are unseen speakers saying unseen text, for zero-shot evaluation.
+`train`: they are unseen speakers saying unseen text, for zero-shot evaluation. With
+`num_seen_voice_utterances` > 0, the `test_seen` split has training voices say those same
+test sentences: seen speakers saying unseen text, the control that tells a model that fails
+on new voices from one that fails on new sentences.
 
 The output is an ordinary folder corpus, read by the folder builder like any user corpus:
 
@@ -18,7 +21,7 @@ The output is an ordinary folder corpus, read by the folder builder like any use
     DIR/<split>/<speaker>/<id>.wav   mono 16-bit PCM at `sample_rate`
     DIR/<split>/<speaker>/<id>.txt   the transcript
 
-so the folder builder reads it either through the manifest (both splits, speaker and split
+so the folder builder reads it either through the manifest (every split, speaker and split
 from its columns) or one split folder at a time (`DIR/train`: speaker = subfolder).
 
 Everything is a function of the config (the seed picks and orders sentences; the
@@ -44,7 +47,7 @@ from tqdm import tqdm
 from valle_jax.errors import UserError
 
 ENGINES = ("espeak-ng", "flite", "festival")
-SPLITS = ("train", "test")
+SPLITS = ("train", "test", "test_seen")
 # Debian package that provides each engine (named in "not installed" messages).
 _PACKAGES = {"espeak-ng": "espeak-ng", "flite": "flite", "festival": "festival",
              "bible": "bible-kjv"}
@@ -264,6 +267,17 @@ def plan_corpus(cfg) -> list[Item]:
     for i, text in enumerate(split_texts):
       v = split_voices[i % len(split_voices)]
       items.append(Item(f"{v.speaker}_{i:05d}", split, v.speaker, v.spec, text))
+  n_seen = cfg.get("num_seen_voice_utterances", 0)
+  if n_seen < 0:
+    raise UserError(f"num_seen_voice_utterances must be >= 0, got {n_seen}.")
+  if n_seen and not n_test:
+    raise UserError("the test_seen split speaks the test split's sentences; set "
+                    "num_heldout_utterances > 0 (and heldout_voices) or "
+                    "num_seen_voice_utterances = 0.")
+  for i in range(n_seen):  # training voices say the test sentences
+    v = train[i % len(train)]
+    items.append(Item(f"{v.speaker}_seen{i:05d}", "test_seen", v.speaker, v.spec,
+                      texts[i % n_test]))
   return items
 
 

@@ -158,9 +158,9 @@ def test_voice_codebook_codes_each_utterance_voice_once(codec, train_feats, held
   offset = offline.utterance_offset(z, voice.features)
   entry = voice.codebooks[1][voice.quantize(train_feats[0])[0, 1]]
   np.testing.assert_allclose(entry, offset, atol=1e-5)
-  # ... which the codec names, for the NAR to copy them from the prompt.
-  assert codec_registry.utterance_codebooks(voice.describe()) == (1,)
-  assert codec_registry.utterance_codebooks(codec.describe()) == ()
+  # ... which the codec names (the aligned variant copies them from the prompt).
+  assert voice.describe()["utterance_codebooks"] == [1]
+  assert codec.describe()["utterance_codebooks"] == []
   with pytest.raises(ValueError, match="content_first"):
     offline.Features(voice_codebooks=1)
   with pytest.raises(ValueError, match="voice_codebooks must be in"):
@@ -182,7 +182,7 @@ def test_round_trip_keeps_the_spectrum(codec, heldout):
   codes = codec.encode(wav, 24000)
   one = spectral_distortion(wav, codec.decode(codes[:, :1])[:len(wav)], 24000)
   eight = spectral_distortion(wav, codec.decode(codes)[:len(wav)], 24000)
-  # (a codec fitted on 2 minutes of 4 voices; the real one is measured in the README)
+  # (a codec fitted on 2 minutes of 4 voices; the real one is measured in docs/offline_codec.md)
   assert eight < min(one - 1.0, 10.0), (one, eight)
 
 

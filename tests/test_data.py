@@ -3,8 +3,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from valle_jax import data
+from valle_jax import data, text
 from valle_jax.errors import UserError
+
+
+SYMBOLS = text.SymbolTable.default()
 
 
 def _records(n=23, seed=0):
@@ -21,7 +24,7 @@ def _records(n=23, seed=0):
 def _cfg(**changes):
   c = ml_collections.ConfigDict({
       "frame_buckets": (100, 200, 300), "phoneme_buckets": (32, 64), "max_tokens": 800,
-      "max_batch_size": 6, "prompt_seconds": 1.0, "prompt_from_other_utterance": False})
+      "max_batch_size": 6, "prompt_seconds": 1.0, "nar_prompt": "prefix"})
   c.update(changes)
   return c
 
@@ -40,28 +43,47 @@ def _utterances(plan, index):
   return plan.batch(index)[1][:, 1]
 
 
-def test_plan_buckets_and_token_budget(lengths):
+def test_plan_fills_batches_with_real_frames_up_to_the_budget(lengths):
+  """Each batch holds bucket examples until the next would pass max_tokens real frames
+  (or the bucket's example cap); rows it does not fill are padding, (-1, -1), at the end;
+  one shape per bucket, a multiple of batch_multiple, at most max_batch_size."""
   plan = data.BatchPlan(lengths, _cfg(), seed=0, batch_multiple=2)
+  not_full: dict[tuple[int, int], int] = {}
+  real_frames = []
   for bucket, examples in plan.epoch(0):
     assert bucket.batch_size % 2 == 0 and examples.shape == (bucket.batch_size, 2)
-    assert bucket.batch_size <= 6 and (bucket.batch_size * bucket.frames <= 800
-                                       or bucket.batch_size == 2)
-    assert np.all(examples[:, 0] == -1)                     # no pairs by default
-    assert np.all(lengths.frames[examples[:, 1]] <= bucket.frames)
-    assert np.all(lengths.phonemes[examples[:, 1]] <= bucket.phonemes)
+    assert bucket.batch_size <= 6
+    assert all(b.batch_size == bucket.batch_size for b, _ in plan.epoch(0)
+               if b.frames == bucket.frames)                      # one shape per bucket
+    members = examples[examples[:, 1] >= 0, 1]
+    assert len(members) >= 1 and np.all(examples[len(members):] == -1)
+    assert np.all(examples[:len(members), 0] == -1)              # no pairs by default
+    frames = int(lengths.frames[members].sum())
+    assert frames <= 800 or len(members) == 1
+    real_frames.append(frames)
+    key = (bucket.frames, bucket.phonemes)
+    cap = plan.max_examples[[100, 200, 300].index(bucket.frames)]
+    if frames + bucket.frames <= 800 and len(members) < cap:
+      not_full[key] = not_full.get(key, 0) + 1       # room left: must be the bucket's last
+    assert np.all(lengths.frames[members] <= bucket.frames)
+    assert np.all(lengths.phonemes[members] <= bucket.phonemes)
     smaller = [f for f in (100, 200, 300) if f < bucket.frames]
-    assert not smaller or np.all(lengths.frames[examples[:, 1]] > max(smaller))
-  placed = {int(i) for _, examples in plan.epoch(0) for i in examples[:, 1]}
-  assert len(placed) + plan.dropped == len(lengths.frames)
-  assert plan.dropped == 0
+    assert not smaller or np.all(lengths.frames[members] > max(smaller))
+  assert all(n <= 1 for n in not_full.values()), not_full
+  assert plan.dropped == 0 and not plan.cropped.any()
+  assert plan.stats()["real_frames_per_batch"] == pytest.approx(np.mean(real_frames))
+  # The budget counts real frames: examples of 201 frames in a 300-frame bucket go 3 to a
+  # batch of 800 frames (603 real), where a padded-length budget took 800 // 300 = 2.
+  short = data.Lengths(np.full(12, 201), np.full(12, 10), np.array(["a"] * 12))
+  plan = data.BatchPlan(short, _cfg(frame_buckets=(300,)), seed=0)
+  assert [int(np.sum(e[:, 1] >= 0)) for _, e in plan.epoch(0)] == [3] * 4
 
 
 def test_every_example_each_epoch_deterministic(lengths):
   plan = data.BatchPlan(lengths, _cfg(), seed=3, batch_multiple=2)
   seen = np.concatenate([_utterances(plan, i) for i in range(plan.batches_per_epoch)])
-  assert set(seen.tolist()) == set(range(len(lengths.frames)))   # none lost
-  # Wrap-around fill repeats at most (batch size - 1) examples per bucket.
-  assert len(seen) - len(set(seen.tolist())) < sum(b.batch_size for b, _ in plan.epoch(0))
+  seen = seen[seen >= 0]
+  assert sorted(seen.tolist()) == list(range(len(lengths.frames)))   # each exactly once
   again = data.BatchPlan(lengths, _cfg(), seed=3, batch_multiple=2)
   for i in range(2 * plan.batches_per_epoch):
     np.testing.assert_array_equal(plan.batch(i)[1], again.batch(i)[1])
@@ -70,52 +92,148 @@ def test_every_example_each_epoch_deterministic(lengths):
   assert other_epoch != [_utterances(plan, i).tolist() for i in range(plan.batches_per_epoch)]
 
 
-def test_too_long_examples_are_left_out_and_reported(lengths):
-  plan = data.BatchPlan(lengths, _cfg(frame_buckets=(100,)), seed=0)
-  assert plan.dropped == int(np.sum(lengths.frames > 100))
-  assert "longer than the largest bucket" in plan.describe()
+def test_crop_lengths():
+  frames, phonemes = data.crop_lengths([80, 2000, 1000, 2000, 400, 100],
+                                       [30, 300, 500, 3000, 1, 10 ** 6], 1500, 384)
+  np.testing.assert_array_equal(frames, [80, 1500, 768, 256, 400, 0])     # 0: left out
+  np.testing.assert_array_equal(phonemes, [30, 225, 384, 384, 1, 0])
+
+
+def test_paper_config_takes_20_s_examples_and_crops_longer_ones():
+  from configs import paper  # pylint: disable=g-import-not-at-top
+  cfg = paper.get_config().data
+  lengths = data.Lengths(np.array([1500, 1875, 1500]), np.array([250, 310, 600]),
+                         np.array(["a", "a", "b"]))            # 20 s, 25 s, 20 s of 600
+  plan = data.BatchPlan(lengths, cfg, seed=0, batch_multiple=16)
+  np.testing.assert_array_equal(plan.cropped, [False, True, True])
+  np.testing.assert_array_equal(plan.frames, [1500, 1500, 960])   # 384 phonemes' worth
+  np.testing.assert_array_equal(plan.phonemes, [250, 248, 384])
+  assert cfg.nar_prompt == "segment"
+
+
+def test_too_long_examples_are_cropped_to_a_random_window_and_reported(records, lengths):
+  """Examples longer than the largest frame bucket are trained on a random window of it
+  (another each epoch), with their phonemes at the same relative position, and counted
+  with their share of the audio; one no window fits is left out and counted."""
+  cfg = _cfg(frame_buckets=(100,))
+  plan = data.BatchPlan(lengths, cfg, seed=0)
+  long = lengths.frames > 100
+  share = lengths.frames[long].sum() / lengths.frames.sum()
+  assert np.array_equal(plan.cropped, long) and plan.dropped == 0
+  assert f"{long.sum()} examples ({share:.1%} of the audio) cropped" in plan.describe()
+  stats = plan.stats()
+  assert stats["cropped_examples"] == long.sum()
+  assert stats["cropped_audio_share"] == pytest.approx(share)
+  loader = data.BatchLoader(records, plan, cfg, kind="ar", num_codebooks=8, frame_rate=75.0)
+  windows: dict[int, set[int]] = {}
+  for index in range(plan.batch_offset(3)):
+    batch = loader(index)["ar"]
+    for row, member in enumerate(_utterances(plan, index)):
+      if member < 0 or not long[member]:
+        continue
+      codes, phonemes = records[member]["codes"][:, 0], records[member]["phonemes"]
+      window = batch["codes"][row, :batch["code_lens"][row], 0]
+      assert len(window) == 100
+      (start,) = [s for s in range(len(codes) - 99) if np.array_equal(codes[s:s + 100], window)]
+      count = batch["phoneme_lens"][row]
+      assert count == round(100 * len(phonemes) / len(codes))
+      first = min(round(start * len(phonemes) / len(codes)), len(phonemes) - count)
+      np.testing.assert_array_equal(batch["phonemes"][row, :count],
+                                    phonemes[first:first + count])
+      windows.setdefault(int(member), set()).add(start)
+  assert set(windows) == set(np.flatnonzero(long).tolist())
+  assert sum(len(w) > 1 for w in windows.values()) > len(windows) // 2   # new windows
+  kept_out = data.BatchPlan(lengths, cfg, seed=0, crop_long=False)   # for alignments
+  assert kept_out.dropped == long.sum() and not kept_out.cropped.any()
+  assert f"{long.sum()} ({share:.1%} of the audio) left out" in kept_out.describe()
+  unfit = data.Lengths(np.array([100, 50]), np.array([10 ** 6, 20]), np.array(["a", "a"]))
+  plan = data.BatchPlan(unfit, cfg, seed=0)
+  assert plan.dropped == 1 and "1 (66.7% of the audio) left out" in plan.describe()
   with pytest.raises(UserError, match="no example fits"):
-    data.BatchPlan(lengths, _cfg(frame_buckets=(5,)), seed=0)
+    data.BatchPlan(data.Lengths(unfit.frames[:1], unfit.phonemes[:1], unfit.speakers[:1]),
+                   cfg, seed=0)
 
 
 def test_loader_pads_and_masks(records, lengths):
   plan = data.BatchPlan(lengths, _cfg(), seed=0)
   loader = data.BatchLoader(records, plan, _cfg(), kind="both", num_codebooks=8,
                             frame_rate=75.0)
-  batch = loader(0)
-  bucket, examples = plan.batch(0)
-  members = examples[:, 1]
-  ar, nar = batch["ar"], batch["nar"]
-  assert ar["codes"].shape == (bucket.batch_size, bucket.frames, 1)
-  assert ar["phonemes"].shape == (bucket.batch_size, bucket.phonemes)
-  for row, index in enumerate(members):
-    rec = records[index]
-    n = len(rec["codes"])
-    assert ar["code_lens"][row] == n
-    np.testing.assert_array_equal(ar["codes"][row, :n, 0], rec["codes"][:, 0])
-    assert not ar["codes"][row, n:].any()
-    # NAR: a prefix of at most min(prompt, half) is the prompt; the rest is the target.
-    p = nar["prompt_lens"][row]
-    assert 1 <= p <= max(1, min(75, n // 2))
-    np.testing.assert_array_equal(nar["prompt_codes"][row, :p], rec["codes"][:p])
-    np.testing.assert_array_equal(nar["codes"][row, :n - p], rec["codes"][p:])
-    assert nar["code_lens"][row] == n - p
-  assert nar["prompt_codes"].shape[1] == 75
-  assert np.all((nar["stage"] >= 1) & (nar["stage"] < 8))
+  padding_rows = 0
+  for index in range(plan.batches_per_epoch):
+    batch = loader(index)
+    bucket, examples = plan.batch(index)
+    ar, nar = batch["ar"], batch["nar"]
+    assert ar["codes"].shape == (bucket.batch_size, bucket.frames, 1)
+    assert ar["phonemes"].shape == (bucket.batch_size, bucket.phonemes)
+    np.testing.assert_array_equal(batch["index"], examples[:, 1])
+    for row, index in enumerate(examples[:, 1]):
+      if index < 0:   # padding: nothing in it, so nothing scored (models/losses.py)
+        padding_rows += 1
+        for lens in (ar["code_lens"], ar["phoneme_lens"], nar["code_lens"],
+                     nar["prompt_lens"], nar["phoneme_lens"]):
+          assert lens[row] == 0
+        assert not ar["codes"][row].any() and not nar["prompt_codes"][row].any()
+        continue
+      rec = records[index]
+      n = len(rec["codes"])
+      assert ar["code_lens"][row] == n
+      np.testing.assert_array_equal(ar["codes"][row, :n, 0], rec["codes"][:, 0])
+      assert not ar["codes"][row, n:].any()
+      # NAR: a prefix of at most min(prompt, half) is the prompt; the rest is the target.
+      p = nar["prompt_lens"][row]
+      assert 1 <= p <= max(1, min(75, n // 2))
+      np.testing.assert_array_equal(nar["prompt_codes"][row, :p], rec["codes"][:p])
+      np.testing.assert_array_equal(nar["codes"][row, :n - p], rec["codes"][p:])
+      assert nar["code_lens"][row] == n - p
+    assert nar["prompt_codes"].shape[1] == 75
+    assert np.all((nar["stage"] >= 1) & (nar["stage"] < 8))
+  assert padding_rows > 0
 
 
 def test_prompt_from_other_utterance_of_same_speaker(records, lengths):
-  cfg = _cfg(prompt_from_other_utterance=True)
+  cfg = _cfg(nar_prompt="other_utterance")
   plan = data.BatchPlan(lengths, cfg, seed=0)
   loader = data.BatchLoader(records, plan, cfg, kind="nar", num_codebooks=8, frame_rate=75.0)
   batch = loader(1)["nar"]
   for row, index in enumerate(_utterances(plan, 1)):
+    if index < 0:
+      continue
     assert batch["code_lens"][row] == len(records[index]["codes"])   # whole utterance
     prompt = batch["prompt_codes"][row, :batch["prompt_lens"][row]]
     # The prompt is a crop of another utterance by the same speaker.
     same_speaker = [j for j, r in enumerate(records)
                     if r["speaker"] == records[index]["speaker"] and j != index]
     assert any(_contains(records[j]["codes"], prompt) for j in same_speaker)
+
+
+def test_segment_prompt_is_a_window_of_the_whole_target_not_scored_there(records, lengths):
+  """nar_prompt = "segment" (the paper): the prompt is a random window of the utterance
+  (prompt_seconds, at most a quarter), the target the whole utterance, and the loss skips
+  the target frames under the window."""
+  cfg = _cfg(nar_prompt="segment")
+  plan = data.BatchPlan(lengths, cfg, seed=0)
+  loader = data.BatchLoader(records, plan, cfg, kind="nar", num_codebooks=8, frame_rate=75.0)
+  starts = []
+  for index in range(plan.batches_per_epoch):
+    batch = loader(index)["nar"]
+    for row, member in enumerate(_utterances(plan, index)):
+      if member < 0:
+        continue
+      codes = records[member]["codes"]
+      n, p = len(codes), batch["prompt_lens"][row]
+      assert batch["code_lens"][row] == n
+      np.testing.assert_array_equal(batch["codes"][row, :n], codes)
+      assert p == max(1, min(75, n // 4))
+      prompt = batch["prompt_codes"][row, :p]
+      (start,) = [s for s in range(n - p + 1) if np.array_equal(codes[s:s + p], prompt)][:1]
+      expected = np.ones(batch["loss_mask"].shape[1], np.float32)
+      expected[start:start + p] = 0.0
+      np.testing.assert_array_equal(batch["loss_mask"][row], expected)
+      starts.append(start / max(1, n - p))
+  assert 0.2 < np.mean(starts) < 0.8 and np.std(starts) > 0.15     # anywhere, not a prefix
+  with pytest.raises(UserError, match="nar_prompt"):
+    data.BatchLoader(records, plan, _cfg(nar_prompt="suffix"), kind="nar", num_codebooks=8,
+                     frame_rate=75.0)
 
 
 def _contains(codes, crop):
@@ -191,22 +309,28 @@ def test_same_speaker_pairs_change_each_epoch_and_cover_every_utterance(records,
     end = plan.batch_offset(epoch + 1)
     assert end - start == len(plan.epoch(epoch))
     seen = np.concatenate([plan.batch(i)[1] for i in range(start, end)])
-    assert set(seen[:, 1].tolist()) == set(range(len(lengths.frames)))
+    seen = seen[seen[:, 1] >= 0]
+    assert sorted(seen[:, 1].tolist()) == list(range(len(lengths.frames)))
     np.testing.assert_array_equal(seen[:, 0], partners[epoch][seen[:, 1]])
     for bucket, examples in plan.epoch(epoch):        # a pair is bucketed by its own length
+      examples = examples[examples[:, 1] >= 0]
       both = lengths.frames[examples[:, 0]] + lengths.frames[examples[:, 1]]
       assert np.all(both <= bucket.frames)
     start = end
   again = data.BatchPlan(lengths, _pairs_cfg(), seed=0, batch_multiple=2)
   for i in reversed(range(start)):                      # random access, any order
     np.testing.assert_array_equal(again.batch(i)[1], plan.batch(i)[1])
-  # The loader concatenates partner then utterance, for the AR and the NAR.
+  # The loader puts the partner first, for the AR and the NAR: codes concatenated, phonemes
+  # joined as zero-shot synthesis joins a prompt's transcript and the text.
   loader = data.BatchLoader(records, plan, _pairs_cfg(), kind="both", num_codebooks=8,
-                            frame_rate=75.0)
+                            frame_rate=75.0, symbols=SYMBOLS)
   batch = loader(start - 1)
   for row, (partner, index) in enumerate(plan.batch(start - 1)[1]):
+    if index < 0:
+      continue
     codes = np.concatenate([records[partner]["codes"], records[index]["codes"]])
-    phonemes = np.concatenate([records[partner]["phonemes"], records[index]["phonemes"]])
+    phonemes, _ = text.join_prompt_and_text(records[partner]["phonemes"],
+                                            records[index]["phonemes"], SYMBOLS)
     n = len(codes)
     assert batch["ar"]["code_lens"][row] == n and batch["index"][row] == index
     np.testing.assert_array_equal(batch["ar"]["codes"][row, :n, 0], codes[:, 0])
@@ -241,7 +365,7 @@ def test_pairs_that_do_not_fit_stay_single_and_probability_is_honoured(lengths):
 def test_pairs_resume_exactly_across_epochs(records, lengths):
   plan = data.BatchPlan(lengths, _pairs_cfg(), seed=0)
   loader = data.BatchLoader(records, plan, _pairs_cfg(), kind="ar", num_codebooks=8,
-                            frame_rate=75.0)
+                            frame_rate=75.0, symbols=SYMBOLS)
   total = plan.batch_offset(2) + 2                      # into the third epoch
   it = data.batch_iterator(loader, total)
   for _ in range(plan.batch_offset(1) - 1):
@@ -268,46 +392,3 @@ def test_nar_stage_weights(records, lengths):
     with pytest.raises(UserError, match="nar_stage_weights"):
       data.BatchLoader(records, plan, _cfg(nar_stage_weights=bad), kind="nar",
                        num_codebooks=8, frame_rate=75.0)
-
-
-def _alignments(records):
-  """Alignments of `records`: each one's frames split evenly over its phonemes."""
-  rows = [data.even_split(len(r["codes"]), len(r["phonemes"])) for r in records]
-  return data.Alignments(np.concatenate(rows),
-                         np.concatenate([[0], np.cumsum([len(a) for a in rows])]))
-
-
-def test_nar_codebook1_batches_carry_each_target_frames_phoneme(records, lengths):
-  """With `nar_first_stage=0` (model.nar_codebook1) the NAR also learns codebook 1 (stage
-  0, one weight per codebook 1..Q) and each target frame carries its phoneme from the
-  alignments: a pair's partner's alignment, then the utterance's (after the partner's
-  phonemes), less the frames the prompt took. Without alignments it is refused."""
-  cfg = _cfg(same_speaker_pairs=1.0, nar_stage_weights=(2, 0, 1, 0, 0, 0, 0, 0))
-  plan = data.BatchPlan(lengths, cfg, seed=0)
-  alignments = _alignments(records)
-  loader = data.BatchLoader(records, plan, cfg, kind="nar", num_codebooks=8,
-                            frame_rate=75.0, alignments=alignments, nar_first_stage=0)
-  stages, pairs = [], 0
-  for index in range(plan.batches_per_epoch):
-    nar = loader(index)["nar"]
-    stages.append(nar["stage"])
-    for row, (partner, member) in enumerate(plan.batch(index)[1]):
-      own = alignments[member]
-      if partner >= 0:
-        pairs += 1
-        own = np.concatenate([alignments[partner],
-                              own + len(records[partner]["phonemes"])])
-      n, p = nar["code_lens"][row], nar["prompt_lens"][row]
-      np.testing.assert_array_equal(nar["frame_phonemes"][row, :n], own[p:p + n])
-      assert not nar["frame_phonemes"][row, n:].any()
-  assert pairs > 0
-  stages = np.concatenate(stages)
-  assert set(stages.tolist()) == {0, 2}
-  assert 0.5 < np.mean(stages == 0) < 0.85
-  with pytest.raises(UserError, match="valle-jax align"):
-    data.BatchLoader(records, plan, cfg, kind="nar", num_codebooks=8, frame_rate=75.0,
-                     nar_first_stage=0)
-  with pytest.raises(UserError, match=r"needs 8 .*codebooks 1\.\.8"):
-    data.BatchLoader(records, plan, _cfg(nar_stage_weights=(1,) * 7), kind="nar",
-                     num_codebooks=8, frame_rate=75.0, alignments=alignments,
-                     nar_first_stage=0)

@@ -221,6 +221,22 @@ def test_summarize_is_corpus_wer_and_mean_similarities():
   assert truth["sim_original"] == pytest.approx(1.0)
 
 
+def test_summarize_by_condition():
+  def row(condition, system, hyp):
+    return {"id": hyp, "speaker": "s", "condition": condition, "system": system,
+            "text": "a b", "hypothesis": hyp, "sim_prompt": 0.5, "sim_original": 0.5,
+            "sim_other": 0.1}
+
+  rows = [row("unseen", "valle", "a"), row("seen", "ground_truth", "a b"),
+          row("seen", "valle", "a b"), row("unseen", "ground_truth", "a b")]
+  table = evaluate.summarize(rows)
+  assert [(r["condition"], r["system"], r["n"], r["wer"]) for r in table] == [
+      ("unseen", "ground truth", 1, 0.0), ("unseen", "valle-jax", 1, 0.5),
+      ("seen", "ground truth", 1, 0.0), ("seen", "valle-jax", 1, 0.0)]
+  assert "condition" not in evaluate.summarize(
+      [{k: v for k, v in r.items() if k != "condition"} for r in rows])[0]
+
+
 class _FakeAsr:
   name = "fake"
 
@@ -256,6 +272,12 @@ def test_score_samples_skips_missing_systems_and_scores_empty_audio(tmp_path):
   assert u1_valle["wer"] == pytest.approx(0.5)     # "words" for "some words"
   assert u2_valle["seconds"] == 0.0 and u2_valle["wer"] == 1.0 and u2_valle["hypothesis"] == ""
   assert all(np.isnan(u2_valle[k]) for k in ("sim_prompt", "sim_original", "sim_other"))
+  # With conditions, the rows carry them and "other voices" are those of the same condition.
+  rows = evaluate.score_samples([{**samples[0], "condition": "seen"},
+                                 {**samples[1], "condition": "unseen"}], _FakeAsr(),
+                                _FakeSpeaker())
+  assert [r["condition"] for r in rows] == ["seen", "seen", "unseen", "unseen"]
+  assert all(np.isnan(r["sim_other"]) for r in rows)
 
 
 def _write_tsv(path, header, lines):

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from valle_jax import config_check, run_guard
+from valle_jax import config_check, run_guard, variants
 from valle_jax.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,6 +116,7 @@ BAD_INPUTS = [
     ("layers negative", ["info", "--config.model.num_layers=-1"], "model.num_layers = -1"),
     ("mesh 0", ["info", "--config.mesh.data=0"], "mesh.data = 0: must be an integer >= 1 or -1"),
     ("unknown dtype", ["info", "--config.model.compute_dtype=float8"], "model.compute_dtype"),
+    ("variant misspelt", ["info", "--config.variant=alignd"], "(did you mean 'aligned'?)"),
     ("forward frames 0", ["info", "--frames=0"], "--frames=0: must be >= 1"),
     ("steps 0", ["train", "--workdir={root}/w1", "--config.train.steps=0"], "train.steps = 0"),
     ("grad accum 0", ["train", "--workdir={root}/w1", "--config.train.grad_accum_steps=0"],
@@ -196,19 +197,33 @@ def test_config_sections_report_every_problem():
       "checkpoint.keep = 0: must be an integer >= 1"]     # eval_every 0 (off) is allowed
   with pytest.raises(UserError, match=r"invalid config \(3 problems\)"):
     config_check.check(problems, "config")
+  variants.load_all()
+  cfg = tiny.get_config()
+  cfg.variant, cfg.data.nar_prompt, cfg.model.mlp_activation = "valle3", "other", "silu"
+  cfg.model.ar_bos, cfg.model.nar_tie_offset, cfg.model.nar_tie_output = None, 1, False
+  assert config_check.experiment(cfg) == [
+      "variant = 'valle3': must be one of 'aligned', 'valle' (did you mean 'valle'?); a "
+      "variant's recipe registers when valle_jax.variants.<name> is imported, as `valle-jax` "
+      "does",
+      "model.mlp_activation = 'silu': must be one of 'gelu', 'relu'",
+      "model.ar_bos = None: must be True or False",
+      "model.nar_tie_offset = 1: 1 needs model.nar_tie_output = True",
+      "data.nar_prompt = 'other': must be one of 'prefix', 'segment', 'other_utterance'"]
 
 
 def test_every_shipped_config_passes_its_checks():
-  from configs import demo, paper, tiny, valle2  # pylint: disable=g-import-not-at-top
+  from configs import demo, lifeiteng, paper, tiny, valle2  # pylint: disable=g-import-not-at-top
   from configs.corpus import synthetic  # pylint: disable=g-import-not-at-top
-  from configs.data import folder, librilight, librispeech, libritts  # pylint: disable=g-import-not-at-top
-  for module in (tiny, paper, valle2):
+  from configs.data import folder, libriheavy, librilight, librispeech, libritts  # pylint: disable=g-import-not-at-top
+  from valle_jax.variants.aligned import config as aligned  # pylint: disable=g-import-not-at-top
+  for module in (tiny, paper, valle2, lifeiteng, aligned):
     assert config_check.experiment(module.get_config()) == [], module.__name__
-  for quick in (False, True):
-    cfg = demo.get_config(quick)
-    assert config_check.experiment(cfg.train.copy_and_resolve_references()) == []
-    assert config_check.corpus(cfg.corpus) == []
-  for module in (folder, librilight, librispeech, libritts):
+  for demo_config in (demo.get_config, aligned.demo_config):
+    for quick in (False, True):
+      cfg = demo_config(quick)
+      assert config_check.experiment(cfg.train.copy_and_resolve_references()) == []
+      assert config_check.corpus(cfg.corpus) == []
+  for module in (folder, librilight, librispeech, libritts, libriheavy):
     assert config_check.prepare(module.get_config()) == [], module.__name__
   assert config_check.corpus(synthetic.get_config()) == []
 

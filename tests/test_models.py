@@ -1,14 +1,12 @@
 """AR and NAR models: shapes, masks, KV cache, AdaLN, weight tying, dtypes, param counts."""
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
 from configs import paper, tiny
 from valle_jax import models
-from valle_jax.models import nar as nar_lib
 
 B, L, T, P, Q = 3, 7, 12, 5, 8
 PHONEME_LENS = np.array([7, 5, 3])
@@ -90,6 +88,11 @@ def test_ar_inputs_and_targets_layout():
   np.testing.assert_array_equal(targets[0], [[5, 6], [7, eos], [eos, eos]])
   np.testing.assert_array_equal(inputs[0], [[bos, bos], [5, 6], [7, eos]])
   np.testing.assert_array_equal(lens, [2, 2])
+  # Without BOS (lifeiteng's layout): the codes predict the next code; the first is given.
+  inputs, targets, lens = models.ar_inputs_and_targets(codes, jnp.array([3, 2]), 10, bos=False)
+  np.testing.assert_array_equal(inputs[..., 0], [[5, 6, 7, eos], [8, 9, eos, eos]])
+  np.testing.assert_array_equal(targets[..., 0], [[6, 7, eos, eos], [9, eos, eos, eos]])
+  np.testing.assert_array_equal(lens, [3, 2])
 
 
 def test_ar_shapes_and_finite(cfg, ar_logits, ar_io):
@@ -271,64 +274,53 @@ def test_nar_stage_as_token_variant(cfg, batch):
 # ---------------------------------------------------------------------- losses & dtypes
 
 
-def test_frames_since_and_until_their_phonemes_boundaries():
-  since, until = nar_lib.frames_since_and_until(
-      jnp.array([[3, 3, 3, 4, 4, 5, 0, 0], [0, 0, 1, 1, 1, 1, 1, 1]]), jnp.array([6, 8]))
-  np.testing.assert_array_equal(since[0, :6], [0, 1, 2, 0, 1, 0])
-  np.testing.assert_array_equal(until[0, :6], [2, 1, 0, 1, 0, 0])
-  np.testing.assert_array_equal(since[1], [0, 1, 0, 1, 2, 3, 4, 5])
-  np.testing.assert_array_equal(until[1], [1, 0, 5, 4, 3, 2, 1, 0])
-
-
-def test_nar_codebook1_reads_when_each_frame_is_spoken_and_no_target_code(cfg, batch):
-  """With `nar_codebook1`, stage 0 (codebook 1) reads no target code, and each valid frame
-  reads its phoneme (`frame_phonemes`): moving a boundary by one frame moves that example's
-  logits, changing padding frames' entries moves none; without `frame_phonemes` it is an
-  error, and the loss learns stage 0 like any other."""
-  c = ml_collections.ConfigDict(cfg.to_dict())
-  c.nar_codebook1 = True
-  model = models.NARModel(c, rngs=nnx.Rngs(1))
-  graphdef, state = nnx.split(model)
-  stage0 = jnp.zeros((B,), jnp.int32)
-
-  @jax.jit
-  def apply(codes, frame_phonemes):
-    return nnx.merge(graphdef, state)(*_nar_args(batch, codes=codes, stage=stage0),
-                                      frame_phonemes=frame_phonemes)
-  timing = batch["frame_phonemes"]
-  logits = apply(batch["codes"], timing)
-  assert logits.shape == (B, T, c.codebook_size)
-  np.testing.assert_array_equal(apply((batch["codes"] + 11) % 1024, timing), logits)
-  valid = jnp.arange(T)[None] < batch["code_lens"][:, None]
-  padding_changed = apply(batch["codes"], jnp.where(valid, timing, 2))
-  moved = apply(batch["codes"], timing.at[:, 1].set(timing[:, 0] + 1))
-  for b in range(B):
-    n = int(batch["code_lens"][b])
-    np.testing.assert_array_equal(padding_changed[b, :n], logits[b, :n])
-    assert not np.allclose(moved[b, :n], logits[b, :n])
-  with pytest.raises(ValueError, match="frame_phonemes"):
-    model(*_nar_args(batch, stage=stage0))
-  _, metrics = models.nar_loss(model, {**batch, "stage": stage0})
-  np.testing.assert_allclose(metrics["count_per_codebook"][0], float(np.sum(CODE_LENS)))
-
-
-def test_losses_and_top10(cfg, ar_model, nar_model, batch):
+def test_losses_and_topk(cfg, ar_model, nar_model, batch):
   loss, m = nnx.jit(models.ar_loss)(ar_model, batch)
   # Targets: codes plus EOS for each example.
   assert float(m["count"]) == float(jnp.sum(batch["code_lens"] + 1))
   assert abs(float(loss) - np.log(cfg.codebook_size + 1)) < 1.5
-  assert 0 <= float(m["top10_correct"]) <= float(m["count"])
+  assert 0 <= float(m["top1_correct"]) <= float(m["top10_correct"]) <= float(m["count"])
   loss, m = nnx.jit(models.nar_loss)(nar_model, batch)
   assert float(m["count"]) == float(jnp.sum(batch["code_lens"]))
   np.testing.assert_allclose(m["count_per_codebook"][np.asarray(batch["stage"])],
                              batch["code_lens"])
   np.testing.assert_allclose(float(jnp.sum(m["loss_sum_per_codebook"])), float(m["loss_sum"]),
                              rtol=1e-5)
-  # Top-k counts against a hand-made case.
-  logits = jnp.array([[0.0, 3.0, 2.0, 1.0]])
-  nll, in_top2 = models.token_nll_and_topk(logits, jnp.array([2]), k=2)
-  assert bool(in_top2[0]) and not bool(models.token_nll_and_topk(logits, jnp.array([0]), 2)[1][0])
-  np.testing.assert_allclose(nll[0], -jax.nn.log_softmax(logits[0])[2], rtol=1e-6)
+  for key in ("top1_correct", "top10_correct"):   # the stages' sums add up to the total
+    np.testing.assert_allclose(float(jnp.sum(m[f"{key}_per_codebook"])), float(m[key]))
+  assert 0 <= float(m["top1_correct"]) <= float(m["top10_correct"]) <= float(m["count"])
+  # Ranks (top-k: rank < k) against a hand-made case; a tie does not beat the target.
+  logits = jnp.array([[0.0, 3.0, 2.0, 1.0, 3.0]])
+  targets = jnp.array([[2, 0, 1, 4]])
+  nll, rank = models.token_nll_and_rank(jnp.broadcast_to(logits, (1, 4, 5)), targets)
+  np.testing.assert_array_equal(rank, [[2, 4, 0, 0]])
+  np.testing.assert_allclose(nll[0, 0], -jax.nn.log_softmax(logits[0])[2], rtol=1e-6)
+  # The metrics count top-1 and top-10 from those ranks.
+  logits12 = jnp.arange(12.0)[None, None, :]                   # code 11 first, 0 last
+  _, m = models.nar_metrics(jnp.broadcast_to(logits12, (1, 3, 12)),
+                            jnp.array([[[0, 11], [0, 2], [0, 1]]]), jnp.array([3]),
+                            jnp.array([1]))
+  assert float(m["top1_correct"]) == 1 and float(m["top10_correct"]) == 2
+  np.testing.assert_array_equal(m["top1_correct_per_codebook"], [0, 1])
+
+
+def test_padding_rows_and_masked_frames_are_not_scored(ar_model, nar_model, batch):
+  """A row without phonemes (data.py's padding) adds nothing to the AR's loss or count, and
+  a NAR target frame with loss_mask 0 nothing to the NAR's."""
+  padded = {k: np.array(v) for k, v in batch.items()}
+  padded["phonemes"][0], padded["phoneme_lens"][0], padded["code_lens"][0] = 0, 0, 0
+  _, full = models.ar_loss(ar_model, batch)
+  _, m = models.ar_loss(ar_model, padded)
+  others = {k: v[1:] for k, v in batch.items()}
+  _, rest = models.ar_loss(ar_model, others)
+  assert float(m["count"]) == float(rest["count"]) < float(full["count"])
+  np.testing.assert_allclose(float(m["loss_sum"]), float(rest["loss_sum"]), rtol=1e-5)
+  mask = np.ones(batch["codes"].shape[:2], np.float32)
+  mask[:, :3] = 0.0
+  _, whole = models.nar_loss(nar_model, batch)
+  _, masked = models.nar_loss(nar_model, {**batch, "loss_mask": mask})
+  assert float(masked["count"]) == float(whole["count"]) - 3 * len(mask)
+  assert float(masked["loss_sum"]) < float(whole["loss_sum"])
 
 
 def test_bfloat16_compute_is_finite_and_close(cfg, ar_model, nar_model, batch, ar_io,
@@ -387,269 +379,13 @@ def test_token_embeddings_are_on_par_with_positions(cfg, ar_model, nar_model, ba
   assert 0.5 < float(jnp.std(logits)) < 2.0
 
 
-def test_codebook_embeddings_keep_the_codec_geometry():
-  """One orthonormal projection for all codebooks: distances between entries (and between
-  sums of entries of different codebooks, the NAR's input) are the codec's, times one scale."""
-  from valle_jax.models import layers
-  rng = np.random.default_rng(0)
-  vectors = rng.normal(size=(4, 16, 5)) * np.array([1.0, 0.5, 0.25, 0.1])[:, None, None]
-  table = np.asarray(layers.codebook_embeddings(jnp.asarray(vectors), 32, jax.random.key(0)))
-  assert table.shape == (4, 16, 32)
-  np.testing.assert_allclose(np.sqrt(np.mean(table[0] ** 2)), 32 ** -0.5, rtol=1e-5)
-  flat_v, flat_t = vectors.reshape(-1, 5), table.reshape(-1, 32)
-  dist_v = np.linalg.norm(flat_v[:, None] - flat_v[None], axis=-1)
-  dist_t = np.linalg.norm(flat_t[:, None] - flat_t[None], axis=-1)
-  ratio = dist_t[dist_v > 0] / dist_v[dist_v > 0]
-  np.testing.assert_allclose(ratio, ratio[0], rtol=1e-4)
-  sums_v = vectors[0, :, None] + vectors[1, None, :]                # [16, 16, 5]
-  sums_t = table[0, :, None] + table[1, None, :]
-  np.testing.assert_allclose(np.linalg.norm(sums_t[3, 4] - sums_t[7, 1]),
-                             ratio[0] * np.linalg.norm(sums_v[3, 4] - sums_v[7, 1]), rtol=1e-4)
-  wide = layers.codebook_embeddings(jnp.asarray(rng.normal(size=(2, 8, 64))), 16,
-                                    jax.random.key(0))
-  assert wide.shape == (2, 8, 16) and bool(jnp.all(jnp.isfinite(wide)))
-
-
-# ------------------------------------------------------------------ AR phoneme pointer
-
-
-def _pointer_batch(batch):
-  """Each example's frames split evenly over its phonemes, the first 2 frames a 'prompt'."""
-  frames = np.zeros((B, T), np.int32)
-  for b in range(B):
-    n, l = int(CODE_LENS[b]), int(PHONEME_LENS[b])
-    frames[b, :n] = np.minimum(((np.arange(n) + 0.5) * l / n).astype(int), l - 1)
-  return {**batch, "phoneme_of_frame": jnp.asarray(frames),
-          "target_start": jnp.array([2, 2, 2])}
-
-
-def test_pointer_inputs_and_targets():
-  """Slot t carries frame t's phoneme (the last phoneme at EOS and after); advance is 1
-  where the next frame is in the next phoneme and after the last frame; only target frames
-  (from target_start, before code_len) are learnt."""
-  frames = jnp.array([[0, 0, 1, 1, 1, 2], [0, 1, 1, 0, 0, 0]])
-  pointers, advance, mask = models.pointer_inputs_and_targets(
-      frames, jnp.array([6, 3]), jnp.array([3, 2]), jnp.array([2, 0]))
-  np.testing.assert_array_equal(pointers, [[0, 0, 1, 1, 1, 2, 2], [0, 1, 1, 1, 1, 1, 1]])
-  np.testing.assert_array_equal(advance[0, :6], [0, 1, 0, 0, 1, 1])
-  np.testing.assert_array_equal(advance[1, :3], [1, 0, 1])
-  np.testing.assert_array_equal(mask, [[0, 0, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0, 0]])
-
-
-def test_prompt_pointers_split_the_prompt_evenly():
-  pointers = models.prompt_pointers(jnp.array([3, 2]), jnp.array([6, 3]), 8)
-  np.testing.assert_array_equal(pointers, [[0, 0, 1, 1, 2, 2, 3, 3], [0, 1, 1, 2, 2, 2, 2, 2]])
-
-
-@pytest.fixture(scope="module")
-def pointer_model(cfg):
-  return models.ARModel(_with(cfg, ar_phoneme_pointer=True), rngs=nnx.Rngs(5))
-
-
-def test_ar_pointer_reads_the_pointed_phoneme(pointer_model, batch):
-  """Changing the phoneme under slot t's pointer changes the logits from slot t on (and the
-  advance logits); the loss learns the advance on target frames only."""
-  pb = _pointer_batch(batch)
-  inputs, _, lens = models.ar_inputs_and_targets(batch["codes"][..., 0], batch["code_lens"],
-                                                 pointer_model.codebook_size)
-  pointers, _, _ = models.pointer_inputs_and_targets(
-      pb["phoneme_of_frame"], batch["code_lens"], batch["phoneme_lens"], pb["target_start"])
-  apply = nnx.jit(lambda m, ptr: m(batch["phonemes"], batch["phoneme_lens"], inputs, lens,
-                                   phoneme_pointers=ptr, return_advance=True))
-  logits, advance = apply(pointer_model, pointers)
-  assert advance.shape == logits.shape[:2]
-  moved = pointers.at[0, 6].set((pointers[0, 6] + 3) % int(PHONEME_LENS[0]))
-  logits2, advance2 = apply(pointer_model, moved)
-  np.testing.assert_allclose(logits2[0, :6], logits[0, :6], atol=1e-6)
-  assert float(jnp.abs(logits2[0, 6] - logits[0, 6]).max()) > 1e-4
-  assert float(jnp.abs(advance2[0, 6] - advance[0, 6])) > 1e-5
-  np.testing.assert_allclose(logits2[1:], logits[1:], atol=1e-6)
-  loss, m = nnx.jit(models.ar_loss)(pointer_model, pb)
-  assert np.isfinite(float(loss))
-  assert float(m["advance_count"]) == sum(int(n) - 2 for n in CODE_LENS)
-  with pytest.raises(ValueError, match="alignments"):
-    models.ar_loss(pointer_model, {k: v for k, v in batch.items() if k != "phoneme_of_frame"})
-
-
-def test_dwell_of_counts_the_frames_before_on_the_same_phoneme():
-  dwell = models.dwell_of(jnp.array([[0, 0, 1, 1, 1, 2, 2], [0, 1, 1, 1, 1, 1, 1]]))
-  np.testing.assert_array_equal(dwell, [[0, 1, 0, 1, 2, 0, 1], [0, 0, 1, 2, 3, 4, 5]])
-
-
-@pytest.mark.parametrize("dwell_embeddings", [0, 3])
-def test_ar_pointer_kv_cache_matches_full_forward(pointer_model, cfg, batch, dwell_embeddings):
-  """Prefill with prompt pointers, then decode moving the pointer as the full forward's
-  pointers move: every step's code and advance logits equal the full forward's (with the
-  dwell embeddings too, counted by the cache as the full forward counts them, clipped)."""
-  model = pointer_model
-  if dwell_embeddings:
-    model = models.ARModel(_with(cfg, ar_phoneme_pointer=True,
-                                 ar_dwell_embeddings=dwell_embeddings), rngs=nnx.Rngs(5))
-  pb = _pointer_batch(batch)
-  inputs, _, lens = models.ar_inputs_and_targets(batch["codes"][..., 0], batch["code_lens"],
-                                                 model.codebook_size)
-  pointers, advance, _ = models.pointer_inputs_and_targets(
-      pb["phoneme_of_frame"], batch["code_lens"], batch["phoneme_lens"], pb["target_start"])
-  full, full_advance = nnx.jit(lambda m: m(batch["phonemes"], batch["phoneme_lens"], inputs,
-                                           lens, phoneme_pointers=pointers,
-                                           return_advance=True))(model)
-  prompt_lens = jnp.array([3, 1, 2])
-  num_steps = int(jnp.min(lens - prompt_lens))
-  prompt = inputs[:, :int(prompt_lens.max())]
-  rows = jnp.arange(B)
-
-  @nnx.jit
-  def run(model):
-    cache = model.init_cache(B, L + inputs.shape[1] + 4)
-    logits, cache = model.prefill(batch["phonemes"], batch["phoneme_lens"], prompt,
-                                  prompt_lens, cache, pointers[:, :prompt.shape[1]])
-    steps, adv = [logits], [cache["advance_logit"]]
-    for i in range(num_steps - 1):
-      slot = prompt_lens + i
-      moved = pointers[rows, slot] > pointers[rows, slot - 1]
-      logits, cache = model.decode_step(inputs[rows, slot], cache, advance=moved)
-      steps.append(logits)
-      adv.append(cache["advance_logit"])
-    return jnp.stack(steps, axis=1), jnp.stack(adv, axis=1)
-
-  cached, cached_advance = run(model)
-  for b in range(B):
-    p = int(prompt_lens[b])
-    np.testing.assert_allclose(cached[b], full[b, p - 1:p - 1 + num_steps], atol=2e-5,
-                               rtol=1e-5)
-    np.testing.assert_allclose(cached_advance[b], full_advance[b, p - 1:p - 1 + num_steps],
-                               atol=2e-5, rtol=1e-5)
-
-
-def test_text_dropout_hides_the_whole_text_of_some_examples_in_training_only(cfg, batch):
-  """`ar_text_dropout`: in training each example's loss is the loss of its text or of no
-  text (every phoneme <pad>, the pointer's too), both occurring over keys; evaluation
-  (no rng) always reads the text."""
-  model = models.ARModel(_with(cfg, ar_phoneme_pointer=True, ar_text_dropout=0.5,
-                               dropout=0.0), rngs=nnx.Rngs(5))
-  pb = _pointer_batch(batch)
-  dropped = models.drop_text(pb["phonemes"], 0.5, jax.random.key(0))
-  assert all(bool((row == models.NO_TEXT).all() or (row == orig).all())
-             for row, orig in zip(dropped, pb["phonemes"]))
-  many = jnp.ones((64, 3), jnp.int32)          # one draw decides each example on its own
-  assert 0 < int((models.drop_text(many, 0.5, jax.random.key(1)) == 0).all(1).sum()) < 64
-
-  @nnx.jit
-  def per_example_loss(model, batch, rng=None):
-    return jax.vmap(lambda ex: models.ar_loss(
-        model, jax.tree.map(lambda x: x[None], ex), rng)[1]["loss_sum"])(batch)
-  with_text = per_example_loss(model, pb)
-  no_text = per_example_loss(model, {**pb, "phonemes": jnp.zeros_like(pb["phonemes"])})
-  assert (jnp.abs(with_text - no_text) > 1e-3).all()
-  seen = set()
-  for key in range(12):
-    trained = per_example_loss(model, pb, jax.random.key(key))
-    is_text = np.isclose(trained, with_text, rtol=1e-5)
-    assert (is_text | np.isclose(trained, no_text, rtol=1e-5)).all()
-    seen.update(is_text.tolist())
-  assert seen == {True, False}
-  np.testing.assert_allclose(per_example_loss(model, pb), with_text, rtol=1e-6)
-  with pytest.raises(ValueError, match="ar_text_dropout"):
-    models.ARModel(_with(cfg, ar_text_dropout=1.0), rngs=nnx.Rngs(0))
-
-
-def test_audio_token_dropout_hides_the_dropped_frames_in_training_only(cfg, batch, ar_io):
-  """`ar_audio_token_dropout`: in training a dropped input frame has no effect on any
-  logit (its embedding is zeroed; BOS is never dropped) while a kept one does; evaluation
-  (no rng) is the model without it."""
-  inputs, _, lens = ar_io
-  model = models.ARModel(_with(cfg, ar_audio_token_dropout=0.5, dropout=0.0),
-                         rngs=nnx.Rngs(6))
-  plain = models.ARModel(_with(cfg, dropout=0.0), rngs=nnx.Rngs(6))   # the same weights
-  key = jax.random.key(3)
-  keep = models.keep_audio_tokens(jax.random.split(key)[1], inputs.shape[:2], 0.5)  # as
-  assert keep[:, 0].all()                                   # ARModel.__call__ splits it
-  valid = jnp.arange(inputs.shape[1])[None] < lens[:, None]
-  dropped, kept = valid & ~keep, valid & keep & (jnp.arange(inputs.shape[1]) > 0)[None]
-  assert dropped.any() and kept.any()
-
-  @nnx.jit
-  def train_logits(model, tokens):
-    return model(batch["phonemes"], batch["phoneme_lens"], tokens, lens, dropout_rng=key)
-  logits = train_logits(model, inputs)
-  other = (inputs + 1) % cfg.codebook_size
-  np.testing.assert_allclose(
-      train_logits(model, jnp.where(dropped[..., None], other, inputs)), logits, atol=1e-5)
-  b, s = map(int, np.argwhere(np.asarray(kept))[0])         # change one kept frame
-  changed = train_logits(model, inputs.at[b, s].set(other[b, s]))
-  assert float(jnp.abs(changed[b, s:lens[b]] - logits[b, s:lens[b]]).max()) > 1e-4
-  evaluated = nnx.jit(lambda m: m(batch["phonemes"], batch["phoneme_lens"], inputs, lens))
-  np.testing.assert_allclose(evaluated(model), evaluated(plain), atol=1e-6)
-  with pytest.raises(ValueError, match="ar_audio_token_dropout"):
-    models.ARModel(_with(cfg, ar_audio_token_dropout=1.0), rngs=nnx.Rngs(0))
-
-
-def test_scheduled_sampling_feeds_back_own_codes_into_the_target_only(cfg, batch, ar_io):
-  """`feed_back_samples`: a target input slot holds the true frame or the code drawn from
-  the previous slot's logits (never EOS), about `rate` of them the drawn one; BOS, the
-  prompt utterance's frames and padding stay. `ar_loss` in training is the plain loss on
-  such inputs; evaluation (no rng) is the model without it."""
-  inputs, targets, lens = ar_io
-  v, (b, ta, _) = cfg.codebook_size, inputs.shape
-  peak = (jnp.arange(ta)[None] * 7 + jnp.arange(b)[:, None] + 1) % v         # [B, Ta]
-  peak = jnp.where(peak == jnp.roll(inputs[..., 0], -1, axis=1), (peak + 1) % v, peak)
-  logits = 60.0 * jax.nn.one_hot(peak, v + 1)[:, :, None]                  # [B, Ta, 1, V+1]
-  logits = logits.at[..., v].set(80.0)                           # EOS likelier: not drawn
-  own = jnp.concatenate([inputs[:, :1, 0], peak[:, :-1]], axis=1)          # [B, Ta]
-  start = jnp.array([0, 3, 1])
-  slot = jnp.arange(ta)[None]
-  target = (slot >= 1) & (slot < lens[:, None]) & (slot - 1 >= start[:, None])
-  fed = lambda rate, key: models.feed_back_samples(inputs, logits, lens, start, rate,
-                                                   jax.random.key(key))[..., 0]
-  assert (fed(1.0, 0) == jnp.where(target, own, inputs[..., 0])).all()
-  assert (fed(0.0, 0) == inputs[..., 0]).all()
-  replaced = np.mean([np.asarray(fed(0.5, k) == own)[np.asarray(target)] for k in range(20)])
-  assert 0.35 < replaced < 0.65
-
-  model = models.ARModel(_with(cfg, ar_scheduled_sampling=0.5, dropout=0.0), rngs=nnx.Rngs(7))
-  plain = models.ARModel(_with(cfg, dropout=0.0), rngs=nnx.Rngs(7))     # the same weights
-  key = jax.random.key(4)
-  apply = lambda m, tokens: m(batch["phonemes"], batch["phoneme_lens"], tokens, lens)
-  first = nnx.jit(apply)(plain, inputs)
-  mixed = models.feed_back_samples(inputs, first, lens, jnp.zeros_like(lens), 0.5,
-                                   jax.random.split(key)[1])   # as ar_loss splits the key
-  assert (mixed != inputs).any()
-  nll, _ = models.token_nll_and_topk(nnx.jit(apply)(plain, mixed), targets)
-  valid = (slot < lens[:, None])[..., None]
-  expected = jnp.sum(nll * valid) / jnp.sum(valid)
-  loss = nnx.jit(models.ar_loss)(model, batch, key)[0]
-  np.testing.assert_allclose(loss, expected, rtol=1e-5)
-  assert abs(float(loss - nnx.jit(models.ar_loss)(plain, batch, key)[0])) > 1e-4
-  np.testing.assert_allclose(nnx.jit(models.ar_loss)(model, batch)[0],
-                             nnx.jit(models.ar_loss)(plain, batch)[0], rtol=1e-6)
-  models.ARModel(_with(cfg, ar_scheduled_sampling=1.0), rngs=nnx.Rngs(0))   # all fed back
-  with pytest.raises(ValueError, match=r"ar_scheduled_sampling must be in \[0, 1\]"):
-    models.ARModel(_with(cfg, ar_scheduled_sampling=1.5), rngs=nnx.Rngs(0))
-
-
-def test_ar_pointer_needs_group_size_1(cfg):
-  with pytest.raises(ValueError, match="ar_group_size"):
-    models.ARModel(_with(cfg, ar_phoneme_pointer=True, ar_group_size=2), rngs=nnx.Rngs(0))
-  with pytest.raises(ValueError, match="ar_dwell_embeddings needs ar_phoneme_pointer"):
-    models.ARModel(_with(cfg, ar_dwell_embeddings=4), rngs=nnx.Rngs(0))
-
-
-def test_ar_dwell_embedding_reads_where_in_its_phoneme_a_frame_is(cfg, batch):
-  """Two pointer paths over phonemes 1 and 2, which hold the same symbol, point at the same
-  symbols slot by slot and differ only in the dwell: without `ar_dwell_embeddings` the
-  logits are the same, with it they differ from the first slot whose dwell differs."""
-  phonemes = batch["phonemes"].at[:, 2].set(batch["phonemes"][:, 1])
-  inputs, _, lens = models.ar_inputs_and_targets(batch["codes"][..., 0], batch["code_lens"],
-                                                 cfg.codebook_size)
-  slot = jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape[:2])
-  stay = jnp.where(slot >= 2, 1, 0)             # phoneme 0 for 2 slots, then phoneme 1
-  move = jnp.where(slot >= 4, 2, stay)          # same symbols; dwell 0, 1, 2 from slot 4
-  apply = nnx.jit(lambda m, p: m(phonemes, batch["phoneme_lens"], inputs, lens,
-                                 phoneme_pointers=p))
-  for dwell_embeddings in (0, 8):
-    model = models.ARModel(_with(cfg, ar_phoneme_pointer=True,
-                                 ar_dwell_embeddings=dwell_embeddings), rngs=nnx.Rngs(5))
-    a, b = apply(model, stay), apply(model, move)
-    np.testing.assert_allclose(a[:, :4], b[:, :4], atol=1e-6)
-    differs = float(jnp.abs(a[0, 4:] - b[0, 4:]).max()) > 1e-4
-    assert differs == bool(dwell_embeddings)
+def test_lifeiteng_switches_reject_bad_values(cfg):
+  for field, value, model, message in (
+      ("mlp_activation", "swish", models.ARModel, "mlp_activation must be one of"),
+      ("nar_tie_offset", 2, models.NARModel, "nar_tie_offset must be 0 or 1"),
+      ("nar_tie_output", False, models.NARModel, "1 needs nar_tie_output")):
+    bad = _with(cfg, **{field: value})
+    if field == "nar_tie_output":
+      bad.nar_tie_offset = 1
+    with pytest.raises(ValueError, match=message):
+      model(bad, rngs=nnx.Rngs(0))

@@ -14,13 +14,21 @@ from valle_jax import report
 
 SR = 24000
 TABLE = [
-    {"system": "ground truth", "n": 2, "wer": 0.25, "heard": 0.8, "sim_prompt": 0.91,
-     "sim_original": 1.0, "sim_other": 0.6},
-    {"system": "codec resynthesis", "n": 2, "wer": 0.5, "heard": 0.6, "sim_prompt": 0.85,
-     "sim_original": 0.9, "sim_other": 0.61},
-    {"system": "valle-jax", "n": 2, "wer": 0.75, "heard": 0.3, "sim_prompt": 0.7,
-     "sim_original": 0.72, "sim_other": float("nan")},
+    {"condition": "unseen voice", "system": "ground truth", "n": 2, "wer": 0.25,
+     "heard": 0.8, "sim_prompt": 0.91, "sim_original": 1.0, "sim_other": 0.6},
+    {"condition": "unseen voice", "system": "codec resynthesis", "n": 2, "wer": 0.5,
+     "heard": 0.6, "sim_prompt": 0.85, "sim_original": 0.9, "sim_other": 0.61},
+    {"condition": "unseen voice", "system": "valle-jax", "n": 2, "wer": 0.75, "heard": 0.3,
+     "sim_prompt": 0.7, "sim_original": 0.72, "sim_other": float("nan")},
+    {"condition": "seen voice", "system": "valle-jax", "n": 1, "wer": 0.625, "heard": 0.4,
+     "sim_prompt": 0.8, "sim_original": 0.81, "sim_other": 0.5},
 ]
+# A run's last evaluation (train.summarize names) and the unigram baseline (unigram.scores).
+EVAL = {"ar/loss": 4.5, "ar/top1_acc": 0.125, "ar/top10_acc": 0.375, "ar/text_gain": 0.2,
+        "nar/loss": 5.0, "nar/loss_codebook2": 4.75, "nar/top1_acc_codebook2": 0.0625,
+        "nar/top10_acc_codebook2": 0.25}
+UNIGRAM = [{"codebook": q, "tokens": 100, "loss": 6.0 + q / 8, "top1_acc": 0.01,
+            "top10_acc": 0.05} for q in (1, 2, 3)]
 
 # Injected into a copy of the report (the report itself has no script): once the page has
 # loaded, records for every <audio> whether its metadata loaded (and its duration) or it
@@ -56,6 +64,7 @@ def _write_inputs(root) -> tuple[list[dict], str]:
       sf.write(path, np.asarray(wav, np.float32), SR)   # one empty synthesis
       audio[label] = path
     samples.append({"id": f"utt{n}", "speaker": "voice-a", "text": f"Sentence <{n}> & more.",
+                    "condition": ("unseen voice", "seen voice")[n],
                     "prompt_text": "The prompt.", "audio": audio})
   metrics = os.path.join(root, "metrics.jsonl")
   with open(metrics, "w", encoding="utf-8") as f:
@@ -73,7 +82,9 @@ def built(tmp_path_factory):
   out = str(root / "out")
   os.makedirs(out)
   path = report.write_report(out, table=TABLE, samples=samples, metrics_path=metrics,
-                             notes=["A note."], stage_seconds={"train": 12.5})
+                             notes=["A note."], stage_seconds={"train": 12.5},
+                             heldout=report.heldout_rows(EVAL, UNIGRAM),
+                             heldout_notes=["Held out <split>."])
   return out, path
 
 
@@ -96,6 +107,21 @@ def test_report_files(built):
 def test_results_table_text():
   text = report.results_table(TABLE)
   assert "valle-jax" in text and "0.750" in text and "SIM to prompt" in text
+  assert text.splitlines()[-1].startswith("seen voice ")
+  plain = report.results_table([{k: v for k, v in r.items() if k != "condition"}
+                                for r in TABLE])
+  assert "condition" not in plain and plain.splitlines()[-1].startswith("valle-jax ")
+
+
+def test_heldout_rows_pair_each_model_codebook_with_its_unigram():
+  rows = report.heldout_rows(EVAL, UNIGRAM)
+  assert [(r["model"], r["codebook"]) for r in rows] == [("AR", 1), ("NAR", 2)]
+  ar, nar = rows
+  assert (ar["loss"], ar["top1_acc"], ar["top10_acc"]) == (4.5, 0.125, 0.375)
+  assert (ar["unigram_loss"], nar["unigram_loss"]) == (6.125, 6.25)
+  assert (nar["top1_acc"], nar["unigram_top10_acc"]) == (0.0625, 0.05)
+  text = report.heldout_table(rows)
+  assert "unigram top-1" in text and "6.250" in text
 
 
 def test_no_metrics_no_curves(tmp_path):
@@ -141,6 +167,11 @@ def test_report_in_headless_chromium(built, tmp_path):
   table = re.search(r"<table id=\"results\">(.*?)</table>", dom, re.S).group(1)
   assert re.findall(r"<td class=\"num\">(\d\.\d{3})</td>", table)[:5] == [
       "0.250", "0.800", "0.910", "1.000", "0.600"]
+  assert table.count("<td>unseen voice</td>") == 3 and "<td>seen voice</td>" in table
+  heldout = re.search(r"<table id=\"heldout\">(.*?)</table>", dom, re.S).group(1)
+  assert re.findall(r"<td class=\"num\">(\d\.\d{3})</td>", heldout)[:6] == [
+      "4.500", "6.125", "0.125", "0.010", "0.375", "0.050"]
+  assert "Held out &lt;split&gt;." in dom
   # The probe does catch a broken page: a missing audio file and a console error.
   broken = source.replace(f"{report.FILES}/000_0.wav", f"{report.FILES}/missing.wav")
   broken = broken.replace("</body>", "<script>console.error('boom')</script></body>")

@@ -4,8 +4,6 @@ top-p, repetition-aware sampling), stopping, grouped codes, determinism, recompi
 Compiles are the cost here (seconds each on CPU), so each compiled sampler is built once in
 a module-scoped fixture and shared by the tests that read it."""
 import dataclasses
-import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -225,31 +223,6 @@ def test_top_k_1_is_greedy_and_the_length_limit_stops_a_model_without_eos(never_
   assert not out.ras_fallbacks.any()
 
 
-@pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no_cache"])
-def test_text_guidance_samples_from_guided_logits(use_cache):
-  """With `text_guidance` w, at every step of every sequence the logits tokens were drawn
-  from are l_text + w (l_text - l_none): full forwards over the same audio with the text and
-  with every phoneme <pad> (lengths kept)."""
-  model, w = _model(1, 6.5), 1.5
-  options = dataclasses.replace(SAMPLED, text_guidance=w, use_cache=use_cache)
-  batch, out = _sample(model, options, key=2, return_logits=True)
-  b = len(PHONEME_LENS)
-  audio, groups, made = _teacher_forced(batch, out, 1)
-  assert len(set(made.tolist())) > 1                 # sequences ended at their own steps
-  phonemes, lens = batch.phonemes[:b], batch.phoneme_lens[:b]
-  with_text = _full_forward(model, phonemes, lens, audio, 1 + groups + made)
-  no_text = _full_forward(model, np.full_like(phonemes, models.NO_TEXT), lens, audio,
-                          1 + groups + made)
-  guided = with_text + w * (with_text - no_text)
-  for i in range(b):
-    steps = slice(groups[i], groups[i] + made[i])   # the text moves them: guidance shows
-    assert np.abs(with_text[i, steps] - no_text[i, steps]).max() > 1e-3
-    np.testing.assert_allclose(out.logits[i, :made[i]], guided[i, steps], atol=5e-5,
-                               rtol=1e-5)
-  with pytest.raises(ValueError, match="text_guidance"):
-    sampling.SampleOptions(text_guidance=-1.0)
-
-
 # ------------------------------------------------------------------------ token choice
 
 
@@ -318,11 +291,11 @@ def test_prepare_batch_buckets_groups_and_padding():
 # --------------------------------------------------------------------------------- NAR
 
 
-@pytest.mark.parametrize("copied", [(), (1, 2)])
-def test_nar_decoding_is_greedy_stage_by_stage(copied):
+@pytest.mark.parametrize("given", [(), (1, 2)])
+def test_nar_decoding_is_greedy_stage_by_stage(given):
   """decode_nar equals Q - 1 greedy full forwards, each reading the codebooks before it;
-  a copied codebook (one code per utterance) is the prompt's first frame's code instead;
-  padding frames stay 0; `codebooks=3` makes the first 3 of the same codes."""
+  a codebook no stage predicts (`stages`, a variant's) keeps its `given_codes`; padding
+  frames stay 0; `codebooks=3` makes the first 3 of the same codes."""
   cfg = tiny.get_config().model
   nar = models.NARModel(cfg, rngs=nnx.Rngs(5))
   phonemes, prompts = _inputs(4)
@@ -331,15 +304,18 @@ def test_nar_decoding_is_greedy_stage_by_stage(copied):
   t, b = 12, len(phonemes)
   first = rng.integers(0, V, (b, t))
   target_lens = np.array([12, 7, 4])
+  given_codes = np.broadcast_to(batch.prompt[:, :1], (b, t, 8))   # the prompt's first frame
+  kwargs = {"stages": tuple(j for j in range(1, 8) if j not in given),
+            "given_codes": given_codes} if given else {}
   out = np.asarray(sampling.decode_nar(*nnx.split(nar), batch.phonemes, batch.phoneme_lens,
                                        batch.prompt, batch.prompt_lens, first, target_lens,
-                                       copied_codebooks=copied))
+                                       **kwargs))
   forward = nnx.jit(lambda m, *a: m(*a))
   codes = np.zeros((b, t, 8), np.int32)
   codes[..., 0] = first
   for stage in range(1, 8):
-    if stage in copied:
-      codes[..., stage] = batch.prompt[:, :1, stage]
+    if stage in given:
+      codes[..., stage] = given_codes[..., stage]
       continue
     logits = forward(nar, batch.phonemes, batch.phoneme_lens, batch.prompt,
                      batch.prompt_lens, codes, target_lens, np.full((b,), stage))
@@ -348,175 +324,9 @@ def test_nar_decoding_is_greedy_stage_by_stage(copied):
     np.testing.assert_array_equal(out[i, :n], codes[i, :n])
     assert (out[i, n:] == 0).all()
   first3 = sampling.decode_nar(*nnx.split(nar), batch.phonemes, batch.phoneme_lens,
-                               batch.prompt, batch.prompt_lens, first, target_lens,
-                               copied_codebooks=copied, codebooks=3)
+                               batch.prompt, batch.prompt_lens, first, target_lens, 3,
+                               **kwargs)
   np.testing.assert_array_equal(first3, out[..., :3])
   with pytest.raises(ValueError, match="codebooks must be in"):
     sampling.decode_nar(*nnx.split(nar), batch.phonemes, batch.phoneme_lens, batch.prompt,
                         batch.prompt_lens, first, target_lens, codebooks=9)
-
-
-def test_nar_codebook1_is_made_on_the_given_timing():
-  """A `nar_codebook1` NAR with `make_codebook1` makes codebook 1 as the greedy stage-0
-  forward on `frame_phonemes` (the AR's codes are not read), then the copied voice code;
-  without the timing, or asked of a NAR that never learnt codebook 1, it is an error."""
-  cfg = tiny.get_config().model
-  cfg.nar_codebook1 = True
-  nar = models.NARModel(cfg, rngs=nnx.Rngs(5))
-  phonemes, prompts = _inputs(4)
-  batch = sampling.prepare_batch(phonemes, prompts, 1, sampling.SampleOptions(), **BUCKETS)
-  t, b = 12, len(phonemes)
-  target_lens = np.array([12, 7, 4])
-  timing = np.minimum(np.arange(t)[None] // 3 + 2, np.asarray(PHONEME_LENS)[:, None] - 1)
-  decode = functools.partial(sampling.decode_nar, *nnx.split(nar), batch.phonemes,
-                             batch.phoneme_lens, batch.prompt, batch.prompt_lens,
-                             target_lens=target_lens, copied_codebooks=(1,), codebooks=2)
-  first = np.random.default_rng(1).integers(0, V, (b, t))
-  out = np.asarray(decode(first, frame_phonemes=timing, make_codebook1=True))
-  np.testing.assert_array_equal(out, decode(first + 1, frame_phonemes=timing,
-                                            make_codebook1=True))
-  logits = nnx.jit(lambda m, *a, **k: m(*a, **k))(
-      nar, batch.phonemes, batch.phoneme_lens, batch.prompt, batch.prompt_lens,
-      np.zeros((b, t, 8), np.int32), target_lens, np.zeros((b,), np.int32),
-      frame_phonemes=timing)
-  for i, n in enumerate(target_lens):
-    np.testing.assert_array_equal(out[i, :n, 0], np.argmax(np.asarray(logits[i, :n]), -1))
-    np.testing.assert_array_equal(out[i, :n, 1], batch.prompt[i, 0, 1])
-    assert not out[i, n:].any()
-  kept = np.asarray(decode(first, frame_phonemes=timing))   # the AR's codebook 1 kept
-  np.testing.assert_array_equal(kept[..., 0], np.where(np.arange(t) < target_lens[:, None],
-                                                       first, 0))
-  with pytest.raises(ValueError, match="frame_phonemes"):
-    decode(first, make_codebook1=True)
-  plain = models.NARModel(tiny.get_config().model, rngs=nnx.Rngs(5))
-  with pytest.raises(ValueError, match="nar_codebook1"):
-    sampling.decode_nar(*nnx.split(plain), batch.phonemes, batch.phoneme_lens, batch.prompt,
-                        batch.prompt_lens, first, target_lens, make_codebook1=True)
-
-
-# ------------------------------------------------------------------ AR phoneme pointer
-
-
-@pytest.mark.parametrize("guidance, dwell_embeddings", [(0.0, 0), (2.0, 0), (0.0, 4)],
-                         ids=["plain", "text guidance", "dwell embeddings"])
-def test_pointer_model_speaks_to_the_end_of_its_text(guidance, dwell_embeddings):
-  """With `ar_phoneme_pointer` the pointer starts at the target text (after the prompt's
-  phonemes) and EOS is allowed only on the last phoneme: an AR that always moves on and
-  always wants EOS makes exactly L - 1 - P frames; one that never moves on never ends.
-  With text guidance the pointer moves with the text's advance logits; the dwell
-  embeddings' count rides in the cache through the sampler's loop."""
-  cfg = tiny.get_config().model
-  cfg.ar_phoneme_pointer = True
-  cfg.ar_dwell_embeddings = dwell_embeddings
-  model = models.ARModel(cfg, rngs=nnx.Rngs(7))
-  model.head_bias[...] = model.head_bias[...].at[EOS].add(30.0)
-  phonemes, prompts = _inputs()
-  heard = (3, 2, 1)
-  options = sampling.SampleOptions(top_k=5, max_frames_per_phoneme=2.0,
-                                   text_guidance=guidance)
-  batch = sampling.prepare_batch(phonemes, prompts, 1, options, prompt_phoneme_lens=heard,
-                                 **BUCKETS)
-  lengths = {}
-  for name, bias in (("moves on", 30.0), ("stays", -30.0)):
-    model.advance_bias[...] = jnp.full((1,), bias)
-    out = sampling.sample_ar(*nnx.split(model), batch.phonemes, batch.phoneme_lens,
-                             batch.prompt[..., 0], batch.prompt_lens, jax.random.key(0),
-                             options=options, max_steps=batch.max_steps,
-                             prompt_phoneme_lens=batch.prompt_phoneme_lens)
-    lengths[name] = (np.asarray(out.lengths), np.asarray(out.hit_limit))
-    for row, h in enumerate(heard):   # the pointer's path: one phoneme a frame, or the first
-      n = lengths[name][0][row]
-      path = np.asarray(out.phoneme_of_frame[row])
-      np.testing.assert_array_equal(path[:n], h + np.arange(n) if bias > 0 else h)
-      assert not path[n:].any()
-  expected = [n - 1 - h for n, h in zip(PHONEME_LENS, heard)]
-  np.testing.assert_array_equal(lengths["moves on"][0], expected)
-  assert not lengths["moves on"][1].any()
-  assert lengths["stays"][1].all()          # never on the last phoneme: the limit stops it
-  with pytest.raises(ValueError, match="prompt_phoneme_lens"):
-    sampling.sample_ar(*nnx.split(model), batch.phonemes, batch.phoneme_lens,
-                       batch.prompt[..., 0], batch.prompt_lens, jax.random.key(0),
-                       options=options, max_steps=batch.max_steps)
-  with pytest.raises(ValueError, match="use_cache"):
-    sampling.sample_ar(*nnx.split(model), batch.phonemes, batch.phoneme_lens,
-                       batch.prompt[..., 0], batch.prompt_lens, jax.random.key(0),
-                       options=dataclasses.replace(options, use_cache=False),
-                       max_steps=batch.max_steps, prompt_phoneme_lens=batch.prompt_phoneme_lens)
-
-
-@pytest.mark.parametrize("advance_bias, eos_bias, dwell", [
-    (30.0, 30.0, {"min_dwell": 2.0}), (-30.0, 30.0, {"max_dwell": 2.0}),
-    (30.0, -30.0, {"max_dwell": 2.0})], ids=["min holds", "max moves on", "max ends"])
-def test_pointer_dwell_bounds_follow_the_prompts_speaking_rate(advance_bias, eos_bias, dwell):
-  """`min_dwell` holds an AR that always moves on, `max_dwell` moves on one that never
-  does, at 2 x the prompt's frames per phoneme: ceil(2 x 5/3, 2 x 3/2, 2 x 1/1) = 4, 3, 2
-  frames on each phoneme before the last (where the AR, always wanting EOS, stops). On the
-  last phoneme `max_dwell` ends an AR that never wants EOS after as many frames."""
-  cfg = tiny.get_config().model
-  cfg.ar_phoneme_pointer = True
-  model = models.ARModel(cfg, rngs=nnx.Rngs(7))
-  model.head_bias[...] = model.head_bias[...].at[EOS].add(eos_bias)
-  model.advance_bias[...] = jnp.full((1,), advance_bias)
-  phonemes, prompts = _inputs()
-  heard = (3, 2, 1)
-  options = sampling.SampleOptions(top_k=5, max_frames_per_phoneme=2.0, **dwell)
-  batch = sampling.prepare_batch(phonemes, prompts, 1, options, prompt_phoneme_lens=heard,
-                                 **BUCKETS)
-  out = sampling.sample_ar(*nnx.split(model), batch.phonemes, batch.phoneme_lens,
-                           batch.prompt[..., 0], batch.prompt_lens, jax.random.key(0),
-                           options=options, max_steps=batch.max_steps,
-                           prompt_phoneme_lens=batch.prompt_phoneme_lens)
-  before_last = np.array([n - 1 - h for n, h in zip(PHONEME_LENS, heard)])    # 3, 2, 1
-  bound = np.array([4, 3, 2])
-  expected = before_last * bound if eos_bias > 0 else before_last + bound
-  np.testing.assert_array_equal(np.asarray(out.lengths), expected)
-  assert not np.asarray(out.hit_limit).any()
-
-
-@pytest.mark.parametrize("advance, advance_prob, frames, wants_eos", [
-    ("median", 0.3, 2, True), ("median", 0.2, 4, True), ("median", 0.1, 7, False),
-    ("mean", 0.3, 3, True), ("mean", 0.2, 5, False), ("mean", 0.1, 10, True)])
-def test_deterministic_pointer_moves_on_at_the_median_or_mean_length(
-    advance, advance_prob, frames, wants_eos):
-  """`pointer_advance` "median" / "mean" moves on once prod (1 - p) over the phoneme's frames
-  falls to 1/2 / 1/e: with a constant p, ceil(log 1/2 / log(1 - p)) or
-  ceil(-1 / log(1 - p)) frames on every phoneme, whatever the rng. On the last phoneme an
-  AR that always wants EOS stops at once; one that never does, when the pointer would
-  move on."""
-  cfg = tiny.get_config().model
-  cfg.ar_phoneme_pointer = True
-  model = models.ARModel(cfg, rngs=nnx.Rngs(7))
-  model.head_bias[...] = model.head_bias[...].at[EOS].add(30.0 if wants_eos else -30.0)
-  model.advance_kernel[...] = jnp.zeros_like(model.advance_kernel[...])
-  model.advance_bias[...] = jnp.full((1,), math.log(advance_prob / (1 - advance_prob)))
-  phonemes, prompts = _inputs()
-  heard = (3, 2, 1)
-  options = sampling.SampleOptions(top_k=5, max_frames_per_phoneme=12.0,
-                                   pointer_advance=advance)
-  batch = sampling.prepare_batch(phonemes, prompts, 1, options, prompt_phoneme_lens=heard,
-                                 **BUCKETS)
-  before_last = np.array([n - 1 - h for n, h in zip(PHONEME_LENS, heard)])    # 3, 2, 1
-  for seed in (0, 1):
-    out = sampling.sample_ar(*nnx.split(model), batch.phonemes, batch.phoneme_lens,
-                             batch.prompt[..., 0], batch.prompt_lens, jax.random.key(seed),
-                             options=options, max_steps=batch.max_steps,
-                             prompt_phoneme_lens=batch.prompt_phoneme_lens)
-    spoken = before_last + (0 if wants_eos else 1)
-    np.testing.assert_array_equal(np.asarray(out.lengths), spoken * frames)
-    assert not np.asarray(out.hit_limit).any()
-    for row, h in enumerate(heard):
-      path = np.asarray(out.phoneme_of_frame[row])[:spoken[row] * frames]
-      np.testing.assert_array_equal(path, h + np.arange(spoken[row]).repeat(frames))
-
-
-def test_dwell_options_are_checked():
-  for bad in ({"min_dwell": -1.0}, {"min_dwell": 2.0, "max_dwell": 1.0}):
-    with pytest.raises(ValueError, match="min_dwell"):
-      sampling.SampleOptions(**bad)
-  model = models.ARModel(tiny.get_config().model, rngs=nnx.Rngs(7))   # no pointer
-  with pytest.raises(ValueError, match="ar_phoneme_pointer"):
-    _sample(model, sampling.SampleOptions(min_dwell=1.0))
-  with pytest.raises(ValueError, match="pointer_advance"):
-    sampling.SampleOptions(pointer_advance="mode")
-  with pytest.raises(ValueError, match="ar_phoneme_pointer"):
-    _sample(model, sampling.SampleOptions(pointer_advance="median"))

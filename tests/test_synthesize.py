@@ -106,30 +106,6 @@ def test_codebooks_out_of_range_is_refused(kit, wavs):
       _run(kit, [request], codebooks=bad)
 
 
-def test_codebook1_from_the_nar_on_the_ar_pointers_timing(kit, wavs):
-  """A NAR trained on codebook 1 (`nar_codebook1`) makes it by default, on the timing of
-  the AR's phoneme pointer: the same AR draws (same seed, same lengths), another codebook
-  1 than `codebook1="ar"` decodes (the AR's frames, the same again with the same seed). A
-  NAR that never learnt codebook 1, or an AR without a pointer to give the timing, is
-  refused in one sentence."""
-  cfg = tiny.get_config().model
-  cfg.ar_phoneme_pointer = True
-  ar = models.ARModel(cfg, rngs=nnx.Rngs(0))
-  cfg.nar_codebook1 = True
-  nar = models.NARModel(cfg, rngs=nnx.Rngs(1))
-  pointer_kit = {**kit, "ar": ar, "nar": nar}
-  request = synthesize.Request("Hello there.", wavs["mono"], "A quiet tone.")
-  made = {c: _decoded_codes(pointer_kit, [request], codebook1=c)[0] for c in (None, "ar")}
-  assert made[None].shape == made["ar"].shape and len(made[None]) > 2
-  assert (made[None][:, 0] != made["ar"][:, 0]).any()
-  np.testing.assert_array_equal(made["ar"], _decoded_codes(pointer_kit, [request],
-                                                           codebook1="ar")[0])
-  with pytest.raises(UserError, match="nar_codebook1"):
-    _run({**pointer_kit, "nar": kit["nar"]}, [request], codebook1="nar")
-  with pytest.raises(UserError, match="phoneme pointer"):
-    _run({**kit, "nar": nar}, [request])
-
-
 @pytest.mark.parametrize("request_kw, message", [
     (dict(text="  "), "text of the request is empty"),
     (dict(text="... !"), "nothing to pronounce"),
@@ -183,36 +159,58 @@ def test_cli_with_a_trained_checkpoint(trained_run, wavs, tmp_path):
   assert rate == 24_000 and len(wav) > 0 and np.isfinite(wav).all()
 
 
-def test_prompt_transcript_runs_on_without_its_final_punctuation():
-  """A zero-shot prompt's transcript loses the "." it ends with (a model trained on single
-  sentences has only seen it right before EOS); the text keeps its own."""
+def test_training_pairs_and_zero_shot_requests_share_one_phoneme_layout():
+  """A same-speaker training pair (utterance A, then B) and the zero-shot request "say B's
+  text in the voice of A" give the same phoneme ids: A's transcript without its final ".",
+  a word boundary, then B's text with its own punctuation."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from valle_jax import data  # pylint: disable=g-import-not-at-top
   symbols = text.SymbolTable.default()
-  full = synthesize._phoneme_ids("Go home, now.", "t", symbols, "en-us")
-  cut = synthesize._phoneme_ids("Go home, now.", "t", symbols, "en-us", final_punctuation=False)
-  assert symbols.symbols[full[-1]] == "."
-  np.testing.assert_array_equal(cut, full[:-1])
-  assert "," in [symbols.symbols[i] for i in cut]   # punctuation inside is kept
+  texts = ("Go home, now.", "The rain stopped!")
+  records = [{"speaker": b"s", "phonemes": text.text_to_ids(t, symbols),   # as data prep
+              "codes": np.zeros((40 + 10 * i, 8), np.int16)} for i, t in enumerate(texts)]
+  cfg = ml_collections.ConfigDict({
+      "frame_buckets": (200,), "phoneme_buckets": (64,), "max_tokens": 800,
+      "max_batch_size": 4, "prompt_seconds": 1.0, "nar_prompt": "prefix",
+      "same_speaker_pairs": 1.0})
+  plan = data.BatchPlan(data.scan_lengths(records, progress=False), cfg, seed=0)
+  loader = data.BatchLoader(records, plan, cfg, kind="ar", num_codebooks=8, frame_rate=75.0,
+                            symbols=symbols)
+  batch, examples = loader(0)["ar"], plan.batch(0)[1]
+  row = np.flatnonzero((examples[:, 0] == 0) & (examples[:, 1] == 1))[0]
+  trained = batch["phonemes"][row, :batch["phoneme_lens"][row]]
+  request = synthesize.Request(texts[1], "unused.wav", prompt_text=texts[0])
+  asked, heard = synthesize.request_phonemes(request, symbols, "en-us")
+  np.testing.assert_array_equal(trained, asked)
+  laid_out = symbols.decode(asked)
+  assert laid_out[heard - 1] == text.WORD and "." not in laid_out[:heard]
+  assert "," in laid_out[:heard] and laid_out[-1] == "!"       # other punctuation is kept
+  assert laid_out[heard:] == symbols.decode(records[1]["phonemes"])
 
 
-def test_pointer_flags_need_the_phoneme_pointer():
-  """--min_dwell or --pointer_advance on a run whose AR has no pointer is one sentence, not a
-  traceback; with the pointer they become sampling options, checked."""
-  cfg = tiny.get_config()
-  for flag in ({"min_dwell": 0.5}, {"pointer_advance": "median"}):
-    with pytest.raises(UserError, match="has none"):
-      synthesize.sample_options(cfg, flag)
-  cfg.model.ar_phoneme_pointer = True
-  assert synthesize.sample_options(cfg, {"min_dwell": 0.5}).min_dwell == 0.5
-  assert synthesize.sample_options(cfg, {"pointer_advance": "mean"}).pointer_advance == "mean"
-  with pytest.raises(UserError, match="min_dwell"):
-    synthesize.sample_options(cfg, {"min_dwell": 2.0, "max_dwell": 1.0})
-  with pytest.raises(UserError, match="pointer_advance must be one of"):
-    synthesize.sample_options(cfg, {"pointer_advance": "mode"})
+def test_a_nar_trained_on_segment_prompts_reads_the_text_alone(kit, wavs, monkeypatch):
+  """A NAR trained with data.nar_prompt = "segment" (or "other_utterance") only ever read its
+  target's text: zero-shot, it gets the text's phonemes without the prompt's transcript; a
+  "prefix" NAR gets both. Runs from before nar_prompt map to their mode."""
+  seen = []
+  decode_nar = sampling.decode_nar
 
+  def recording(graphdef, state, phonemes, phoneme_lens, *args, **kw):
+    seen.append((np.asarray(phonemes), np.asarray(phoneme_lens)))
+    return decode_nar(graphdef, state, phonemes, phoneme_lens, *args, **kw)
+  monkeypatch.setattr(sampling, "decode_nar", recording)
+  request = synthesize.Request("Good morning.", wavs["mono"], "A quiet tone.")
+  _run(kit, [request], nar_prompt="segment")
+  _run(kit, [request])
+  (alone, alone_lens), (joined, joined_lens) = seen
+  words, heard = synthesize.request_phonemes(request, kit["symbols"], "en-us")
+  np.testing.assert_array_equal(joined[0, :joined_lens[0]], words)
+  assert alone_lens[0] == len(words) - heard
+  np.testing.assert_array_equal(alone[0, :alone_lens[0]], words[heard:])
+  assert not alone[0, alone_lens[0]:].any()
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  for data, mode in (({"nar_prompt": "segment"}, "segment"), ({}, "prefix"),
+                     ({"prompt_from_other_utterance": True}, "other_utterance")):
+    config = ml_collections.ConfigDict({"data": data})
+    assert synthesize.trained_nar_prompt(config) == mode
 
-def test_text_guidance_needs_text_dropout():
-  cfg = tiny.get_config()
-  with pytest.raises(UserError, match="ar_text_dropout"):
-    synthesize.sample_options(cfg, {"text_guidance": 1.0})
-  cfg.model.ar_text_dropout = 0.1
-  assert synthesize.sample_options(cfg, {"text_guidance": 1.0}).text_guidance == 1.0

@@ -178,3 +178,20 @@ def test_default_corpus_trains_on_no_copy_of_a_heldout_voice():
   held = {(v.engine, v.voice) for v in voices["test"]}
   assert not [v.spec for v in voices["train"] if (v.engine, v.voice) in held]
   assert len({v.speaker for v in voices["train"]}) == len(voices["train"])
+
+
+def test_seen_voice_split_has_training_voices_say_the_test_sentences():
+  items = synthetic.plan_corpus(small_config(num_seen_voice_utterances=6))
+  by_split = {s: [it for it in items if it.split == s] for s in synthetic.SPLITS}
+  seen, train, test = by_split["test_seen"], by_split["train"], by_split["test"]
+  assert len(seen) == 6
+  train_speakers = {it.speaker for it in train}
+  assert {it.speaker for it in seen} == train_speakers            # each voice twice
+  assert {it.text for it in seen} == {it.text for it in test}      # the test sentences
+  assert not {it.text for it in seen} & {it.text for it in train}  # never trained on
+  assert len({(it.split, it.id) for it in items}) == len(items)
+  # The train and test splits do not change when the seen-voice split is added.
+  assert [it for it in items if it.split != "test_seen"] == synthetic.plan_corpus(small_config())
+  with pytest.raises(UserError, match="test split's sentences"):
+    synthetic.plan_corpus(small_config(num_seen_voice_utterances=2, heldout_voices=[],
+                                       num_heldout_utterances=0))

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from valle_jax import models, text
+from valle_jax import text
 from valle_jax.errors import UserError
 
 
@@ -14,7 +14,6 @@ def test_special_ids_are_fixed():
   table = text.SymbolTable.default()
   assert (table.pad_id, table.bos_id, table.eos_id, table.unk_id, table.word_id) == (0, 1, 2, 3, 4)
   assert table.lang_id("en-us") != table.lang_id("fr-fr")
-  assert table.pad_id == models.NO_TEXT     # the AR's "no text" (text dropout, guidance)
   with pytest.raises(UserError, match="klingon"):
     table.lang_id("klingon")
 
@@ -86,3 +85,12 @@ def test_ids_stable_across_processes():
   table = text.SymbolTable.default()
   assert symbols == table.symbols
   assert ids == text.text_to_ids(SENTENCE, table).tolist()
+
+
+def test_join_prompt_and_text_drops_the_prompts_final_punctuation_only():
+  table = text.SymbolTable.default()
+  prompt = table.encode(["h", "ə", ",", text.WORD, "l", "oʊ", ".", "…"])
+  words = table.encode(["ɡ", "oʊ", "!"])
+  ids, heard = text.join_prompt_and_text(prompt, words, table)
+  assert table.decode(ids) == ["h", "ə", ",", text.WORD, "l", "oʊ", text.WORD, "ɡ", "oʊ", "!"]
+  assert heard == 7 and ids.dtype == np.int32

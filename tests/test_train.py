@@ -78,6 +78,12 @@ def test_loss_falls_and_nan_free(trained_run):
   assert evals[40]["nar/loss"] < evals[20]["nar/loss"]
   # The evaluation also scores the AR with each example's phonemes reversed.
   assert all(np.isfinite(e["ar/text_gain"]) and e["ar/text_gain"] != 0 for e in evals.values())
+  # Top-1 and top-10 accuracy, for the AR and for each NAR stage it met.
+  final = evals[40]
+  stages = [q for q in range(2, 9) if f"nar/loss_codebook{q}" in final]
+  assert stages and "nar/loss_codebook1" not in final
+  for prefix, suffix in [("ar", ""), ("nar", "")] + [("nar", f"_codebook{q}") for q in stages]:
+    assert 0 <= final[f"{prefix}/top1_acc{suffix}"] <= final[f"{prefix}/top10_acc{suffix}"] <= 1
   rows = _metrics(trained_run)
   first, last = rows[5], rows[40]
   assert last["ar/loss"] < first["ar/loss"] - 2.0, (first["ar/loss"], last["ar/loss"])
@@ -278,33 +284,58 @@ def test_sigterm_saves_and_stops(tiny_dataset, tmp_path):
   assert saved == max(_metrics(workdir)) >= 3
 
 
-def test_acoustic_embeddings_start_from_the_codec(tiny_dataset):
-  """`acoustic_embedding_init = "codec"`: the NAR's table and the AR's code rows are the
-  projected codebook vectors of the dataset's codec; EOS and BOS keep their random start."""
-  from valle_jax import codec as codec_lib  # pylint: disable=g-import-not-at-top
-  from valle_jax import data  # pylint: disable=g-import-not-at-top
-  from valle_jax.models import layers  # pylint: disable=g-import-not-at-top
-  cfg = _cfg(tiny_dataset, **{"model.acoustic_embedding_init": "codec"})
-  description = data.open_dataset(tiny_dataset).codec_description
-  vectors = train._codebook_vectors(cfg, description)
-  assert vectors.shape == (8, 1024, 128)              # EnCodec's quantiser (random init)
-  np.testing.assert_array_equal(vectors, codec_lib.get_codec(description).codebook_vectors())
-  mesh = sharding.make_mesh(cfg.mesh)
-  trainer = train.Trainer(cfg, mesh)
-  params = trainer.init_state(vectors)["params"]
-  random_params = trainer.init_state()["params"]
-  table = np.asarray(layers.codebook_embeddings(vectors, cfg.model.width,
-                                                jax.random.key(cfg.seed + 200)))
-  np.testing.assert_allclose(np.asarray(params["nar"]["audio_embed"]), table, atol=1e-6)
-  ar_table = np.asarray(params["ar"]["audio_embed"])
-  np.testing.assert_allclose(ar_table[:1024], table[0], atol=1e-6)
-  np.testing.assert_array_equal(ar_table[1024:],
-                                np.asarray(random_params["ar"]["audio_embed"])[1024:])
-  np.testing.assert_array_equal(np.asarray(params["ar"]["phoneme_embed"]),
-                                np.asarray(random_params["ar"]["phoneme_embed"]))
-  assert train._codebook_vectors(_cfg(tiny_dataset), description) is None
-  with pytest.raises(UserError, match="acoustic_embedding_init must be 'random' or 'codec'"):
-    train._codebook_vectors(_cfg(tiny_dataset, **{"model.acoustic_embedding_init": "kmeans"}),
-                            description)
-  with pytest.raises(UserError, match="the codec's codebooks are"):
-    trainer.init_state(vectors[:4])
+def _leaves(tree):
+  return {"/".join(str(getattr(k, "key", k)) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+@pytest.mark.parametrize("changes", [
+    {"nar_stage_conditioning": "adaln", "nar_tie_output": True},
+    {"nar_stage_conditioning": "token", "nar_tie_output": False, "ar_group_size": 2},
+    {"mlp_activation": "relu", "ar_position_scale": True, "ar_bos": False,
+     "ar_head_bias": False, "nar_tie_output": True, "nar_tie_offset": 1}])   # lifeiteng's
+def test_weight_decay_only_on_matmul_kernels(changes):
+  """The decay mask is True for every matmul kernel (attention, MLP, untied heads, the
+  NAR's `last_head` among them, the grouped AR's projection) and False for every bias,
+  norm / AdaLN gain, embedding and AR position scale; one AdamW step with zero gradients
+  leaves those unchanged and shrinks the kernels."""
+  import optax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from valle_jax import models  # pylint: disable=g-import-not-at-top
+  cfg = tiny.get_config()
+  cfg.model.update(changes)
+  params = {"ar": nnx.to_pure_dict(nnx.state(models.ARModel(cfg.model, rngs=nnx.Rngs(0)),
+                                             nnx.Param)),
+            "nar": nnx.to_pure_dict(nnx.state(models.NARModel(cfg.model, rngs=nnx.Rngs(1)),
+                                              nnx.Param))}
+  mask = _leaves(train.weight_decay_mask(params))
+  kernels = {f"{m}/transformer/blocks/{i}/{k}" for m in ("ar", "nar")
+             for i in range(cfg.model.num_layers)
+             for k in ("attn/q_kernel", "attn/k_kernel", "attn/v_kernel", "attn/out_kernel",
+                       "mlp/in_kernel", "mlp/out_kernel")}
+  kernels |= {"ar/head_kernel"} | ({"ar/group_proj"} if cfg.model.ar_group_size > 1 else set())
+  kernels |= set() if cfg.model.nar_tie_output else {"nar/head_kernel"}
+  kernels |= {"nar/last_head"} if cfg.model.nar_tie_offset else set()
+  assert {name for name, decays in mask.items() if decays} == kernels
+  # Everything else is a bias, a norm's (or AdaLN's [stages, width]) gain or bias, an
+  # embedding, or an AR position scale.
+  others = set(mask) - kernels
+  assert all(n.endswith(("_bias", "norm/scale", "norm/bias", "_embed", "_pos_scale"))
+             for n in others), others
+  assert {"ar/phoneme_embed", "ar/audio_embed", "nar/audio_embed"} <= others
+  scales = {"ar/phoneme_pos_scale", "ar/audio_pos_scale"}
+  assert (scales <= others) == cfg.model.ar_position_scale
+  assert ("ar/head_bias" in others) == cfg.model.ar_head_bias
+  adaln = cfg.model.nar_stage_conditioning == "adaln"     # gains [stages, width]
+  assert params["nar"]["transformer"]["final_norm"]["scale"].ndim == (2 if adaln else 1)
+
+  cfg.optim.weight_decay = 0.1
+  tx = train.make_optimizer(cfg)
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  before, after = _leaves(params), _leaves(optax.apply_updates(params, updates))
+  shrink = 1 - float(train.make_schedule(cfg)(0)) * 0.1
+  for name, value in after.items():
+    if name in kernels:
+      np.testing.assert_allclose(value, before[name] * shrink, rtol=1e-6)
+    else:
+      np.testing.assert_array_equal(value, before[name])

@@ -17,6 +17,10 @@ NOT_AUDIO = "not_audio"      # not a format libsndfile can open
 TRUNCATED = "truncated"      # header promises more data than the file has, or decoding failed
 UNREADABLE = "unreadable"    # permissions or other I/O error
 NO_SAMPLES = "no_samples"    # a valid file with zero samples
+OUTSIDE = "span_outside_file"  # a segment (start, duration) not inside the file
+# A segment may end this far past the file's end (manifests round times to the millisecond);
+# what is there is read.
+SPAN_TOLERANCE_S = 0.01
 
 
 class AudioError(Exception):
@@ -81,8 +85,13 @@ def _check_file(path: str) -> None:
     raise AudioError(EMPTY, path)
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
+def load_audio(path: str | os.PathLike, sample_rate: int, start_s: float | None = None,
+               duration_s: float | None = None) -> np.ndarray:
   """Reads any libsndfile format (wav, flac, ogg, ...), mixes to mono and resamples.
+
+  With `start_s` / `duration_s`, reads only that segment (seeking, so a segment of an
+  hour-long flac costs its own length); a segment starting past the end of the file or
+  ending more than SPAN_TOLERANCE_S after it raises `AudioError(OUTSIDE)`.
 
   Returns float32 [N] at `sample_rate`. Raises `AudioError` for a missing, empty,
   non-audio, truncated or unreadable file, or one with no samples.
@@ -93,8 +102,18 @@ def load_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
   try:
     with sf.SoundFile(path) as f:
       sr = f.samplerate
+      first, count = 0, -1  # frames; -1 = to the end
+      if start_s is not None or duration_s is not None:
+        first = round((start_s or 0.0) * sr)
+        end = f.frames if duration_s is None else first + round(duration_s * sr)
+        if first < 0 or first >= f.frames or end > f.frames + SPAN_TOLERANCE_S * sr:
+          raise AudioError(OUTSIDE, path, f"{first / sr:.3f}-{end / sr:.3f} s of a "
+                           f"{f.frames / sr:.3f} s file")
+        count = min(end, f.frames) - first
       try:
-        wav = f.read(dtype="float32", always_2d=True)  # [N, C]
+        if first:
+          f.seek(first)
+        wav = f.read(count, dtype="float32", always_2d=True)  # [N, C]
       except sf.LibsndfileError as e:
         raise AudioError(TRUNCATED, path, str(e)) from None
   except sf.LibsndfileError as e:

@@ -56,7 +56,8 @@ class _BackgroundErrors(logging.Filter):
     error = record.exc_info[1] if record.exc_info else None
     text = f"{record.getMessage()} {error or ''}"
     ours = record.levelno >= logging.ERROR and (
-        self.directory in text or "orbax" in text or "orbax" in record.pathname)
+        self.directory in text or "orbax" in text or "orbax" in record.pathname
+        or _raised_in_orbax(error))
     if ours and error is not None and self.first is None:
       self.first = error
     return not ours
@@ -68,6 +69,17 @@ class _BackgroundErrors(logging.Filter):
   def remove(self):
     for name in self.LOGGERS:
       logging.getLogger(name).removeFilter(self)
+
+
+def _raised_in_orbax(error: BaseException | None) -> bool:
+  """Whether `error` was raised inside Orbax (asyncio's 'Future exception was never
+  retrieved' of an Orbax write names neither Orbax nor the folder, only its traceback does)."""
+  tb = error.__traceback__ if error is not None else None
+  while tb is not None:
+    if "orbax" in tb.tb_frame.f_code.co_filename:
+      return True
+    tb = tb.tb_next
+  return False
 
 
 class Checkpointer:
@@ -271,6 +283,7 @@ def checkpoint_dir(path: str) -> tuple[str, int | None]:
 class InferenceBundle:
   """What synthesis needs from a training run."""
   config: ml_collections.ConfigDict
+  recipe: Any      # recipe.Recipe: the run's model classes and decoding
   ar: Any          # models.ARModel | None
   nar: Any         # models.NARModel | None
   symbols: Any                     # text.SymbolTable the model was trained with
@@ -278,9 +291,11 @@ class InferenceBundle:
   step: int
 
 
-def load_inference_bundle(path: str) -> InferenceBundle:
-  """Loads the models of a run (workdir, checkpoints dir or step dir) onto one device."""
-  from valle_jax import models, text  # pylint: disable=g-import-not-at-top
+def load_inference_bundle(path: str, recipe=None) -> InferenceBundle:
+  """Loads the models of a run (workdir, checkpoints dir or step dir) onto one device, as
+  the classes of `recipe` (default: the one the run's config names, valle_jax/recipe.py)."""
+  from valle_jax import recipe as recipe_lib  # pylint: disable=g-import-not-at-top
+  from valle_jax import text  # pylint: disable=g-import-not-at-top
 
   directory, step = checkpoint_dir(path)
   if not os.path.isdir(directory):
@@ -306,9 +321,11 @@ def load_inference_bundle(path: str) -> InferenceBundle:
   meta = read(config=ocp.args.JsonRestore(), symbols=ocp.args.JsonRestore(),
               codec=ocp.args.JsonRestore())
   config = ml_collections.ConfigDict(meta["config"])
+  recipe = recipe or recipe_lib.of_config(config)
   built = {}
-  for name, cls in (("ar", models.ARModel), ("nar", models.NARModel)):
+  for name in ("ar", "nar"):
     if config.train.model in (name, "both"):
+      cls = recipe.model_class(name)
       built[name] = nnx.eval_shape(lambda cls=cls: cls(config.model, rngs=nnx.Rngs(0)))
   abstract = {name: nnx.to_pure_dict(nnx.state(m, nnx.Param)) for name, m in built.items()}
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -318,6 +335,6 @@ def load_inference_bundle(path: str) -> InferenceBundle:
   manager.close()
   for name, model in built.items():
     nnx.update(model, params[name])
-  return InferenceBundle(config=config, ar=built.get("ar"), nar=built.get("nar"),
+  return InferenceBundle(config=config, recipe=recipe, ar=built.get("ar"), nar=built.get("nar"),
                          symbols=text.SymbolTable(meta["symbols"]["symbols"]),
                          codec_description=meta["codec"], step=step)

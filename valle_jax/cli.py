@@ -4,7 +4,9 @@
 
 Each command lives in its own module, which defines its absl flags at import time and a
 `main(argv)` function. Only the chosen command's module is imported, so commands never see
-each other's flags and `valle-jax --help` stays fast.
+each other's flags and `valle-jax --help` stays fast. Before a command runs, the variants
+(valle_jax/variants) are imported, so that a run's config can name one; the core never
+imports them.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("valle_jax.evaluate_cli", "the paper's evaluation of a run on a test list (cross or continual): WER and speaker similarity"),
     "prepare": ("data_prep.prepare", "build a dataset (phonemes + codec codes, ArrayRecord) from a corpus"),
     "demo": ("valle_jax.demo", "VALL-E end to end offline: corpus, codec, data, training, zero-shot samples, evaluation, report.html"),
-    "align": ("data_prep.align_cli", "phoneme-to-frame forced alignments of a prepared dataset (for model.ar_phoneme_pointer)"),
+    "align": ("valle_jax.variants.aligned.align_cli", "phoneme-to-frame forced alignments of a prepared dataset (for the aligned variant)"),
+    "import-checkpoint": ("valle_jax.import_checkpoint", "another implementation's VALL-E checkpoint (--format=lifeiteng) -> a run synthesize loads"),
     "make-corpus": ("data_prep.make_corpus", "write the built-in synthetic multi-voice corpus (Debian TTS voices, KJV text)"),
 }
 
@@ -65,7 +68,10 @@ def main(argv: list[str] | None = None) -> None:
   # import, so that a misspelt field is reported by `config_check` below, in one line.
   caller_argv, sys.argv = sys.argv, [argv[0], command]
   try:
-    _run_command(command, prog, args, importlib.import_module(COMMANDS[command][0]), argv)
+    module = importlib.import_module(COMMANDS[command][0])
+    from valle_jax import variants  # pylint: disable=g-import-not-at-top
+    variants.load_all()
+    _run_command(command, prog, args, module, argv)
   finally:
     sys.argv = caller_argv     # for callers in the same process (tests)
 

@@ -7,6 +7,8 @@
 - One function per config section (`model`, `mesh`, `optim`, `data`, `train`,
   `checkpoint`, `distributed`; `prepare` and `corpus` for the data prep and corpus configs),
   each returning its problems, one line per field: the field, its value and what is allowed.
+  `experiment` also checks `variant` against the recipes registered so far
+  (valle_jax/recipe.py; `valle-jax` imports every variant before it runs a command).
   `check(problems, what)` raises them together as one `UserError`.
 """
 from __future__ import annotations
@@ -26,6 +28,8 @@ from valle_jax.errors import UserError
 COMPUTE_DTYPES = ("float32", "bfloat16")
 TRAIN_MODELS = ("ar", "nar", "both")
 NAR_STAGE_CONDITIONING = ("adaln", "token")
+MLP_ACTIVATIONS = ("gelu", "relu")          # models/layers.py ACTIVATIONS
+NAR_PROMPTS = ("prefix", "segment", "other_utterance")   # data.py NAR_PROMPTS
 
 
 # ------------------------------------------------------------------------- config files
@@ -222,8 +226,17 @@ def model(cfg) -> list[str]:
   s.integer("num_codebooks", 1)
   s.number("dropout", 0.0, 1.0, high_open=True)
   s.choice("compute_dtype", COMPUTE_DTYPES)
+  s.choice("mlp_activation", MLP_ACTIVATIONS)
+  for name in ("ar_position_scale", "ar_bos", "ar_head_bias"):
+    s.boolean(name)
   s.choice("nar_stage_conditioning", NAR_STAGE_CONDITIONING)
   s.boolean("nar_tie_output")
+  if s.has("nar_tie_offset"):
+    offset = s.value("nar_tie_offset")
+    if not _is_int(offset) or offset not in (0, 1):
+      s.bad("nar_tie_offset", "must be 0 or 1")
+    elif offset == 1 and s.value("nar_tie_output") is False:
+      s.bad("nar_tie_offset", "1 needs model.nar_tie_output = True")
   return s.problems
 
 
@@ -252,14 +265,10 @@ def data(cfg) -> list[str]:
   s = _Section(cfg.data, "data.")
   s.buckets("frame_buckets")
   s.buckets("phoneme_buckets")
-  if s.integer("max_tokens", 1):
-    buckets = s.value("frame_buckets")
-    if isinstance(buckets, (tuple, list)) and buckets and all(_is_int(b) for b in buckets) and (
-        s.value("max_tokens") < max(buckets)):
-      s.bad("max_tokens", f"must be >= the largest frame bucket ({max(buckets)}), so that "
-            "every bucket's batch holds at least one example")
+  s.integer("max_tokens", 1)      # an example longer than the budget is a batch alone
   s.integer("max_batch_size", 1)
   s.number("prompt_seconds", 0.0, low_open=True)
+  s.choice("nar_prompt", NAR_PROMPTS)
   s.number("same_speaker_pairs", 0.0, 1.0)
   weights = s.value("nar_stage_weights")
   if s.has("nar_stage_weights") and (
@@ -308,11 +317,27 @@ SECTIONS: dict[str, Callable[[Any], list[str]]] = {
     "checkpoint": checkpoint, "distributed": distributed}
 
 
+def variant(cfg) -> list[str]:
+  """`variant` names a registered recipe (valle_jax/recipe.py)."""
+  from valle_jax import recipe  # pylint: disable=g-import-not-at-top  (models: import on use)
+  name = cfg.get("variant", recipe.VALLE.name)
+  known = recipe.names()
+  if name in known:
+    return []
+  close = difflib.get_close_matches(str(name), known, n=1)
+  hint = f" (did you mean {close[0]!r}?)" if close else ""
+  return [f"variant = {name!r}: must be one of {', '.join(map(repr, known))}{hint}; a "
+          "variant's recipe registers when valle_jax.variants.<name> is imported, as "
+          "`valle-jax` does"]
+
+
 def experiment(cfg, sections: Sequence[str] = tuple(SECTIONS)) -> list[str]:
-  """The problems of an experiment config (configs/base.py), over `sections` it has."""
+  """The problems of an experiment config (configs/base.py), over `sections` it has, and
+  of its `variant`."""
   problems = []
   if "seed" in cfg and not _is_int(cfg.seed):
     problems.append(f"seed = {cfg.seed!r}: must be an integer")
+  problems += variant(cfg)
   for name in sections:
     if name in cfg:
       problems += SECTIONS[name](cfg)

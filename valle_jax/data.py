@@ -8,34 +8,60 @@
     state = it.get_state()       # checkpointable; it.set_state(state) resumes exactly
 
 Batching (deterministic from the seed):
-- Each example goes to the smallest (frames, phonemes) length bucket that holds it; examples
-  longer than the largest bucket are left out (counted, reported once).
-- A bucket's global batch size is its token budget `max_tokens // bucket_frames` (the paper:
-  6k acoustic tokens per GPU), rounded down to a multiple of the data-parallel size and
-  capped at `max_batch_size`. Shapes are fixed per bucket, so `jax.jit` compiles once per
-  bucket, however long the run.
-- Epoch e shuffles each bucket with seed (seed, e), cuts it into batches (the last one
-  filled up by wrapping around, so no example is ever left out) and shuffles batch order.
+- Each example goes to the smallest (frames, phonemes) length bucket that holds it. An
+  example longer than the largest bucket (frames or phonemes) is cropped at load time to a
+  random window that fits it (the paper crops to 10-20 s), drawn anew each epoch: at most
+  the largest frame bucket, fewer frames when the window's share of the phonemes would not
+  fit the largest phoneme bucket, and that share of the phonemes, at the same relative
+  position (`crop_lengths`: no alignment is needed, the text is assumed spoken at an even
+  rate, so a window's text is right up to the edge words; the aligned variant's alignments,
+  which a crop would not follow, leave such examples out: `crop_long=False`). How many are
+  cropped or left out, and their share of the audio, is printed at train start (`describe`)
+  and logged (`stats`).
+- Token budget (the paper: 6k real acoustic tokens per GPU): each bucket's examples, in
+  shuffled order, fill batches until their real frames would pass `max_tokens`, or the
+  batch has `max_examples` of them: the budget over the mean length of the bucket's
+  examples (in epoch 0, pairs included), at most `max_batch_size`, rounded to the nearest multiple of the data-parallel
+  size (rows for that many are the bucket's one shape; when rounding up, the batch still
+  stops at the first count). Rows a batch does not fill are padding (utterance -1:
+  no phonemes, no frames, not scored). Many examples a batch sum to near their mean times
+  their count, so batches end close to the budget: with the paper's 96k budget, examples
+  of 751-1200 frames (uniform) fill 94.7k real frames a batch of 98 rows, 80% of the padded
+  slots (a padded-length budget gave 80 rows, 78.0k real frames; rows for the shortest
+  example, 127, would hold 62% real). With a few examples a batch the row count binds
+  first, as a padded-length budget did. Fixed shapes per bucket: `jax.jit` compiles once
+  per bucket, however long the run.
+- Epoch e shuffles each bucket with seed (seed, e), cuts it into batches (every example
+  exactly once) and shuffles batch order.
   Global batch i is batch i - (first batch of e) of the epoch e it falls in: a pure function
   of i, so the iterator state is just the next i (Grain's `next_index`) and resuming is exact.
 - Same-speaker pairs (`same_speaker_pairs = p`, default 0): in each epoch, each example is,
   with probability p, another utterance of its speaker (drawn with seed (seed, e)) followed by
-  itself, phonemes and codes concatenated, when the pair fits the largest bucket. Training
-  sequences then look like zero-shot inference's (an utterance of the voice, then new text
-  in it) even when a corpus's utterances are short: trained on single 4 s utterances, the AR
-  learns to stop where they stop and ends zero-shot speech early. Pairs are bucketed by
+  itself, when the pair fits the largest bucket: codes concatenated, phonemes joined as
+  zero-shot synthesis joins a prompt's transcript and the text (`text.join_prompt_and_text`).
+  Training sequences then look like zero-shot inference's (an utterance of the voice, then
+  new text in it) even when a corpus's utterances are short: trained on single 4 s
+  utterances, the AR learns to stop where they stop and ends zero-shot speech early. Pairs are bucketed by
   their own lengths, so an epoch's batch count depends on e.
 - Multi-host: every process computes the same plan and loads only its own rows of each
   global batch (rows [p * B / P, (p + 1) * B / P)).
 
-NAR batches add an acoustic prompt per example: by default a random prefix of about
-`prompt_seconds` (at most half the utterance) with the rest of the utterance as target —
-zero-shot inference's layout — or, with `prompt_from_other_utterance`, a random crop of
-another utterance of the same speaker with the whole utterance as target (the paper's
-option). The stage (codebook to predict, 0-based in [1, Q)) is drawn per example, uniformly
-or with the probabilities `nar_stage_weights` (one weight per codebook 2..Q) give. A NAR
-with `model.nar_codebook1` also learns codebook 1 (stages [0, Q), one weight per codebook
-1..Q) and reads `frame_phonemes`, each target frame's phoneme from the alignments.
+NAR batches add an acoustic prompt per example, chosen by `nar_prompt`:
+- "prefix": a random prefix of about `prompt_seconds` (at most half the utterance) is the
+  prompt and the rest of the utterance the target: zero-shot inference's layout (prompt
+  audio, then new audio, on one position axis); lifeiteng/vall-e's prefix_mode 1.
+- "segment" (the paper, §5.1): a random window of `prompt_seconds` (at most a quarter of the
+  utterance) is the prompt and the whole utterance the target; the target frames under the
+  window are not scored (`loss_mask`), else the NAR learns to copy them from the prompt, as
+  in lifeiteng/vall-e's prefix_mode 2.
+- "other_utterance": a random window of `prompt_seconds` of another utterance of the same
+  speaker is the prompt and the whole utterance the target (a prefix for a speaker with one
+  utterance).
+The stage (codebook to predict, 0-based in [1, Q)) is drawn per example, uniformly
+or with the probabilities `nar_stage_weights` (one weight per codebook 2..Q) give.
+
+A variant's loader (valle_jax/variants) subclasses `BatchLoader`: `first_stage`, and the
+`_record`, `_ar` and `_nar_target_inputs` methods, are where it adds its own inputs.
 """
 from __future__ import annotations
 
@@ -51,6 +77,7 @@ import grain
 import numpy as np
 from tqdm import tqdm
 
+from valle_jax import text as text_lib
 from valle_jax.errors import UserError
 
 
@@ -73,39 +100,6 @@ class Dataset:
       raise UserError(f"dataset {self.path} has no split {name!r} (it has "
                       f"{sorted(self.splits)}); set the split name in the config.")
     return self.splits[name]
-
-  def alignments(self, split: str) -> "Alignments":
-    """The phoneme-to-frame alignments of a split (written by `valle-jax align`)."""
-    path = os.path.join(self.path, ALIGNMENTS_FILE)
-    if not os.path.isfile(path):
-      raise UserError(f"{self.path} has no alignments ({ALIGNMENTS_FILE}), which "
-                      "model.ar_phoneme_pointer trains on; run `valle-jax align "
-                      f"--dataset={self.path}` first.")
-    with np.load(path) as z:
-      if f"{split}/offsets" not in z:
-        raise UserError(f"{path} has no alignments of split {split!r}; run `valle-jax align "
-                        f"--dataset={self.path}` again.")
-      alignments = Alignments(z[f"{split}/frames"], z[f"{split}/offsets"])
-    if len(alignments) != len(self.split(split)):
-      raise UserError(f"{path} aligns {len(alignments)} records of split {split!r}, the "
-                      f"dataset has {len(self.split(split))}; run `valle-jax align` again.")
-    return alignments
-
-
-ALIGNMENTS_FILE = "alignments.npz"
-
-
-@dataclasses.dataclass(frozen=True)
-class Alignments:
-  """Per record, the phoneme index of each frame (int32 [T]), stored end to end."""
-  frames: np.ndarray       # int32 [sum of T]
-  offsets: np.ndarray      # int64 [N + 1]
-
-  def __len__(self) -> int:
-    return len(self.offsets) - 1
-
-  def __getitem__(self, index: int) -> np.ndarray:
-    return self.frames[self.offsets[index]:self.offsets[index + 1]]
 
 
 def open_dataset(path: str) -> Dataset:
@@ -190,28 +184,74 @@ def _text(value) -> str:
 class Bucket:
   frames: int
   phonemes: int
-  batch_size: int            # global
+  batch_size: int            # global rows (real examples and padding)
+
+
+def crop_lengths(frames: np.ndarray, phonemes: np.ndarray, max_frames: int,
+                 max_phonemes: int) -> tuple[np.ndarray, np.ndarray]:
+  """Per example, its (frames, phonemes) in batching: its own when it fits the largest
+  bucket, else those of the window it is cropped to: at most `max_frames` frames, fewer when
+  the window's share of the phonemes (at the example's own rate) would pass `max_phonemes`,
+  and that share of the phonemes; (0, 0) when no window of a frame and a phoneme fits."""
+  frames, phonemes = np.asarray(frames, np.int64), np.asarray(phonemes, np.int64)
+  fits = (frames <= max_frames) & (phonemes <= max_phonemes)
+  window = np.minimum(np.minimum(frames, max_frames),
+                      frames * max_phonemes // np.maximum(phonemes, 1))
+  share = np.round(window * phonemes / np.maximum(frames, 1)).astype(np.int64)
+  share = np.minimum(np.minimum(share, phonemes), max_phonemes)
+  croppable = (window >= 1) & (share >= 1)
+  return (np.where(fits, frames, np.where(croppable, window, 0)),
+          np.where(fits, phonemes, np.where(croppable, share, 0)))
+
+
+def fill_batches(frames: np.ndarray, max_tokens: int, max_examples: int) -> list[slice]:
+  """Cuts examples (in order, real frames int [N]) into consecutive batches, each filled
+  until the next example would pass `max_tokens` frames or `max_examples` examples (an
+  example longer than the budget alone in its batch)."""
+  total = np.concatenate([[0], np.cumsum(frames)])
+  batches, start = [], 0
+  while start < len(frames):
+    end = int(np.searchsorted(total, total[start] + max_tokens, side="right")) - 1
+    end = min(max(end, start + 1), start + max_examples, len(frames))
+    batches.append(slice(start, end))
+    start = end
+  return batches
 
 
 class BatchPlan:
   """The deterministic schedule of global batches (see the module docstring).
 
   An example is a pair of rows (partner, utterance): `partner` is -1 for a single utterance,
-  else another utterance of the same speaker that comes first (`same_speaker_pairs`).
+  else another utterance of the same speaker that comes first (`same_speaker_pairs`); a
+  padding row is (-1, -1).
   """
 
-  def __init__(self, lengths: Lengths, data_cfg, *, seed: int, batch_multiple: int = 1):
+  def __init__(self, lengths: Lengths, data_cfg, *, seed: int, batch_multiple: int = 1,
+               crop_long: bool = True):
+    """`crop_long=False` (for alignments, which a crop would not follow): examples longer
+    than the largest bucket are left out, counted, instead of cropped."""
     self.seed = seed
     self.lengths = lengths
     self.frame_buckets = np.asarray(sorted(int(b) for b in data_cfg.frame_buckets))
     self.phoneme_buckets = np.asarray(sorted(int(b) for b in data_cfg.phoneme_buckets))
+    self.max_tokens = int(data_cfg.max_tokens)
     self.pair_probability = float(data_cfg.get("same_speaker_pairs", 0.0))
     if not 0.0 <= self.pair_probability <= 1.0:
       raise UserError("config.data.same_speaker_pairs is a probability in [0, 1], got "
                       f"{self.pair_probability}.")
-    sizes = np.minimum(data_cfg.max_tokens // self.frame_buckets, data_cfg.max_batch_size)
-    # Global batch size per frame bucket (the token budget depends on frames only).
-    self.batch_sizes = np.maximum(batch_multiple, sizes // batch_multiple * batch_multiple)
+    # Each single example's lengths in batching: its own, or its crop window's (0: left out).
+    self.frames, self.phonemes = crop_lengths(lengths.frames, lengths.phonemes,
+                                              self.frame_buckets[-1], self.phoneme_buckets[-1])
+    if not crop_long:
+      fits = (self.frames == lengths.frames) & (self.phonemes == lengths.phonemes)
+      self.frames, self.phonemes = self.frames * fits, self.phonemes * fits
+    self.cropped = (self.frames > 0) & ((self.frames < lengths.frames)
+                                        | (self.phonemes < lengths.phonemes))   # bool [N]
+    self.dropped = int(np.sum(self.frames == 0))
+    if self.dropped == len(self.frames):
+      raise UserError(f"no example fits the length buckets (frames <= {self.frame_buckets[-1]}, "
+                      f"phonemes <= {self.phoneme_buckets[-1]}) or can be cropped to them; "
+                      "raise config.data.frame_buckets / phoneme_buckets.")
     # Same-speaker groups: example i is order[group_start[i] + position_in_group[i]].
     speakers = np.asarray(lengths.speakers)
     self._order = np.argsort(speakers, kind="stable")
@@ -223,21 +263,33 @@ class BatchPlan:
       members = self._order[start:start + count]
       self._group_size[members], self._group_start[members] = count, start
       self._position_in_group[members] = np.arange(count)
-    single = self._bucket_of(lengths.frames, lengths.phonemes)
-    self.dropped = int(np.sum(single < 0))
-    if self.dropped == len(single):
-      raise UserError(f"no example fits the length buckets (frames <= {self.frame_buckets[-1]}, "
-                      f"phonemes <= {self.phoneme_buckets[-1]}); raise config.data.frame_buckets"
-                      " / phoneme_buckets.")
+    # Per frame bucket: the most examples a batch takes, the budget over the mean length of
+    # the bucket's examples in epoch 0 (pairs included; the middle of its range when it has
+    # none), at most max_batch_size; and its rows, that rounded to the nearest multiple of
+    # batch_multiple (at least one, at most max_batch_size); fewer rows lower the most
+    # examples. Fixed from epoch 0, so shapes never change.
+    _, frames, flat = self._assignment(0)
+    bucket = flat[flat >= 0] // len(self.phoneme_buckets)
+    mean = (np.concatenate([[0], self.frame_buckets[:-1]]) + self.frame_buckets + 1) / 2
+    for b in np.unique(bucket):
+      mean[b] = frames[flat >= 0][bucket == b].mean()
+    self.max_examples = np.clip((self.max_tokens // mean).astype(np.int64), 1,
+                                int(data_cfg.max_batch_size))
+    rows = np.maximum(1, np.round(self.max_examples / batch_multiple)).astype(np.int64)
+    rows *= batch_multiple
+    capped = max(batch_multiple, int(data_cfg.max_batch_size) // batch_multiple * batch_multiple)
+    self.batch_sizes = np.where(rows > data_cfg.max_batch_size, capped, rows)
+    self.max_examples = np.minimum(self.max_examples, self.batch_sizes)
     self._lock = threading.RLock()
     self._epoch_starts = [0]            # global index of each epoch's first batch, computed lazily
     self._epoch_cache: dict[int, list[tuple[Bucket, np.ndarray]]] = {}
 
   def _bucket_of(self, frames: np.ndarray, phonemes: np.ndarray) -> np.ndarray:
-    """Flat index (frame bucket * #phoneme buckets + phoneme bucket) per example; -1: too long."""
+    """Flat index (frame bucket * #phoneme buckets + phoneme bucket) per example; -1: too
+    long, or 0 frames (an example that cannot be cropped)."""
     fi = np.searchsorted(self.frame_buckets, frames, side="left")
     pi = np.searchsorted(self.phoneme_buckets, phonemes, side="left")
-    fits = (fi < len(self.frame_buckets)) & (pi < len(self.phoneme_buckets))
+    fits = (fi < len(self.frame_buckets)) & (pi < len(self.phoneme_buckets)) & (frames > 0)
     return np.where(fits, fi * len(self.phoneme_buckets) + pi, -1)
 
   def partners(self, epoch: int) -> np.ndarray:
@@ -251,17 +303,19 @@ class BatchPlan:
     offset += offset >= self._position_in_group
     partner = self._order[self._group_start + np.minimum(offset, self._group_size - 1)]
     frames = self.lengths.frames + self.lengths.frames[partner]
-    phonemes = self.lengths.phonemes + self.lengths.phonemes[partner]
+    phonemes = self.lengths.phonemes + self.lengths.phonemes[partner] + 1   # + word boundary
     paired &= self._bucket_of(frames, phonemes) >= 0        # a pair too long stays single
     return np.where(paired, partner, -1)
 
-  def _assignment(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-    """(partner [N], flat bucket index [N], -1 = left out) of each example in `epoch`."""
+  def _assignment(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(partner [N], real frames [N], flat bucket index [N], -1 = left out) of each example
+    in `epoch`."""
     partner = self.partners(epoch)
     pair = partner >= 0
-    frames = self.lengths.frames + np.where(pair, self.lengths.frames[partner], 0)
-    phonemes = self.lengths.phonemes + np.where(pair, self.lengths.phonemes[partner], 0)
-    return partner, self._bucket_of(frames, phonemes)
+    frames = np.where(pair, self.lengths.frames + self.lengths.frames[partner], self.frames)
+    phonemes = np.where(pair, self.lengths.phonemes + self.lengths.phonemes[partner] + 1,
+                        self.phonemes)
+    return partner, frames, self._bucket_of(frames, phonemes)
 
   def epoch(self, epoch: int) -> list[tuple[Bucket, np.ndarray]]:
     """[(bucket, examples int [batch_size, 2] of (partner, utterance))] for one epoch."""
@@ -273,7 +327,7 @@ class BatchPlan:
       return self._epoch_cache[epoch]
 
   def _make_epoch(self, epoch: int) -> list[tuple[Bucket, np.ndarray]]:
-    partner, bucket_of = self._assignment(epoch)
+    partner, frames, bucket_of = self._assignment(epoch)
     examples = np.stack([partner, np.arange(len(partner))], axis=1)     # [N, 2]
     rng = np.random.default_rng([self.seed, epoch])
     batches = []
@@ -281,29 +335,23 @@ class BatchPlan:
       fi, pi = divmod(int(flat), len(self.phoneme_buckets))
       bucket = Bucket(int(self.frame_buckets[fi]), int(self.phoneme_buckets[pi]),
                       int(self.batch_sizes[fi]))
-      order = examples[rng.permutation(np.flatnonzero(bucket_of == flat))]
-      n = -(-len(order) // bucket.batch_size)
-      order = np.resize(order, (n * bucket.batch_size, 2))      # wrap to fill the last batch
-      batches += [(bucket, chunk) for chunk in order.reshape(n, bucket.batch_size, 2)]
+      order = rng.permutation(np.flatnonzero(bucket_of == flat))
+      for cut in fill_batches(frames[order], self.max_tokens, int(self.max_examples[fi])):
+        rows = np.full((bucket.batch_size, 2), -1, np.int64)        # padding: (-1, -1)
+        rows[:cut.stop - cut.start] = examples[order[cut]]
+        batches.append((bucket, rows))
     return [batches[j] for j in rng.permutation(len(batches))]
-
-  def _num_batches(self, epoch: int) -> int:
-    """len(self.epoch(epoch)), from bucket counts alone (no shuffling)."""
-    _, bucket_of = self._assignment(epoch)
-    sizes = np.repeat(self.batch_sizes, len(self.phoneme_buckets))     # per flat bucket
-    counts = np.bincount(bucket_of[bucket_of >= 0], minlength=len(sizes))
-    return int(np.sum(-(-counts // sizes)))
 
   @property
   def batches_per_epoch(self) -> int:
-    """Batches in epoch 0 (every epoch has this many without `same_speaker_pairs`)."""
+    """Batches in epoch 0 (every epoch has about this many)."""
     return self.batch_offset(1)
 
   def _extend_starts(self, until) -> None:
     with self._lock:
       while not until():
         self._epoch_starts.append(
-            self._epoch_starts[-1] + self._num_batches(len(self._epoch_starts) - 1))
+            self._epoch_starts[-1] + len(self.epoch(len(self._epoch_starts) - 1)))
 
   def batch_offset(self, epoch: int) -> int:
     """Global index of the first batch of `epoch`."""
@@ -316,46 +364,73 @@ class BatchPlan:
     epoch = bisect.bisect_right(self._epoch_starts, index) - 1
     return self.epoch(epoch)[index - self._epoch_starts[epoch]]
 
+  def stats(self) -> dict[str, float]:
+    """Long material and the token budget, for the metrics log: examples cropped to a
+    window (and their share of the audio), left out, and epoch 0's mean real frames per
+    batch."""
+    frames = self.lengths.frames.astype(np.float64)
+    _, real, _ = self._assignment(0)
+    batches = self.epoch(0)
+    return {"examples": len(frames),
+            "cropped_examples": int(np.sum(self.cropped)),
+            "cropped_audio_share": float(frames[self.cropped].sum() / frames.sum()),
+            "left_out_examples": self.dropped,
+            "left_out_audio_share": float(frames[self.frames == 0].sum() / frames.sum()),
+            "batches_per_epoch": len(batches),
+            "real_frames_per_batch": float(np.mean(
+                [real[e[e[:, 1] >= 0, 1]].sum() for _, e in batches]))}
+
   def describe(self) -> str:
     members: dict[tuple[int, int, int], set[int]] = {}
     for bucket, examples in self.epoch(0):
       key = (bucket.frames, bucket.phonemes, bucket.batch_size)
-      members.setdefault(key, set()).update(examples[:, 1].tolist())
-    counts = {key: len(m) for key, m in members.items()}        # wrap-around fill not counted
+      members.setdefault(key, set()).update(examples[examples[:, 1] >= 0, 1].tolist())
+    counts = {key: len(m) for key, m in members.items()}
     parts = [f"{f}f/{p}p x{b} ({n} ex)" for (f, p, b), n in sorted(counts.items())]
     placed = len(self.lengths.frames) - self.dropped
+    stats = self.stats()
     pairs = ""
     if self.pair_probability:
       paired = int(np.sum(self.partners(0) >= 0))
       pairs = f" ({paired} of the {placed} examples follow a same-speaker partner)"
+    long = ""
+    if stats["cropped_examples"] or self.dropped:
+      long = (f"; longer than the largest bucket ({self.frame_buckets[-1]} frames, "
+              f"{self.phoneme_buckets[-1]} phonemes): {stats['cropped_examples']} examples "
+              f"({stats['cropped_audio_share']:.1%} of the audio) cropped at load to a random "
+              f"window that fits")
+      if self.dropped:
+        long += (f", {self.dropped} ({stats['left_out_audio_share']:.1%} of the audio) "
+                 "left out")
     return (f"{placed} examples in {len(counts)} buckets [{', '.join(parts)}], "
-            f"{self.batches_per_epoch} batches in epoch 0{pairs}"
-            + (f", {self.dropped} longer than the largest bucket left out" if self.dropped else ""))
+            f"{stats['batches_per_epoch']} batches in epoch 0 of "
+            f"{stats['real_frames_per_batch']:.0f} real frames on average (budget "
+            f"{self.max_tokens}){pairs}{long}")
 
 
 class BatchLoader:
   """Global batch index -> this process's rows of that batch, padded (numpy)."""
+  first_stage = 1            # the first codebook (0-based) the NAR's stages are drawn from
 
   def __init__(self, source, plan: BatchPlan, data_cfg, *, kind: str, num_codebooks: int,
                frame_rate: float, process_index: int = 0, process_count: int = 1,
-               alignments: Alignments | None = None, nar_first_stage: int = 1):
+               symbols: text_lib.SymbolTable | None = None):
     if kind not in ("ar", "nar", "both"):
       raise UserError(f"train.model must be 'ar', 'nar' or 'both', got {kind!r}.")
-    self.source, self.plan, self.kind = source, plan, kind
-    # With alignments, AR batches carry the phoneme pointer's inputs, and NAR batches that
-    # start at stage 0 (`nar_codebook1`) their target frames' phonemes.
-    self.alignments = alignments
-    if nar_first_stage == 0 and alignments is None and kind != "ar":
-      raise UserError("model.nar_codebook1 trains on the dataset's forced alignments; run "
-                      "`valle-jax align` on it first.")
-    self.nar_first_stage = nar_first_stage
+    self.source, self.plan, self.kind, self.symbols = source, plan, kind, symbols
     self.num_codebooks = num_codebooks
     self.prompt_frames = max(1, int(round(data_cfg.prompt_seconds * frame_rate)))
-    self.prompt_from_other = bool(data_cfg.prompt_from_other_utterance)
+    self.nar_prompt = data_cfg.nar_prompt
+    if self.nar_prompt not in NAR_PROMPTS:
+      raise UserError(f"config.data.nar_prompt must be one of {list(NAR_PROMPTS)}, got "
+                      f"{self.nar_prompt!r}.")
     self.stage_probabilities = _stage_probabilities(
-        tuple(data_cfg.get("nar_stage_weights", ())), num_codebooks, nar_first_stage)
+        tuple(data_cfg.get("nar_stage_weights", ())), num_codebooks, self.first_stage)
     self.process_index, self.process_count = process_index, process_count
-    if self.prompt_from_other:
+    if plan.pair_probability and symbols is None:
+      raise ValueError("same_speaker_pairs joins phonemes with text.join_prompt_and_text, "
+                       "which needs the dataset's symbol table (symbols=).")
+    if self.nar_prompt == "other_utterance":
       self._by_speaker: dict[str, list[int]] = {}
       for i, s in enumerate(plan.lengths.speakers):
         self._by_speaker.setdefault(str(s), []).append(i)
@@ -364,7 +439,7 @@ class BatchLoader:
     bucket, examples = self.plan.batch(index)
     rows = len(examples) // self.process_count
     mine = examples[self.process_index * rows:(self.process_index + 1) * rows]
-    records = [self._record(int(partner), int(i)) for partner, i in mine]
+    records = [self._record(int(partner), int(i), index) for partner, i in mine]
     batch: dict[str, Any] = {"index": np.asarray(mine[:, 1], np.int64)}
     if self.kind in ("ar", "both"):
       batch["ar"] = self._ar(records, bucket)
@@ -373,74 +448,94 @@ class BatchLoader:
       batch["nar"] = self._nar(records, mine[:, 1], bucket, rng)
     return batch
 
-  def _record(self, partner: int, index: int) -> dict[str, Any]:
-    """The example's phonemes and codes: the utterance's, after its partner's if paired.
-
-    With alignments, also `phoneme_of_frame` and `target_start`: the utterance's alignment,
-    after (for a pair) the partner's frames split evenly over its phonemes, as a prompt is
-    at inference, where the prompt's alignment is not known (the AR's pointer); and
-    `frame_phonemes`, the alignment of every frame, the partner's included (the NAR's).
-    """
+  def _record(self, partner: int, index: int, batch_index: int) -> dict[str, Any]:
+    """The example's phonemes and codes: the utterance's, after its partner's if paired
+    (phonemes joined by `text.join_prompt_and_text`, zero-shot synthesis's layout, with
+    `prompt_phonemes`, how many of them come before the utterance's), or a window of it when
+    it is longer than the largest bucket (`_crop`); none for a padding row (index -1)."""
+    if index < 0:     # a padding row: no phonemes, no frames, nothing scored
+      return {"phonemes": np.zeros((0,), np.int32),
+              "codes": np.zeros((0, self.num_codebooks), np.int32)}
     record = self.source[index]
-    alignment = None if self.alignments is None else np.asarray(self.alignments[index],
-                                                                 np.int32)
+    if self.plan.cropped[index]:     # never paired (a pair fits the largest bucket)
+      return self._crop(record, index, batch_index)
     if partner < 0:
-      if alignment is None:
-        return record
-      return {**record, "phoneme_of_frame": alignment, "target_start": 0,
-              "frame_phonemes": alignment}
+      return record
     first = self.source[partner]
-    out = {"phonemes": np.concatenate([np.asarray(first["phonemes"]),
-                                       np.asarray(record["phonemes"])]),
-           "codes": np.concatenate([np.asarray(first["codes"]), np.asarray(record["codes"])])}
-    if alignment is not None:
-      num_frames, num_phon = len(first["codes"]), len(first["phonemes"])
-      out["phoneme_of_frame"] = np.concatenate([even_split(num_frames, num_phon),
-                                                alignment + num_phon])
-      out["target_start"] = num_frames
-      out["frame_phonemes"] = np.concatenate([
-          np.asarray(self.alignments[partner], np.int32), alignment + num_phon])
-    return out
+    phonemes, heard = text_lib.join_prompt_and_text(first["phonemes"], record["phonemes"],
+                                                    self.symbols)
+    return {"phonemes": phonemes, "prompt_phonemes": heard,
+            "codes": np.concatenate([np.asarray(first["codes"]),
+                                     np.asarray(record["codes"])])}
+
+  def _crop(self, record, index: int, batch_index: int) -> dict[str, Any]:
+    """A random window of `plan.frames[index]` frames of a long example, with the
+    `plan.phonemes[index]` phonemes at the same relative position (an even speaking rate);
+    drawn per batch, so each epoch sees another window."""
+    codes, phonemes = np.asarray(record["codes"]), np.asarray(record["phonemes"])
+    frames, count = int(self.plan.frames[index]), int(self.plan.phonemes[index])
+    rng = np.random.default_rng([self.plan.seed, batch_index, 3, index])
+    start = int(rng.integers(0, len(codes) - frames + 1))
+    first = min(int(round(start * len(phonemes) / len(codes))), len(phonemes) - count)
+    return {**record, "codes": codes[start:start + frames],
+            "phonemes": phonemes[first:first + count]}
 
   def _ar(self, records, bucket: Bucket) -> dict[str, np.ndarray]:
     codes = [np.asarray(r["codes"])[:, :1] for r in records]   # AR reads codebook 1 only
-    batch = {**_pad_phonemes(records, bucket.phonemes),
-             **_pad_codes(codes, bucket.frames, 1, "codes", "code_lens")}
-    if self.alignments is not None:
-      batch["phoneme_of_frame"] = _pad_frames([r["phoneme_of_frame"] for r in records],
-                                              bucket.frames)
-      batch["target_start"] = np.array([r["target_start"] for r in records], np.int32)
-    return batch
+    return {**_pad_phonemes(records, bucket.phonemes),
+            **_pad_codes(codes, bucket.frames, 1, "codes", "code_lens")}
 
   def _nar(self, records, members, bucket: Bucket, rng) -> dict[str, np.ndarray]:
-    prompts, targets, timings = [], [], []
+    prompts, targets, target_starts, unscored = [], [], [], []
     for record, index in zip(records, members):
       codes = np.asarray(record["codes"])
-      timing = record.get("frame_phonemes")
-      other = self._other_utterance(int(index), rng) if self.prompt_from_other else None
+      if index < 0:                        # a padding row
+        prompts.append(codes)
+        targets.append(codes)
+        target_starts.append(0)
+        unscored.append((0, 0))
+        continue
+      other = (self._other_utterance(int(index), rng) if self.nar_prompt == "other_utterance"
+               else None)
       if other is not None:
         other_codes = np.asarray(self.source[other]["codes"])
         length = min(self.prompt_frames, len(other_codes))
         start = int(rng.integers(0, len(other_codes) - length + 1))
         prompts.append(other_codes[start:start + length])
         targets.append(codes)
-        timings.append(timing)
+        target_starts.append(0)
+      elif self.nar_prompt == "segment":   # a window is the prompt, the whole the target
+        length = max(1, min(self.prompt_frames, len(codes) // 4))
+        start = int(rng.integers(0, max(1, len(codes) - length + 1)))
+        prompts.append(codes[start:start + length])
+        targets.append(codes)
+        target_starts.append(0)
+        unscored.append((start, start + length))
       else:  # a prefix of about prompt_seconds (at most half) is the prompt, the rest target
         longest = max(1, min(self.prompt_frames, len(codes) // 2))
         length = int(rng.integers(max(1, longest // 2), longest + 1))
         prompts.append(codes[:length])
         targets.append(codes[length:])
-        timings.append(None if timing is None else timing[length:])
+        target_starts.append(length)
     q = self.num_codebooks
-    stages = rng.choice(np.arange(self.nar_first_stage, q), size=len(records),
+    stages = rng.choice(np.arange(self.first_stage, q), size=len(records),
                         p=self.stage_probabilities)
     batch = {**_pad_phonemes(records, bucket.phonemes),
              **_pad_codes(prompts, self.prompt_frames, q, "prompt_codes", "prompt_lens"),
              **_pad_codes(targets, bucket.frames, q, "codes", "code_lens"),
-             "stage": stages.astype(np.int32)}
-    if self.nar_first_stage == 0:
-      batch["frame_phonemes"] = _pad_frames(timings, bucket.frames)
+             "stage": stages.astype(np.int32),
+             **self._nar_target_inputs(records, target_starts, bucket)}
+    if self.nar_prompt == "segment":   # 1 where a target frame's loss counts
+      batch["loss_mask"] = np.ones((len(records), bucket.frames), np.float32)
+      for row, (start, end) in enumerate(unscored):
+        batch["loss_mask"][row, start:end] = 0.0
     return batch
+
+  def _nar_target_inputs(self, records, target_starts: list[int], bucket: Bucket
+                         ) -> dict[str, np.ndarray]:
+    """More NAR inputs, given where in each record its target starts (VALL-E: none)."""
+    del records, target_starts, bucket
+    return {}
 
   def _other_utterance(self, index: int, rng) -> int | None:
     same = self._by_speaker[str(self.plan.lengths.speakers[index])]
@@ -450,10 +545,7 @@ class BatchLoader:
     return choice if choice != index else same[-1]
 
 
-def even_split(num_frames: int, num_phonemes: int) -> np.ndarray:
-  """int32 [T]: frame t -> phoneme floor((t + 1/2) L / T), the alignment of a steady rate."""
-  t = (np.arange(num_frames) + 0.5) * num_phonemes / max(num_frames, 1)
-  return np.minimum(t.astype(np.int32), max(num_phonemes - 1, 0))
+NAR_PROMPTS = ("prefix", "segment", "other_utterance")
 
 
 def _stage_probabilities(weights: tuple[float, ...], num_codebooks: int,
@@ -478,14 +570,6 @@ def _pad_phonemes(records, width: int) -> dict[str, np.ndarray]:
     out[row, :len(ph)] = ph
     lens[row] = len(ph)
   return {"phonemes": out, "phoneme_lens": lens}
-
-
-def _pad_frames(rows: Sequence[np.ndarray], width: int) -> np.ndarray:
-  """Per-frame int rows [T_i] -> int32 [B, width], 0-padded (cut to width)."""
-  out = np.zeros((len(rows), width), np.int32)
-  for row, values in enumerate(rows):
-    out[row, :len(values)] = values[:width]
-  return out
 
 
 def _pad_codes(codes: Sequence[np.ndarray], width: int, q: int, name: str, lens_name: str):

@@ -503,13 +503,14 @@ def _write_wav(path: str, wav: np.ndarray, sr: int) -> None:
 def synthesize_samples(ar, nar, symbols, codec, pairs: Sequence[Pair], options, out_dir: str,
                        *, continual: bool = False, prompt_seconds: float = 3.0,
                        lang: str = "en-us", seed: int = 0, batch_size: int = 1,
-                       codebooks: int = 0, codebook1: str | None = None
+                       codebooks: int = 0, decoding=None, nar_prompt: str = "prefix"
                        ) -> list[dict[str, Any]]:
   """Every system's audio for each (target, prompt) pair, in `out_dir`.
 
   Writes `<id>_resynthesis.wav` (the codec's encode + decode of the target, every codebook)
-  and `<id>_valle.wav` (`synthesize.synthesize` with `options` and `codebooks`: zero-shot
-  from the prompt, or `continual` from the target's first `prompt_seconds`, then also
+  and `<id>_valle.wav` (`synthesize.synthesize` with `options`, `codebooks`, `decoding`,
+  the run's `sampling.Decoding` (None: VALL-E's), and `nar_prompt`: zero-shot from the
+  prompt, or `continual` from the target's first `prompt_seconds`, then also
   `<id>_prompt.wav`, that excerpt). Batch k (pairs k*batch_size...) is sampled with seed
   `seed + k*batch_size`; a batch whose files all exist is reused, so a re-run, or one after
   an interruption, redoes nothing and gives the same files. Returns the samples, also written to
@@ -534,7 +535,8 @@ def synthesize_samples(ar, nar, symbols, codec, pairs: Sequence[Pair], options, 
         wavs = synth_lib.synthesize(ar, nar, symbols, codec, requests, options,
                                     continual=continual, continual_seconds=prompt_seconds,
                                     lang=lang, seed=seed + start, batch_size=batch_size,
-                                    codebooks=codebooks, codebook1=codebook1)
+                                    codebooks=codebooks, decoding=decoding,
+                                    nar_prompt=nar_prompt)
         for f, wav in zip(files, wavs):
           _write_wav(f["valle"], wav, sr)
       for (target, prompt), f in zip(chunk, files):
@@ -558,8 +560,9 @@ def score_samples(samples: Sequence[Mapping[str, Any]], asr: AsrScorer,
                   speaker: SpeakerEncoder) -> list[dict[str, Any]]:
   """Per sample and system (`SYSTEMS` that have a file in the sample's "audio"): the ASR
   hypothesis, WER, and speaker similarity of the system's audio to the prompt, to the ground
-  truth and (mean) to the prompts of the other speakers' samples; NaN similarities when the
-  system made no audio."""
+  truth and (mean) to the prompts of the other speakers' samples (of the same "condition",
+  when samples name one: the row carries it); NaN similarities when the system made no
+  audio."""
   from valle_jax import audio  # pylint: disable=g-import-not-at-top
   sr = 16000
   embed = {}
@@ -569,7 +572,9 @@ def score_samples(samples: Sequence[Mapping[str, Any]], asr: AsrScorer,
   total = sum(key in s["audio"] for s in samples for key, _ in SYSTEMS)
   with tqdm(total=total, desc="evaluate", unit="clip") as bar:
     for s in samples:
-      others = [embed[o["id"]] for o in samples if o["speaker"] != s["speaker"]]
+      others = [embed[o["id"]] for o in samples if o["speaker"] != s["speaker"]
+                and o.get("condition") == s.get("condition")]
+      condition = {"condition": s["condition"]} if "condition" in s else {}
       truth = speaker.embed(audio.load_audio(s["audio"]["ground_truth"], sr), sr)
       for key, _ in SYSTEMS:
         if key not in s["audio"]:
@@ -580,7 +585,8 @@ def score_samples(samples: Sequence[Mapping[str, Any]], asr: AsrScorer,
           if e.reason != audio.NO_SAMPLES:
             raise
           wav = None
-        row = {"id": s["id"], "speaker": s["speaker"], "system": key, "text": s["text"],
+        row = {"id": s["id"], "speaker": s["speaker"], **condition, "system": key,
+               "text": s["text"],
                "seconds": 0.0 if wav is None else round(len(wav) / sr, 2)}
         if wav is None:
           row.update(hypothesis="", wer=utterance_wer(s["text"], ""),
@@ -602,18 +608,23 @@ def score_samples(samples: Sequence[Mapping[str, Any]], asr: AsrScorer,
 def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
   """Per-utterance rows (`score_samples`) -> one row per system present, in `SYSTEMS` order:
   {system, n, the corpus `word_errors` (wer, heard, words, hits, substitutions, deletions,
-  insertions), sim_prompt, sim_original, sim_other (means of the finite values)}."""
+  insertions), sim_prompt, sim_original, sim_other (means of the finite values)}. Rows that
+  name a "condition" give one such row per condition and system, {condition, system, ...},
+  conditions in their first row's order."""
+  conditions = list(dict.fromkeys(r.get("condition") for r in rows))
   table = []
-  for key, name in SYSTEMS:
-    mine = [r for r in rows if r["system"] == key]
-    if not mine:
-      continue
-    row = {"system": name, "n": len(mine),
-           **word_errors([r["text"] for r in mine], [r["hypothesis"] for r in mine])}
-    for col in ("sim_prompt", "sim_original", "sim_other"):
-      values = [r[col] for r in mine if np.isfinite(r[col])]
-      row[col] = float(np.mean(values)) if values else float("nan")
-    table.append(row)
+  for condition in conditions:
+    for key, name in SYSTEMS:
+      mine = [r for r in rows if r["system"] == key and r.get("condition") == condition]
+      if not mine:
+        continue
+      row = {**({} if condition is None else {"condition": condition}), "system": name,
+             "n": len(mine),
+             **word_errors([r["text"] for r in mine], [r["hypothesis"] for r in mine])}
+      for col in ("sim_prompt", "sim_original", "sim_other"):
+        values = [r[col] for r in mine if np.isfinite(r[col])]
+        row[col] = float(np.mean(values)) if values else float("nan")
+      table.append(row)
   return table
 
 

@@ -27,9 +27,8 @@ reuses the wavs made so far, so only the scoring is redone (with other scorers, 
 interrupted run goes on; other settings in the same --out_dir are refused.
 
 Shared with `valle-jax synthesize`: --checkpoint, --nar_checkpoint, --temperature,
---top_k, --top_p, --ras, --min_dwell, --max_dwell, --pointer_advance, --text_guidance,
---seed, --batch_size, --codebooks, --codebook1, --lang, --out_dir (the codec resynthesis
-always decodes all the codebooks).
+--top_k, --top_p, --ras, --seed, --batch_size, --codebooks, --lang, --out_dir (the codec
+resynthesis always decodes all the codebooks).
 """
 from __future__ import annotations
 
@@ -46,9 +45,8 @@ from valle_jax.errors import UserError
 MODES = ("cross", "continual")
 FLAGS = flags.FLAGS
 # `valle-jax synthesize` flags this command uses too (listed by `valle-jax evaluate --help`).
-SHARED_FLAGS = ("checkpoint", "nar_checkpoint", "temperature", "top_k", "top_p", "ras",
-                "min_dwell", "max_dwell", "pointer_advance", "text_guidance", "seed",
-                "batch_size", "codebooks", "codebook1", "lang", "out_dir")
+SHARED_FLAGS = ("checkpoint", "nar_checkpoint", "temperature", "top_k", "top_p", "ras", "seed",
+                "batch_size", "codebooks", "lang", "out_dir")
 
 _TEST_LIST = flags.DEFINE_string("test_list", None, "Test-list TSV (id, audio, text, "
                                  "speaker columns; audio relative to it).")
@@ -93,8 +91,8 @@ def run(checkpoint: str, out_dir: str, *, test_list: str | None = None,
         asr: str = "pocketsphinx", asr_model: str | None = None,
         speaker: str = "resemblyzer", speaker_model: str | None = None,
         nar_checkpoint: str | None = None, sample: dict[str, Any] | None = None,
-        seed: int = 0, batch_size: int = 1, lang: str = "en-us", codebooks: int = 0,
-        codebook1: str | None = None) -> dict[str, Any]:
+        seed: int = 0, batch_size: int = 1, lang: str = "en-us", codebooks: int = 0
+        ) -> dict[str, Any]:
   """Synthesises and scores a test set (see the module docstring; `sample`: overrides of
   the run's `SampleOptions`). Returns {"table", "rows", "csv", "json", "samples"}."""
   if mode not in MODES:
@@ -124,7 +122,7 @@ def run(checkpoint: str, out_dir: str, *, test_list: str | None = None,
   asr_scorer = evaluate.get_asr(asr, **({"model": asr_model} if asr_model else {}))
   speaker_scorer = evaluate.get_speaker_encoder(
       speaker, **({"model": speaker_model} if speaker_model else {}))
-  bundle, nar, symbols, codec = synthesize.load_models(checkpoint, nar_checkpoint)
+  bundle, nar_bundle, symbols, codec = synthesize.load_models(checkpoint, nar_checkpoint)
   options = synthesize.sample_options(bundle.config, sample or {})
 
   def absolute(path):
@@ -135,18 +133,19 @@ def run(checkpoint: str, out_dir: str, *, test_list: str | None = None,
               "librispeech": absolute(librispeech), "split": split or None, "mode": mode,
               "prompt_seconds": prompt_seconds, "min_seconds": lo,
               "max_seconds": hi if math.isfinite(hi) else None,
-              "sample_options": {k: v for k, v in dataclasses.asdict(options).items()
-                                 if k != "text_guidance" or v},   # older folders: none
+              "sample_options": dataclasses.asdict(options),
               "seed": seed,
               "batch_size": batch_size, "lang": lang,
-              **({"codebooks": codebooks} if codebooks else {}),   # older folders: none
-              **({"codebook1": codebook1} if codebook1 else {})}
+              **({"codebooks": codebooks} if codebooks else {})}   # older folders: none
   evaluate.check_settings(os.path.join(out_dir, "settings.json"), settings, "samples",
                           "--out_dir")
   samples = evaluate.synthesize_samples(
-      bundle.ar, nar, symbols, codec, pairs, options, os.path.join(out_dir, "samples"),
-      continual=mode == "continual", prompt_seconds=prompt_seconds, lang=lang, seed=seed,
-      batch_size=batch_size, codebooks=codebooks, codebook1=codebook1)
+      bundle.ar, nar_bundle.nar, symbols, codec, pairs, options,
+      os.path.join(out_dir, "samples"), continual=mode == "continual",
+      prompt_seconds=prompt_seconds, lang=lang, seed=seed, batch_size=batch_size,
+      codebooks=codebooks,
+      decoding=bundle.recipe.decoding(bundle.config, bundle.codec_description),
+      nar_prompt=synthesize.trained_nar_prompt(nar_bundle.config))
   scores = evaluate.score_samples(samples, asr_scorer, speaker_scorer)
   table = evaluate.summarize(scores)
   csv_path, json_path = evaluate.write_results(
@@ -181,8 +180,7 @@ def main(argv):
                asr=_ASR.value, asr_model=_ASR_MODEL.value, speaker=_SPEAKER.value,
                speaker_model=_SPEAKER_MODEL.value, nar_checkpoint=FLAGS.nar_checkpoint,
                sample=synthesize.sample_flags(), seed=FLAGS.seed,
-               batch_size=FLAGS.batch_size, lang=FLAGS.lang, codebooks=FLAGS.codebooks,
-               codebook1=FLAGS.codebook1)
+               batch_size=FLAGS.batch_size, lang=FLAGS.lang, codebooks=FLAGS.codebooks)
   from valle_jax import report  # pylint: disable=g-import-not-at-top
   print("\n" + report.results_table(result["table"]))
   print(f"\n[evaluate] per utterance: {result['csv']}\n[evaluate] table and settings: "

@@ -1,6 +1,8 @@
-"""A static HTML report of a run: results table, training curves and listenable samples.
+"""A static HTML report of a run: results table, held-out prediction, training curves and
+listenable samples.
 
-    path = write_report(DIR, table=rows, samples=samples, metrics_path="run/metrics.jsonl")
+    path = write_report(DIR, table=rows, samples=samples, metrics_path="run/metrics.jsonl",
+                        heldout=heldout_rows(last_eval_metrics, unigram_scores))
 
 writes `DIR/report.html` and its files under `DIR/report_files/` (16 kHz 16-bit wavs, PNG
 spectrograms and curves), all linked by relative paths, so the folder can be copied, zipped
@@ -25,6 +27,10 @@ AUDIO_RATE = 16000            # copies in the report are resampled to this (keep
 TABLE_COLUMNS = (("wer", "WER ↓"), ("heard", "words heard ↑"),
                  ("sim_prompt", "SIM to prompt ↑"), ("sim_original", "SIM to original ↑"),
                  ("sim_other", "SIM to other voices ↓"))
+# Held-out next-token prediction (`heldout_rows`): the model's and the unigram baseline's.
+HELDOUT_COLUMNS = (("loss", "loss ↓"), ("unigram_loss", "unigram loss"),
+                   ("top1_acc", "top-1 ↑"), ("unigram_top1_acc", "unigram top-1"),
+                   ("top10_acc", "top-10 ↑"), ("unigram_top10_acc", "unigram top-10"))
 
 
 def _matplotlib():
@@ -116,31 +122,73 @@ def _fmt(value: Any) -> str:
   return html.escape(str(value))
 
 
+def _plain(label: str) -> str:
+  return label.split(" ↓")[0].split(" ↑")[0]
+
+
 def results_table(rows: Sequence[Mapping[str, Any]]) -> str:
-  """Rows {system, n, wer, heard, sim_prompt, sim_original, sim_other} as a plain-text
-  table."""
-  head = f"{'system':<20} {'n':>3} " + " ".join(f"{label.split(' ↓')[0].split(' ↑')[0]:>18}"
-                                                for _, label in TABLE_COLUMNS)
+  """Rows {[condition,] system, n, wer, heard, sim_prompt, sim_original, sim_other} as a
+  plain-text table."""
+  conditions = any("condition" in r for r in rows)
+  head = ((f"{'condition':<26} " if conditions else "") + f"{'system':<20} {'n':>3} " +
+          " ".join(f"{_plain(label):>18}" for _, label in TABLE_COLUMNS))
   lines = [head, "-" * len(head)]
   for r in rows:
-    lines.append(f"{r['system']:<20} {r['n']:>3} " + " ".join(
-        f"{r.get(key, math.nan):>18.3f}" for key, _ in TABLE_COLUMNS))   # older results: NaN
+    lines.append((f"{r.get('condition', ''):<26} " if conditions else "") +
+                 f"{r['system']:<20} {r['n']:>3} " + " ".join(
+                     f"{r.get(key, math.nan):>18.3f}" for key, _ in TABLE_COLUMNS))  # older: NaN
   return "\n".join(lines)
+
+
+def heldout_rows(evaluation: Mapping[str, float], unigram: Sequence[Mapping[str, Any]]
+                 ) -> list[dict[str, Any]]:
+  """The training run's held-out metrics (train.summarize names: `ar/loss`, `ar/top1_acc`,
+  `nar/top10_acc_codebook3`, ...) beside the unigram baseline of each codebook
+  (`unigram.scores` rows): {model, codebook, loss, top1_acc, top10_acc, unigram_loss,
+  unigram_top1_acc, unigram_top10_acc}, one row for the AR (codebook 1) and one per
+  codebook the NAR was evaluated on."""
+  baseline = {u["codebook"]: u for u in unigram}
+  rows = []
+  for model, prefix, codebook, suffix in [("AR", "ar", 1, "")] + [
+      ("NAR", "nar", q, f"_codebook{q}") for q in sorted(baseline)]:
+    if f"{prefix}/loss{suffix}" not in evaluation:
+      continue
+    row = {"model": model, "codebook": codebook}
+    for key in ("loss", "top1_acc", "top10_acc"):
+      row[key] = float(evaluation.get(f"{prefix}/{key}{suffix}", math.nan))
+      row[f"unigram_{key}"] = float(baseline.get(codebook, {}).get(key, math.nan))
+    rows.append(row)
+  return rows
+
+
+def heldout_table(rows: Sequence[Mapping[str, Any]]) -> str:
+  """`heldout_rows` as a plain-text table."""
+  head = f"{'model':<6} {'codebook':>8} " + " ".join(f"{_plain(label):>14}"
+                                                      for _, label in HELDOUT_COLUMNS)
+  return "\n".join([head, "-" * len(head)] + [
+      f"{r['model']:<6} {r['codebook']:>8} " + " ".join(f"{r[key]:>14.3f}"
+                                                          for key, _ in HELDOUT_COLUMNS)
+      for r in rows])
 
 
 def write_report(out_dir: str, *, table: Sequence[Mapping[str, Any]],
                  samples: Sequence[Mapping[str, Any]], metrics_path: str | None = None,
                  title: str = "valle-jax report", notes: Sequence[str] = (),
-                 stage_seconds: Mapping[str, float] | None = None) -> str:
+                 stage_seconds: Mapping[str, float] | None = None,
+                 heldout: Sequence[Mapping[str, Any]] = (), heldout_notes: Sequence[str] = ()
+                 ) -> str:
   """Writes `out_dir/report.html` (+ `out_dir/report_files/`); returns the HTML's path.
 
   Args:
-    table: result rows {system, n, wer, heard, sim_prompt, sim_original, sim_other}.
-    samples: per utterance {id, speaker, text, prompt_text, audio: {label: wav path}}; the
-      audio labels are the columns of players and spectrograms, in order.
+    table: result rows {[condition,] system, n, wer, heard, sim_prompt, sim_original,
+      sim_other}; a condition column when the rows have one.
+    samples: per utterance {id, speaker, [condition,] text, prompt_text, audio: {label: wav
+      path}}; the audio labels are the columns of players and spectrograms, in order.
     metrics_path: a training run's metrics.jsonl for the curves (optional).
     notes: sentences shown under the title (protocol, scorers, ...).
     stage_seconds: wall time per stage, shown as a small table.
+    heldout: `heldout_rows`, the held-out prediction table (none when empty), under
+      `heldout_notes` (what it was measured on, ...).
   """
   import soundfile as sf  # pylint: disable=g-import-not-at-top
 
@@ -152,15 +200,30 @@ def write_report(out_dir: str, *, table: Sequence[Mapping[str, Any]],
   parts = [f"<h1>{html.escape(title)}</h1>"]
   parts += [f"<p>{html.escape(n)}</p>" for n in notes]
 
-  parts.append("<h2>Results</h2>\n<table id='results'><tr><th>system</th><th>n</th>" +
+  conditions = any("condition" in r for r in table)
+  parts.append("<h2>Results</h2>\n<table id='results'><tr>" +
+               ("<th>condition</th>" if conditions else "") + "<th>system</th><th>n</th>" +
                "".join(f"<th>{html.escape(label)}</th>" for _, label in TABLE_COLUMNS) +
                "</tr>")
   for r in table:
-    parts.append(f"<tr><td>{html.escape(r['system'])}</td><td>{r['n']}</td>" +
+    parts.append("<tr>" + (f"<td>{html.escape(r.get('condition', ''))}</td>" if conditions
+                           else "") +
+                 f"<td>{html.escape(r['system'])}</td><td>{r['n']}</td>" +
                  "".join(f"<td class='num'>{_fmt(r.get(key, math.nan))}</td>"
                          for key, _ in TABLE_COLUMNS) +
                  "</tr>")
   parts.append("</table>")
+
+  if heldout:
+    parts.append("<h2>Held-out prediction</h2>")
+    parts += [f"<p>{html.escape(n)}</p>" for n in heldout_notes]
+    parts.append("<table id='heldout'><tr><th>model</th><th>codebook</th>" +
+                 "".join(f"<th>{html.escape(label)}</th>" for _, label in HELDOUT_COLUMNS) +
+                 "</tr>" + "".join(
+                     f"<tr><td>{html.escape(r['model'])}</td><td>{r['codebook']}</td>" +
+                     "".join(f"<td class='num'>{_fmt(r[key])}</td>"
+                             for key, _ in HELDOUT_COLUMNS) + "</tr>" for r in heldout) +
+                 "</table>")
 
   if stage_seconds:
     parts.append("<h2>Stages</h2>\n<table id='stages'><tr><th>stage</th><th>seconds</th></tr>" +
@@ -192,7 +255,8 @@ def write_report(out_dir: str, *, table: Sequence[Mapping[str, Any]],
     spec = f"{n:03d}_spectrograms.png"
     plot_spectrograms(wavs, AUDIO_RATE, os.path.join(files, spec))
     parts.append(
-        f"<div class='sample'><h3>{html.escape(s['id'])} ({html.escape(s['speaker'])})</h3>"
+        f"<div class='sample'><h3>{html.escape(s['id'])} ({html.escape(s['speaker'])}"
+        f"{', ' + html.escape(s['condition']) if 'condition' in s else ''})</h3>"
         f"<p><b>Text:</b> {html.escape(s['text'])}<br><b>Prompt transcript:</b> "
         f"{html.escape(s.get('prompt_text', ''))}</p><table><tr>{''.join(cells)}</tr></table>"
         f"<img src='{FILES}/{spec}' alt='spectrograms of {html.escape(s['id'])}'></div>")

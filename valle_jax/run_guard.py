@@ -8,8 +8,8 @@
 - `check_resume_config`: a run resumed from a workdir must have the config its checkpoints
   were saved with. Fields that only say how long to train and how often to log, evaluate and
   save (`RESUMABLE_BY_DEFAULT`) may change; any other field only when named in
-  `--allow_config_change` (a field, or a section such as `optim`); model shapes and
-  `train.model` never (the saved parameters have the old ones).
+  `--allow_config_change` (a field, or a section such as `optim`); model shapes, `variant`
+  and `train.model` never (the saved parameters have the old ones).
 """
 from __future__ import annotations
 
@@ -29,8 +29,9 @@ RESUMABLE_BY_DEFAULT = (
     "train.steps", "train.log_every", "train.eval_every", "train.eval_batches",
     "train.nan_max_consecutive", "checkpoint", "data.dataset", "data.eval_split",
     "data.num_threads", "data.prefetch", "mesh", "distributed", "debug")
-# Fields no resumed run may change: the saved parameters' shapes depend on them.
-NEVER_ON_RESUME = ("model", "train.model")
+# Fields no resumed run may change: the saved parameters' shapes depend on them (the
+# variant's recipe gives the model classes).
+NEVER_ON_RESUME = ("variant", "model", "train.model")
 CHANGEABLE_MODEL_FIELDS = ("model.dropout", "model.compute_dtype")
 
 

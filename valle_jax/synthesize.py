@@ -17,7 +17,8 @@ relative paths are relative to the TSV, and `out.wav` defaults to `<line number>
 
 The core is `synthesize(...)`: requests in, waveforms out, batched through
 `sampling.prepare_batch` (a fixed batch size and bucketed lengths, so a new text rarely
-recompiles), `sampling.sample_ar` and `sampling.decode_nar`. Every user mistake (empty or
+recompiles) and the run's `sampling.Decoding` (VALL-E's: `sampling.sample_ar`, then
+`sampling.decode_nar`; a variant's recipe may give its own). Every user mistake (empty or
 unpronounceable text, a missing, silent, too short or too long prompt, a checkpoint without
 the models) is a `UserError` with one sentence saying what to do.
 """
@@ -55,25 +56,31 @@ class Request:
   out: str = ""
 
 
-def _phoneme_ids(words: str, what: str, symbols: text.SymbolTable, lang: str,
-                 final_punctuation: bool = True) -> np.ndarray:
-  """Text -> phoneme ids [L], or a `UserError` for an empty, unpronounceable or long text.
-
-  `final_punctuation=False` drops the punctuation it ends with: a zero-shot prompt's
-  transcript runs on into the text, and a model trained on single sentences has only ever
-  seen a final "." just before EOS (with it, the demo's model stopped at once)."""
+def _phoneme_ids(words: str, what: str, symbols: text.SymbolTable, lang: str) -> np.ndarray:
+  """Text -> phoneme ids [L], or a `UserError` for an empty, unpronounceable or long text."""
   if not words.strip():
     raise UserError(f"{what} is empty; give some words to say.")
   phones = text.phonemize(words, lang)
   if all(s in text.PUNCTUATION or s == text.WORD for s in phones):
     raise UserError(f"{what} {words!r} has nothing to pronounce; give it some words.")
-  while not final_punctuation and phones[-1] in text.PUNCTUATION:
-    phones = phones[:-1]
   ids = symbols.encode(phones, text=words)
   if len(ids) > sampling.PHONEME_BUCKETS[-1]:
     raise UserError(f"{what} has {len(ids)} phonemes, more than the "
                     f"{sampling.PHONEME_BUCKETS[-1]} the sampler takes; split it.")
   return ids
+
+
+def request_phonemes(request: Request, symbols: text.SymbolTable, lang: str, *,
+                     continual: bool = False, what: str = "the request"
+                     ) -> tuple[np.ndarray, int]:
+  """A request's phoneme ids [L] and how many of them are the prompt's transcript: zero-shot,
+  `text.join_prompt_and_text` of the prompt text and the text (training pairs' layout);
+  continual, the text alone."""
+  words = _phoneme_ids(request.text, f"the text of {what}", symbols, lang)
+  if continual:
+    return words, 0
+  heard = _phoneme_ids(request.prompt_text, f"the prompt text of {what}", symbols, lang)
+  return text.join_prompt_and_text(heard, words, symbols)
 
 
 def _prompt_codes(path: str, codec, seconds: float | None) -> np.ndarray:
@@ -98,7 +105,8 @@ def _prompt_codes(path: str, codec, seconds: float | None) -> np.ndarray:
 def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Request],
                options: sampling.SampleOptions, *, continual: bool = False,
                continual_seconds: float = 3.0, lang: str = "en-us", seed: int = 0,
-               batch_size: int = 1, codebooks: int = 0, codebook1: str | None = None
+               batch_size: int = 1, codebooks: int = 0,
+               decoding: sampling.Decoding | None = None, nar_prompt: str = "prefix"
                ) -> list[np.ndarray]:
   """Makes each request's speech.
 
@@ -113,9 +121,13 @@ def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Req
     batch_size: requests per compiled call (the last batch is padded to it).
     codebooks: make and decode only the codec's first K codebooks (a lower bandwidth, K - 1
       NAR passes); 0: all.
-    codebook1: who makes codebook 1: "ar" (VALL-E: the AR's frames) or "nar" (a NAR trained
-      with `nar_codebook1`, all frames at once on the AR's timing: the phoneme its pointer
-      was on at each frame). None: "nar" when the NAR learnt codebook 1, else "ar".
+    decoding: how the models make the codes (default VALL-E's `sampling.Decoding`; a
+      variant's run gives its recipe's, `recipe.decoding(config, codec_description)`).
+    nar_prompt: the NAR's training prompt (its run's `data.nar_prompt`, `trained_nar_prompt`).
+      A NAR trained on "segment" or "other_utterance" prompts read only its target's text,
+      so zero-shot it reads the text without the prompt's transcript (lifeiteng/vall-e's
+      prefix_mode 2 inference); a "prefix" NAR reads both, prompt and target being one
+      utterance in training.
   Returns:
     float32 waveforms at `codec.sample_rate`, one per request (empty when the AR ended at
     once). Logs a warning for each that stopped at the length limit instead of EOS.
@@ -124,25 +136,16 @@ def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Req
   if not 0 <= codebooks <= codec.num_codebooks:
     raise UserError(f"--codebooks must be in [1, {codec.num_codebooks}] (0: all of the "
                     f"codec's), got {codebooks}.")
-  if continual and ar.phoneme_pointer:
-    raise UserError("this AR moves a phoneme pointer (model.ar_phoneme_pointer) and needs to "
-                    "know where the prompt's words end: use zero-shot mode (a prompt and "
-                    "its transcript), not --continual.")
+  decoding = decoding or sampling.Decoding()
+  decoding.check(continual)
   examples = []
   for n, r in enumerate(requests, 1):
     where = f"request {n}" if len(requests) > 1 else "the request"
-    words = _phoneme_ids(r.text, f"the text of {where}", symbols, lang)
-    if not continual:
-      heard = _phoneme_ids(r.prompt_text, f"the prompt text of {where}", symbols, lang,
-                           final_punctuation=False)
-      words = np.concatenate([heard, [symbols.word_id], words]).astype(np.int32)
+    words, heard = request_phonemes(r, symbols, lang, continual=continual, what=where)
     prompt = _prompt_codes(r.prompt, codec, continual_seconds if continual else None)
-    examples.append((words, prompt, 0 if continual else len(heard) + 1))
-  codebook1 = _codebook1_source(codebook1, ar, nar)
+    examples.append((words, prompt, heard))
   ar_def, ar_state = nnx.split(ar)
   nar_def, nar_state = nnx.split(nar)
-  from valle_jax import codec as codec_lib  # pylint: disable=g-import-not-at-top
-  copied = codec_lib.utterance_codebooks(codec.describe())   # the prompt's voice codes
   key = jax.random.key(seed)
   wavs = []
   for start in range(0, len(examples), batch_size):
@@ -150,17 +153,10 @@ def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Req
     batch = sampling.prepare_batch([w for w, _, _ in chunk], [p for _, p, _ in chunk], g,
                                    options, batch_size=batch_size,
                                    prompt_phoneme_lens=[h for _, _, h in chunk])
-    out = sampling.sample_ar(ar_def, ar_state, batch.phonemes, batch.phoneme_lens,
-                             batch.prompt[..., 0], batch.prompt_lens,
-                             jax.random.fold_in(key, start), options=options,
-                             max_steps=batch.max_steps,
-                             prompt_phoneme_lens=batch.prompt_phoneme_lens)
-    codes = sampling.decode_nar(nar_def, nar_state, batch.phonemes, batch.phoneme_lens,
-                                batch.prompt, batch.prompt_lens, out.codes, out.lengths,
-                                copied_codebooks=copied, codebooks=codebooks,
-                                frame_phonemes=out.phoneme_of_frame,
-                                make_codebook1=codebook1 == "nar")
-    codes, lengths, hit_limit = jax.device_get((codes, out.lengths, out.hit_limit))
+    made = decoding(ar_def, ar_state, nar_def, nar_state, batch,
+                    jax.random.fold_in(key, start), options, codebooks,
+                    nar_text_only=nar_prompt != "prefix")
+    codes, lengths, hit_limit = jax.device_get(made)
     for i in range(len(chunk)):
       if hit_limit[i]:
         logging.warning("request %d reached the length limit (%d frames) without ending.",
@@ -173,20 +169,12 @@ def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Req
   return wavs
 
 
-def _codebook1_source(choice: str | None, ar, nar) -> str:
-  """"ar" or "nar" (see `synthesize`), or a `UserError` when the models cannot do it."""
-  learnt = nar.first_stage == 0
-  choice = choice or ("nar" if learnt else "ar")
-  if choice not in ("ar", "nar"):
-    raise UserError(f"--codebook1 must be 'ar' or 'nar', got {choice!r}.")
-  if choice == "nar" and not learnt:
-    raise UserError("--codebook1=nar needs a NAR trained on codebook 1 "
-                    "(model.nar_codebook1); this one starts at codebook 2.")
-  if learnt and not ar.phoneme_pointer:
-    raise UserError("this NAR (model.nar_codebook1) reads when each frame is spoken, which "
-                    "an AR with a phoneme pointer (model.ar_phoneme_pointer) gives; this "
-                    "AR has none.")
-  return choice
+def trained_nar_prompt(config) -> str:
+  """The NAR prompt a run was trained with (`data.nar_prompt`; earlier runs had the option
+  `prompt_from_other_utterance`)."""
+  if "nar_prompt" in config.data:
+    return config.data.nar_prompt
+  return "other_utterance" if config.data.get("prompt_from_other_utterance") else "prefix"
 
 
 def read_tsv(path: str) -> list[Request]:
@@ -229,58 +217,31 @@ _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _BATCH = flags.DEFINE_integer("batch_size", 1, "Requests per compiled batch.")
 _CODEBOOKS = flags.DEFINE_integer("codebooks", 0, "Make and decode only the codec's first "
                                   "K codebooks, a lower bandwidth (0: all).")
-_CODEBOOK1 = flags.DEFINE_enum("codebook1", None, ["ar", "nar"], "Who makes codebook 1: "
-                               "the AR (VALL-E) or a NAR trained on it (model.nar_codebook1), "
-                               "on the AR's timing. Default: nar when the NAR learnt it.")
 _TEMPERATURE = flags.DEFINE_float("temperature", None, "AR sampling temperature.")
 _TOP_K = flags.DEFINE_integer("top_k", None, "AR top-k (0: off).")
 _TOP_P = flags.DEFINE_float("top_p", None, "AR top-p (1: off).")
 _RAS = flags.DEFINE_bool("ras", None, "Repetition-aware sampling (VALL-E 2).")
-_MIN_DWELL = flags.DEFINE_float("min_dwell", None, "Phoneme pointer (ar_phoneme_pointer): "
-                                "frames it stays on a phoneme at least, x the prompt's frames "
-                                "per phoneme (0: no bound).")
-_MAX_DWELL = flags.DEFINE_float("max_dwell", None, "Phoneme pointer: frames after which it "
-                                "moves on, x the prompt's frames per phoneme; on the last "
-                                "phoneme the utterance ends (0: no bound).")
-_POINTER_ADVANCE = flags.DEFINE_enum(
-    "pointer_advance", None, list(sampling.POINTER_ADVANCES), "Phoneme pointer: draw each "
-    "move on from the AR's probability (sample), or move on at the median (median) or mean "
-    "(mean) length those probabilities give.")
-_TEXT_GUIDANCE = flags.DEFINE_float("text_guidance", None, "Classifier-free guidance on the "
-                                    "text, w in l_text + w (l_text - l_no_text), for an AR "
-                                    "trained with model.ar_text_dropout (0: off).")
-
 
 def sample_flags() -> dict[str, Any]:
   """The AR sampling options given on the command line (--temperature, --top_k, --top_p,
-  --ras, --min_dwell, --max_dwell, --pointer_advance, --text_guidance), as `SampleOptions`
-  overrides."""
+  --ras), as `SampleOptions` overrides."""
   return {name: flag.value for name, flag in (
-      ("temperature", _TEMPERATURE), ("top_k", _TOP_K), ("top_p", _TOP_P), ("ras", _RAS),
-      ("min_dwell", _MIN_DWELL), ("max_dwell", _MAX_DWELL),
-      ("pointer_advance", _POINTER_ADVANCE), ("text_guidance", _TEXT_GUIDANCE))
+      ("temperature", _TEMPERATURE), ("top_k", _TOP_K), ("top_p", _TOP_P), ("ras", _RAS))
       if flag.value is not None}
 
 
 def sample_options(config, overrides: dict[str, Any]) -> sampling.SampleOptions:
   """A run's sampling options (its config's `sample` section) with `overrides`."""
   try:
-    options = sampling.SampleOptions.from_config(config.get("sample"), **overrides)
+    return sampling.SampleOptions.from_config(config.get("sample"), **overrides)
   except ValueError as e:
     raise UserError(str(e)) from None
-  if options.steers_pointer and not config.model.get("ar_phoneme_pointer"):
-    raise UserError("--min_dwell, --max_dwell and --pointer_advance steer the AR's phoneme "
-                    "pointer; this run's AR has none (model.ar_phoneme_pointer = False).")
-  if options.text_guidance and not config.model.get("ar_text_dropout"):
-    raise UserError("--text_guidance guides the AR against itself without the text, which "
-                    "it learns only with text dropout; this run's AR had none "
-                    "(model.ar_text_dropout = 0).")
-  return options
 
 
 def load_models(path: str, nar_path: str | None = None):
-  """(bundle, NAR model, symbols, codec) of a run, the NAR from `nar_path` when given; a
-  `UserError` for a checkpoint without the models or runs that don't match."""
+  """(bundle, NAR bundle, symbols, codec) of a run, the NAR from `nar_path` when given (else
+  the bundle itself); a `UserError` for a checkpoint without the models or runs that don't
+  match."""
   from valle_jax import checkpoint, codec as codec_lib  # pylint: disable=g-import-not-at-top
   bundle = checkpoint.load_inference_bundle(path)
   nar_bundle = checkpoint.load_inference_bundle(nar_path) if nar_path else bundle
@@ -296,7 +257,7 @@ def load_models(path: str, nar_path: str | None = None):
                       "tables; use runs on the same dataset.")
     codec_lib.check_same_codec(bundle.codec_description, nar_bundle.codec_description,
                                f"the NAR checkpoint {nar_path}")
-  return bundle, nar_bundle.nar, bundle.symbols, codec_lib.get_codec(bundle.codec_description)
+  return bundle, nar_bundle, bundle.symbols, codec_lib.get_codec(bundle.codec_description)
 
 
 def main(argv):
@@ -320,12 +281,14 @@ def main(argv):
     requests = [Request(_TEXT.value, _PROMPT.value, _PROMPT_TEXT.value, _OUT.value)]
   for request in requests:     # before the models load and the synthesis, not after
     io_check.output_file(request.out, "--tsv output" if _TSV.value else "--out")
-  bundle, nar, symbols, codec = load_models(_CHECKPOINT.value, _NAR_CHECKPOINT.value)
+  bundle, nar_bundle, symbols, codec = load_models(_CHECKPOINT.value, _NAR_CHECKPOINT.value)
   options = sample_options(bundle.config, sample_flags())
-  wavs = synthesize(bundle.ar, nar, symbols, codec, requests, options,
+  wavs = synthesize(bundle.ar, nar_bundle.nar, symbols, codec, requests, options,
+                    nar_prompt=trained_nar_prompt(nar_bundle.config),
                     continual=_CONTINUAL.value, continual_seconds=_CONTINUAL_SECONDS.value,
                     lang=_LANG.value, seed=_SEED.value, batch_size=_BATCH.value,
-                    codebooks=_CODEBOOKS.value, codebook1=_CODEBOOK1.value)
+                    codebooks=_CODEBOOKS.value,
+                    decoding=bundle.recipe.decoding(bundle.config, bundle.codec_description))
   import soundfile as sf  # pylint: disable=g-import-not-at-top
   for request, wav in zip(requests, wavs):
     os.makedirs(os.path.dirname(os.path.abspath(request.out)), exist_ok=True)

@@ -20,6 +20,8 @@
   silently change an existing dataset's ids. A phone that is not in the table is encoded as
   its characters when all of them are known (any language works); otherwise
   `UnknownSymbolError` names the symbol and the text it came from.
+* `join_prompt_and_text(prompt_ids, text_ids, table)` is the one zero-shot phoneme layout
+  (prompt transcript, then the text), used by training pairs and by synthesis alike.
 """
 from __future__ import annotations
 
@@ -339,3 +341,24 @@ def text_to_ids(text: str, table: SymbolTable, lang: str = "en-us") -> np.ndarra
   """text -> int32 phoneme ids [L] (no BOS/EOS/language id: the model's data code adds
   those). Raises `UnknownSymbolError` naming the text when a symbol is not in `table`."""
   return table.encode(phonemize(text, lang), text=text)
+
+
+def join_prompt_and_text(prompt_ids: Sequence[int], text_ids: Sequence[int],
+                         table: SymbolTable) -> tuple[np.ndarray, int]:
+  """The zero-shot phoneme layout: the prompt transcript's ids less the punctuation it ends
+  with, a word boundary, then the text's ids, as if the two were one sentence.
+
+  Training pairs (data.py, `same_speaker_pairs`) and zero-shot synthesis both build their
+  phonemes here, so the model is sampled on the layout it was trained on. One sentence
+  because that is what a model trained on single utterances (the paper's) has seen: its
+  final "." comes only right before EOS (with the prompt's "." kept, the demo's model ended
+  at once), and consecutive words are always split by a word boundary.
+  Returns (ids int32 [L], how many of them come before the text).
+  """
+  prompt = np.asarray(prompt_ids, np.int32)
+  symbols = table.decode(prompt)
+  end = len(symbols)
+  while end and symbols[end - 1] in _PUNCT_SET:
+    end -= 1
+  heard = np.append(prompt[:end], np.int32(table.word_id))
+  return np.concatenate([heard, np.asarray(text_ids, np.int32)]).astype(np.int32), len(heard)

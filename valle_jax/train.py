@@ -9,8 +9,8 @@ with explicit shardings and donated state buffers:
 - `train.model` chooses "ar", "nar" or "both" (one optimiser over both models).
 - AdamW with linear warmup to `optim.peak_lr` and linear decay to 0 at `train.steps`,
   gradient clipping to `optim.grad_clip_norm` by each model's own global norm (so training
-  AR and NAR together gives each the updates it would get alone), weight decay on matrices
-  only.
+  AR and NAR together gives each the updates it would get alone), weight decay on the
+  matmul kernels only (`weight_decay_mask`).
 - Gradient accumulation splits each global batch into `train.grad_accum_steps`
   micro-batches inside the step (a `lax.scan`), so memory scales with the micro-batch.
 - NaN/Inf guard: a step whose loss or gradients are not finite leaves params and
@@ -42,7 +42,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -56,13 +56,10 @@ from ml_collections import config_flags
 from valle_jax import checkpoint as ckpt_lib
 from valle_jax import codec as codec_lib
 from valle_jax import data as data_lib
+from valle_jax import recipe as recipe_lib
 from valle_jax import text as text_lib
 from valle_jax import config_check, io_check, models, report, run_guard, sharding
-from valle_jax.models import layers
 from valle_jax.errors import StorageError, UserError, os_reason
-
-LOSSES: dict[str, Callable] = {"ar": models.ar_loss, "nar": models.nar_loss}
-MODEL_CLASSES = {"ar": models.ARModel, "nar": models.NARModel}
 
 
 # ------------------------------------------------------------------------- set-up
@@ -108,28 +105,53 @@ def clip_each_model_by_global_norm(max_norm: float) -> optax.GradientTransformat
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+# Parameters named with one of these endings are matmul weights (layers.py's convention).
+DECAYED_NAME_ENDINGS = ("kernel", "_proj")
+# The NAR's own output layer for the last codebook (`nar_tie_offset = 1`, lifeiteng's): a
+# [V, D] table read like an embedding, but an untied output head like `head_kernel`.
+DECAYED_NAMES = ("last_head",)
+
+
+def weight_decay_mask(params) -> Any:
+  """True for each parameter that gets weight decay: the matmul kernels (attention q/k/v/out,
+  MLP, untied output heads, `last_head` included, VALL-E 2's group projection), by their
+  names. Never biases, norm or AdaLN gains and biases, embeddings (the NAR's tied output
+  reads its acoustic embedding) or the AR's position scales (`ar_position_scale`'s
+  scalars): decaying an AdaLN gain or a position scale pulls it toward 0, and an embedding
+  row decays whenever its token is rare."""
+  def decays(path, _):
+    name = str(getattr(path[-1], "key", path[-1]))
+    return name.endswith(DECAYED_NAME_ENDINGS) or name in DECAYED_NAMES
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
 def make_optimizer(cfg) -> optax.GradientTransformation:
   """AdamW on `make_schedule`, after each model's global-norm clipping; weight decay on
-  matrices only."""
+  the parameters `weight_decay_mask` selects."""
   o = cfg.optim
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
   return optax.chain(
       clip_each_model_by_global_norm(o.grad_clip_norm),
       optax.adamw(make_schedule(cfg), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
-                  mask=decay_mask))
+                  mask=weight_decay_mask))
 
 
 class Trainer:
-  """Holds the mesh, model definitions, optimiser and the compiled step functions."""
+  """Holds the mesh, model definitions, optimiser and the compiled step functions.
 
-  def __init__(self, cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+  `recipe` gives the model classes and losses (default: the one the config's `variant`
+  names, VALL-E's unless it names one; valle_jax/recipe.py)."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+               recipe: recipe_lib.Recipe | None = None):
     self.cfg, self.mesh = cfg, mesh
+    self.recipe = recipe or recipe_lib.of_config(cfg)
     self.names = model_names(cfg)
     self.tx = make_optimizer(cfg)
     self.schedule = make_schedule(cfg)
     self.graphdefs, abstract_params = {}, {}
     for name in self.names:
-      abstract = nnx.eval_shape(lambda n=name: MODEL_CLASSES[n](cfg.model, rngs=nnx.Rngs(0)))
+      cls = self.recipe.model_class(name)
+      abstract = nnx.eval_shape(lambda cls=cls: cls(cfg.model, rngs=nnx.Rngs(0)))
       graphdef, state = nnx.split(abstract)
       self.graphdefs[name] = graphdef
       abstract_params[name] = state
@@ -160,38 +182,20 @@ class Trainer:
 
   # -- state -----------------------------------------------------------------------
 
-  def init_state(self, codebook_vectors: np.ndarray | None = None) -> dict[str, Any]:
-    """Fresh parameters and optimiser state, created directly in their shardings.
-
-    `codebook_vectors` [Q, K, C] (the codec's, for `acoustic_embedding_init = "codec"`)
-    replace the acoustic embeddings by `layers.codebook_embeddings` of them: the NAR's
-    whole table, the AR's code rows (codebook 1; EOS and BOS stay random).
-    """
+  def init_state(self) -> dict[str, Any]:
+    """Fresh parameters and optimiser state, created directly in their shardings."""
     cfg = self.cfg
-    if codebook_vectors is not None:
-      expected = (cfg.model.num_codebooks, cfg.model.codebook_size)
-      if tuple(codebook_vectors.shape[:2]) != expected:
-        raise UserError(f"the codec's codebooks are {codebook_vectors.shape[:2]}, the model "
-                        f"expects {expected} (num_codebooks, codebook_size).")
 
-    def init(vectors):
+    def init():
       params = {}
       for i, name in enumerate(self.names):
-        model = MODEL_CLASSES[name](cfg.model, rngs=nnx.Rngs(params=cfg.seed + i))
+        model = self.recipe.model_class(name)(cfg.model, rngs=nnx.Rngs(params=cfg.seed + i))
         params[name] = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-      if vectors is not None:
-        table = layers.codebook_embeddings(vectors, cfg.model.width,
-                                           jax.random.key(cfg.seed + 200))   # [Q, K, D]
-        if "ar" in params:
-          params["ar"]["audio_embed"] = params["ar"]["audio_embed"].at[:table.shape[1]].set(
-              table[0])
-        if "nar" in params:
-          params["nar"]["audio_embed"] = table
       return {"params": params,
               "optimizer": {"opt_state": self.tx.init(params), "step": jnp.int32(0),
                             "rng": jax.random.key_data(jax.random.key(cfg.seed + 100)),
                             "nan_streak": jnp.int32(0), "skipped": jnp.int32(0)}}
-    return jax.jit(init, out_shardings=self.state_shardings)(codebook_vectors)
+    return jax.jit(init, out_shardings=self.state_shardings)()
 
   def abstract_for_restore(self):
     return ckpt_lib.abstract_with_shardings(self.abstract_state, self.state_shardings)
@@ -203,13 +207,14 @@ class Trainer:
 
     Each model's loss depends on its own params only, so the gradient of this sum for
     params[m] is model m's summed-loss gradient; `_step` divides it by m's token count.
+    A loss's auxiliary objectives (`metrics["aux"]`, models/losses.py) add their sums.
     """
     total, metrics = 0.0, {}
     for i, name in enumerate(self.names):
       model = nnx.merge(self.graphdefs[name], params[name])
       dropout_rng = None if deterministic else jax.random.fold_in(rng, i)
-      _, m = LOSSES[name](model, batch[name], dropout_rng)
-      total += m["loss_sum"] + m.get("advance_loss_sum", 0.0)
+      _, m = self.recipe.loss(name)(model, batch[name], dropout_rng)
+      total += m["loss_sum"] + sum(a["loss_sum"] for a in m.get("aux", {}).values())
       metrics[name] = m
     return total, metrics
 
@@ -262,7 +267,7 @@ class Trainer:
       # reversed (same length and phonemes, wrong order) less its NLL with the true ones.
       ar_batch = {**batch["ar"], "phonemes": models.reverse_valid(
           batch["ar"]["phonemes"], batch["ar"]["phoneme_lens"])}
-      _, m = LOSSES["ar"](nnx.merge(self.graphdefs["ar"], params["ar"]), ar_batch, None)
+      _, m = self.recipe.ar_loss(nnx.merge(self.graphdefs["ar"], params["ar"]), ar_batch, None)
       metrics["ar"]["text_gain_sum"] = m["loss_sum"] - metrics["ar"]["loss_sum"]
     return metrics
 
@@ -279,19 +284,21 @@ def summarize(metrics: dict[str, Any]) -> dict[str, float]:
     m = jax.tree.map(np.asarray, metrics[name])
     count = max(float(m["count"]), 1.0)
     out[f"{name}/loss"] = float(m["loss_sum"]) / count
+    out[f"{name}/top1_acc"] = float(m["top1_correct"]) / count
     out[f"{name}/top10_acc"] = float(m["top10_correct"]) / count
     out[f"{name}/tokens"] = float(m["count"])
     if "text_gain_sum" in m:
       out[f"{name}/text_gain"] = float(m["text_gain_sum"]) / count
-    if "advance_count" in m:   # per frame whose advance is learnt
-      out[f"{name}/advance_loss"] = float(m["advance_loss_sum"]) / max(
-          float(m["advance_count"]), 1.0)
+    for aux, a in m.get("aux", {}).items():   # per the objective's own count
+      out[f"{name}/{aux}_loss"] = float(a["loss_sum"]) / max(float(a["count"]), 1.0)
     if "count_per_codebook" in m:
-      for q, (c, l, a) in enumerate(zip(m["count_per_codebook"], m["loss_sum_per_codebook"],
-                                         m["top10_correct_per_codebook"])):
+      for q, (c, l, a1, a10) in enumerate(zip(
+          m["count_per_codebook"], m["loss_sum_per_codebook"], m["top1_correct_per_codebook"],
+          m["top10_correct_per_codebook"])):
         if c > 0:
           out[f"{name}/loss_codebook{q + 1}"] = float(l) / float(c)
-          out[f"{name}/top10_acc_codebook{q + 1}"] = float(a) / float(c)
+          out[f"{name}/top1_acc_codebook{q + 1}"] = float(a1) / float(c)
+          out[f"{name}/top10_acc_codebook{q + 1}"] = float(a10) / float(c)
   return out
 
 
@@ -415,9 +422,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str,
     os.makedirs(workdir, exist_ok=True)
   lock = run_guard.WorkdirLock(workdir).acquire() if lead else None
   try:
-    checkpoints = os.path.join(workdir, "checkpoints")
-    if os.path.isdir(checkpoints):
-      reader = ckpt_lib.Checkpointer(checkpoints, every=1, keep=1, read_only=True)
+    checkpoint_dir = os.path.join(workdir, "checkpoints")
+    if os.path.isdir(checkpoint_dir):
+      reader = ckpt_lib.Checkpointer(checkpoint_dir, every=1, keep=1, read_only=True)
       latest = reader.latest_step()
       if latest is not None:
         saved = reader.saved_config(latest)
@@ -452,7 +459,8 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   frame_rate = float(codec.get("frame_rate", 75.0))
 
   mesh = sharding.make_mesh(cfg.mesh)
-  trainer = Trainer(cfg, mesh)
+  recipe = recipe_lib.of_config(cfg)
+  trainer = Trainer(cfg, mesh, recipe)
   data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
   multiple = data_parallel * cfg.train.grad_accum_steps
   if multiple % jax.process_count():
@@ -462,24 +470,23 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   lengths = data_lib.scan_lengths(
       source, os.path.join(workdir, f"lengths-{cfg.data.train_split}.npz"),
       progress=jax.process_index() == 0)
-  plan = data_lib.BatchPlan(lengths, cfg.data, seed=cfg.seed, batch_multiple=multiple)
-  loader = data_lib.BatchLoader(source, plan, cfg.data, kind=cfg.train.model,
-                                num_codebooks=cfg.model.num_codebooks, frame_rate=frame_rate,
-                                process_index=jax.process_index(),
-                                process_count=jax.process_count(),
-                                alignments=_alignments(cfg, dataset, cfg.data.train_split),
-                                nar_first_stage=models.nar_first_stage(cfg.model))
+  plan = data_lib.BatchPlan(lengths, cfg.data, seed=cfg.seed, batch_multiple=multiple,
+                            crop_long=recipe.crop_long)
+  loader = recipe.batch_loader(cfg, dataset, cfg.data.train_split, source, plan,
+                               kind=cfg.train.model, num_codebooks=cfg.model.num_codebooks,
+                               frame_rate=frame_rate, process_index=jax.process_index(),
+                               process_count=jax.process_count(), symbols=table)
   data_iter = data_lib.batch_iterator(loader, cfg.train.steps, num_threads=cfg.data.num_threads,
                                       prefetch=cfg.data.prefetch)
 
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                       every=cfg.checkpoint.every, keep=cfg.checkpoint.keep,
-                                       async_save=cfg.checkpoint.async_save)
-  latest = checkpointer.latest_step()
+  checkpoints = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                      every=cfg.checkpoint.every, keep=cfg.checkpoint.keep,
+                                      async_save=cfg.checkpoint.async_save)
+  latest = checkpoints.latest_step()
   if latest is not None:
     abstract = trainer.abstract_for_restore()
-    restored = checkpointer.restore(latest, abstract_params=abstract["params"],
-                                    abstract_optimizer=abstract["optimizer"])
+    restored = checkpoints.restore(latest, abstract_params=abstract["params"],
+                                   abstract_optimizer=abstract["optimizer"])
     codec_lib.check_same_codec(restored["codec"], codec, f"the checkpoint in {workdir}")
     if restored["symbols"]["symbols"] != symbols["symbols"]:
       raise UserError(f"the checkpoint in {workdir} was trained with another symbol table "
@@ -488,7 +495,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     data_iter.set_state(restored["data"])
     start = latest
   else:
-    state = trainer.init_state(_codebook_vectors(cfg, codec))
+    state = trainer.init_state()
     start = 0
   log = print if jax.process_index() == 0 else (lambda *a, **k: None)
   log(f"[train] {cfg.train.model} on mesh {dict(mesh.shape)} "
@@ -499,10 +506,13 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   log(f"[train] parameters: {', '.join(f'{n} {c:,}' for n, c in params_count.items())}",
       flush=True)
 
-  eval_batches = _eval_batches(cfg, dataset, workdir, frame_rate=frame_rate, multiple=multiple)
+  eval_batches = _eval_batches(cfg, recipe, dataset, workdir, frame_rate=frame_rate,
+                               multiple=multiple)
   logger = MetricLogger(workdir, cfg.train.steps, start)
+  if start == 0:      # cropped and left-out long examples, real frames per batch
+    logger.write(0, plan.stats(), console=False, prefix="plan")
   stop = _StopSignal()
-  save = functools.partial(_save, checkpointer, cfg=cfg, symbols=symbols, codec=codec)
+  save = functools.partial(_save, checkpoints, cfg=cfg, symbols=symbols, codec=codec)
   step, window, window_start, last = start, [], time.time(), {}
   storage_failed = False
   try:
@@ -512,7 +522,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       batch = sharding.shard_batch(batch, mesh)
       state, metrics = trainer.train_step(state, batch)
       step += 1
-      checkpointer.check()        # a background save that failed stops the run here
+      checkpoints.check()        # a background save that failed stops the run here
       window.append(metrics)
       if cfg.debug.log_examples:
         logger.write(step, {"examples": examples.tolist()}, console=False, prefix="data")
@@ -530,7 +540,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         logger.write(step, _evaluate(trainer, state, eval_batches, mesh), console=True,
                      prefix="eval")
       if cfg.debug.kill_at_step == step:      # fault injection for the preemption tests
-        checkpointer.wait()
+        checkpoints.wait()
         os.kill(os.getpid(), signal.SIGKILL)
       if stop.received:
         log(f"[train] {stop.received} received: saving step {step} and stopping.", flush=True)
@@ -541,38 +551,27 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     raise
   except StorageError as e:       # a metrics write
     storage_failed = True
-    raise StorageError(f"{e}; {checkpointer.last_good()}. Free space (or fix the folder) and "
+    raise StorageError(f"{e}; {checkpoints.last_good()}. Free space (or fix the folder) and "
                        "rerun the same command to resume.") from None
   finally:
     if not stop.received:   # after a signal the next one exits at once (_StopSignal)
       stop.restore()
     if storage_failed:      # don't wait on writes that may never finish; keep the error
-      checkpointer.close(wait=False)
+      checkpoints.close(wait=False)
       with contextlib.suppress(StorageError):
         logger.close()
     else:
-      checkpointer.close()
+      checkpoints.close()
       logger.close()
   return {"step": step, "metrics": last, "state": state, "stopped": stop.received}
 
 
-def _codebook_vectors(cfg, codec_description) -> np.ndarray | None:
-  """The dataset codec's codebook vectors when `model.acoustic_embedding_init` is "codec"."""
-  choice = cfg.model.acoustic_embedding_init
-  if choice == "random":
-    return None
-  if choice != "codec":
-    raise UserError(f"model.acoustic_embedding_init must be 'random' or 'codec', got "
-                    f"{choice!r}.")
-  return np.asarray(codec_lib.get_codec(codec_description).codebook_vectors(), np.float32)
-
-
-def _save(checkpointer, step, state, data_iter, *, cfg, symbols, codec, force=False):
-  if checkpointer.latest_step() == step:
+def _save(checkpoints, step, state, data_iter, *, cfg, symbols, codec, force=False):
+  if checkpoints.latest_step() == step:
     return
-  checkpointer.save(step, params=state["params"], optimizer=state["optimizer"],
-                    data=data_iter.get_state(), config=cfg, symbols=symbols, codec=codec,
-                    force=force)
+  checkpoints.save(step, params=state["params"], optimizer=state["optimizer"],
+                   data=data_iter.get_state(), config=cfg, symbols=symbols, codec=codec,
+                   force=force)
 
 
 def _log_window(logger: MetricLogger, step: int, window: list, window_start: float):
@@ -593,15 +592,7 @@ def _log_window(logger: MetricLogger, step: int, window: list, window_start: flo
   return values
 
 
-def _alignments(cfg, dataset, split: str):
-  """The split's alignments when the AR trains a phoneme pointer or the NAR codebook 1,
-  else None."""
-  pointer = cfg.train.model in ("ar", "both") and cfg.model.ar_phoneme_pointer
-  timing = cfg.train.model in ("nar", "both") and models.nar_first_stage(cfg.model) == 0
-  return dataset.alignments(split) if pointer or timing else None
-
-
-def _eval_batches(cfg, dataset, workdir, *, frame_rate: float, multiple: int):
+def _eval_batches(cfg, recipe, dataset, workdir, *, frame_rate: float, multiple: int):
   """A fixed list of held-out batches (same batching rules, own plan), or []."""
   split = cfg.data.eval_split
   if not split or not cfg.train.eval_every:
@@ -609,13 +600,13 @@ def _eval_batches(cfg, dataset, workdir, *, frame_rate: float, multiple: int):
   source = dataset.split(split)
   lengths = data_lib.scan_lengths(source, os.path.join(workdir, f"lengths-{split}.npz"),
                                   progress=False)
-  plan = data_lib.BatchPlan(lengths, cfg.data, seed=cfg.seed + 1, batch_multiple=multiple)
-  loader = data_lib.BatchLoader(source, plan, cfg.data, kind=cfg.train.model,
-                                num_codebooks=cfg.model.num_codebooks, frame_rate=frame_rate,
-                                process_index=jax.process_index(),
-                                process_count=jax.process_count(),
-                                alignments=_alignments(cfg, dataset, split),
-                                nar_first_stage=models.nar_first_stage(cfg.model))
+  plan = data_lib.BatchPlan(lengths, cfg.data, seed=cfg.seed + 1, batch_multiple=multiple,
+                            crop_long=recipe.crop_long)
+  loader = recipe.batch_loader(cfg, dataset, split, source, plan, kind=cfg.train.model,
+                               num_codebooks=cfg.model.num_codebooks, frame_rate=frame_rate,
+                               process_index=jax.process_index(),
+                               process_count=jax.process_count(),
+                               symbols=text_lib.SymbolTable.load(dataset.symbols_path))
   return [loader(i) for i in range(min(cfg.train.eval_batches, plan.batches_per_epoch))]
 
 

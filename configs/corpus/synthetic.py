@@ -1,7 +1,7 @@
 """The built-in synthetic corpus (`valle-jax make-corpus --config=configs/corpus/synthetic.py`).
 
 `voices` were chosen from `candidate_voices` by measured distinctness (`--measure_voices`:
-resemblyzer similarity of mean speaker embeddings); see README "Built-in corpus".
+resemblyzer similarity of mean speaker embeddings); see docs/synthetic_corpus.md.
 """
 import ml_collections
 
@@ -39,7 +39,7 @@ HELDOUT_VOICES = ("flite:rms", "flite:awb", "festival:ked_diphone")
 # voices and only 2 others (flite kal, slt), none from festival, and the demo's AR met the
 # held-out voices as a new domain: eval loss 1.1 nats above train loss after 100 steps
 # (0.3 epochs, nothing memorised), 4.27 vs 2.21 after the demo's 1100 steps (3.60 with
-# these voices; README "The demo"). These add festival's kal (diphone) and slt (HTS) and
+# these voices; docs/experiments/demo-history.md). These add festival's kal (diphone) and slt (HTS) and
 # warped flite/festival voices (`/warp=`, vocal tract length perturbation). Each is at most
 # 0.74 similar to any held-out voice (same-speaker similarity of the ground truth is 0.91),
 # so the held-out speakers stay unseen.
@@ -55,6 +55,7 @@ def get_config():
   c.sample_rate = 24000
   c.num_utterances = 1000          # train split, spread evenly over the training voices
   c.num_heldout_utterances = 60    # test split, spread evenly over `heldout_voices`
+  c.num_seen_voice_utterances = 0  # test_seen split: training voices say the test sentences
   c.min_words = 5
   c.max_words = 20
   c.workers = 0                    # processes; 0 = one per core

@@ -5,7 +5,7 @@ import ml_collections
 
 def base(corpus: str) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.corpus = corpus            # folder | libritts | librispeech | librilight
+  c.corpus = corpus            # folder | libritts | librispeech | librilight | libriheavy
   c.source = ""                # corpus root directory
   c.output = ""                # TFDS data dir; the dataset goes to <output>/valle_<corpus>/1.0.0
   c.overwrite = False          # replace an existing dataset of the same builder and version

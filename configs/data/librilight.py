@@ -1,6 +1,7 @@
 """LibriLight: <source>/<subset>/<speaker>/<book>/*.flac with a TSV transcript manifest
 (LibriLight ships no transcripts; header `path`, `text` [, id, speaker, split], paths
-relative to config.source). Use segmented clips: max_duration_s applies.
+relative to config.source). Use segmented clips: max_duration_s applies. For Libriheavy's
+transcripts (segments of these recordings) use configs/data/libriheavy.py instead.
 
     valle-jax prepare --config=configs/data/librilight.py --config.source=librilight \
       --config.manifest=librilight/transcripts.tsv --config.output=OUT \

@@ -73,14 +73,6 @@ def check_same_codec(saved: Mapping[str, Any], current: Mapping[str, Any], where
                     "use the same codec config.")
 
 
-def utterance_codebooks(description: Mapping[str, Any]) -> tuple[int, ...]:
-  """The codebooks (0-based) a codec codes once per utterance, the same code at every frame
-  (its `describe()["utterance_codebooks"]`; none for EnCodec): the voice of the offline
-  codec's `voice_codebooks`. Synthesis copies them from the prompt instead of having the NAR
-  predict them (`sampling.decode_nar`), as the voice is the prompt's."""
-  return tuple(int(q) for q in description.get("utterance_codebooks", ()))
-
-
 def load_description(path: str) -> dict[str, Any]:
   """Reads a `codec.json` written next to a dataset."""
   try:
@@ -92,4 +84,4 @@ def load_description(path: str) -> dict[str, Any]:
 
 
 __all__ = ["BACKENDS", "Codec", "IDENTITY_KEYS", "check_same_codec", "get_codec",
-           "load_description", "register_backend", "utterance_codebooks"]
+           "load_description", "register_backend"]

@@ -34,8 +34,7 @@ class Codec(Protocol):
 
   def codebook_vectors(self) -> np.ndarray:
     """float32 [Q, codebook_size, C]: each codebook's entries in the codec's latent space,
-    where the quantiser's distance is Euclidean (used to start the LM's acoustic embeddings
-    from the codec's geometry: `model.acoustic_embedding_init = "codec"`)."""
+    where the quantiser's distance is Euclidean."""
 
   def describe(self) -> dict[str, Any]:
     """JSON-serialisable identity (name + parameters + weights checksum) saved with a dataset

@@ -96,7 +96,7 @@ class Features:
   # True: codebook 0 codes each frame relative to its utterance's mean log F0 and envelope
   # (the voice's pitch level and timbre), so that it carries what is said more than who says
   # it; codebooks 1..7 code the rest, that mean included. Off by default: in the full demo
-  # the AR then lost the voice (numbers in configs/demo.py and the README).
+  # the AR then lost the voice (numbers in docs/experiments/demo-history.md).
   content_first: bool = False
   # n > 0 (needs `content_first`): codebooks 1..n code that utterance mean itself (residual
   # VQ fitted to the augmented training utterances' means), once per utterance: every frame
@@ -323,7 +323,7 @@ class OfflineCodec:
         "num_codebooks": NUM_CODEBOOKS,
         "codebook_size": CODEBOOK_SIZE,
         "features": dataclasses.asdict(self.features),
-        # one code per utterance (`valle_jax.codec.utterance_codebooks`)
+        # one code per utterance (the aligned variant copies them from the prompt)
         "utterance_codebooks": list(range(1, 1 + self.features.voice_codebooks)),
         "weights": self.checksum(),
         "fit": self.fit_info,

@@ -6,14 +6,11 @@
 
 `models` depends on jax and flax only (never on data, codec, text, train or checkpoint).
 """
-from valle_jax.models.ar import (NO_TEXT, ARModel, ar_inputs_and_targets, bos_id, drop_text,
-                                 dwell_of, eos_id, feed_back_samples, keep_audio_tokens,
-                                 pointer_inputs_and_targets, prompt_pointers)
-from valle_jax.models.losses import (ar_loss, example_batch, nar_loss, reverse_valid,
-                                     token_nll_and_topk)
-from valle_jax.models.nar import NARModel, nar_first_stage
+from valle_jax.models.ar import ARModel, ar_inputs_and_targets, bos_id, eos_id
+from valle_jax.models.losses import (ar_loss, ar_metrics, example_batch, nar_loss, nar_metrics,
+                                     reverse_valid, token_nll_and_rank)
+from valle_jax.models.nar import NARModel
 
-__all__ = ["NO_TEXT", "ARModel", "NARModel", "ar_inputs_and_targets", "ar_loss", "bos_id",
-           "drop_text", "dwell_of", "eos_id", "example_batch", "feed_back_samples",
-           "keep_audio_tokens", "nar_first_stage", "nar_loss", "pointer_inputs_and_targets",
-           "prompt_pointers", "reverse_valid", "token_nll_and_topk"]
+__all__ = ["ARModel", "NARModel", "ar_inputs_and_targets", "ar_loss", "ar_metrics", "bos_id",
+           "eos_id", "example_batch", "nar_loss", "nar_metrics", "reverse_valid",
+           "token_nll_and_rank"]

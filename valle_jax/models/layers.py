@@ -3,6 +3,8 @@
 Conventions
 - Parameters are float32 `nnx.Param`s carrying `logical_axes` metadata (names from
   `valle_jax.sharding.LOGICAL_RULES`); they are cast to the compute dtype where used.
+  Matmul weights are named `*kernel` (or `*_proj`): those names, and only those, get
+  weight decay (`train.weight_decay_mask`).
 - Attention softmax, layer-norm statistics and logits are computed in float32.
 - Dropout is explicit: pass `dropout_rng=None` for deterministic (eval) behaviour, or a
   PRNG key for training. Nothing stores RNG state, so train steps stay pure functions.
@@ -11,10 +13,12 @@ Conventions
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 Array = jax.Array
@@ -41,29 +45,6 @@ def embed(table: Array, ids: Array) -> Array:
   return table[ids] * table.shape[-1] ** 0.5
 
 
-def codebook_embeddings(vectors: Array, width: int, key: Array) -> Array:
-  """Acoustic embeddings [Q, K, D] that carry a codec's geometry (`acoustic_embedding_init
-  = "codec"`): its codebook vectors [Q, K, C] times one random projection [C, D] with
-  orthonormal rows (C <= D; Gaussian when C > D), scaled so that codebook 0's entries have
-  `embed_init`'s spread.
-
-  Residual-VQ codes are unordered labels: a model with random embeddings learns which codes
-  lie near each other only from many examples of each. With this start, the NAR's input
-  (the sum of the embeddings of codebooks < j) is the projection of the codec's partial
-  reconstruction, and its tied prediction layer scores entries by their alignment with a
-  direction in the codec's space, from step 0. Entries stay trainable.
-  """
-  q, k, c = vectors.shape
-  vectors = jnp.asarray(vectors, jnp.float32)
-  if c <= width:
-    proj = jax.random.orthogonal(key, width)[:c]                          # [C, D]
-  else:
-    proj = jax.random.normal(key, (c, width)) * c ** -0.5
-  table = jnp.einsum("qkc,cd->qkd", vectors, proj)
-  rms0 = jnp.sqrt(jnp.mean(jnp.square(table[0])))
-  return table * (width ** -0.5 / jnp.maximum(rms0, 1e-12))
-
-
 def make_param(rngs: nnx.Rngs, init, shape: tuple[int, ...],
                logical_axes: tuple[str | None, ...]) -> nnx.Param:
   """A float32 parameter annotated with logical axis names (one per dimension)."""
@@ -72,9 +53,16 @@ def make_param(rngs: nnx.Rngs, init, shape: tuple[int, ...],
 
 
 def sinusoidal_positions(positions: Array, dim: int) -> Array:
-  """Sinusoidal position encodings. positions [...] int -> [..., dim] float32."""
+  """Sinusoidal position encodings. positions [...] int -> [..., dim] float32: the sines
+  of frequencies 10000^(-2i / dim), i < dim / 2, then their cosines.
+
+  The frequencies are rounded as PyTorch's usual table computes them (a float32 exponent,
+  then exp), so that a converted PyTorch model sees the same positions to the last bit in
+  almost every entry (`valle_jax.convert.lifeiteng`).
+  """
   half = dim // 2
-  freqs = jnp.exp(-jnp.log(10_000.0) * jnp.arange(half, dtype=jnp.float32) / half)
+  exponents = np.arange(0, 2 * half, 2, dtype=np.float32) * np.float32(-math.log(10_000.0) / dim)
+  freqs = jnp.asarray(np.exp(exponents.astype(np.float64)).astype(np.float32))   # [dim/2]
   angles = positions.astype(jnp.float32)[..., None] * freqs
   enc = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
   if dim % 2:
@@ -178,10 +166,21 @@ class Attention(nnx.Module):
     return out + self.out_bias[...].astype(dtype), cache
 
 
-class MLP(nnx.Module):
-  """Position-wise feed-forward network: D -> F (GELU) -> D."""
+ACTIVATIONS = {"gelu": jax.nn.gelu, "relu": jax.nn.relu}   # gelu: tanh approximation
 
-  def __init__(self, width: int, mlp_dim: int, *, rngs: nnx.Rngs):
+
+def check_activation(name: str) -> str:
+  """`name` if it is one of ACTIVATIONS, else a clear error."""
+  if name not in ACTIVATIONS:
+    raise ValueError(f"mlp_activation must be one of {sorted(ACTIVATIONS)}, got {name!r}.")
+  return name
+
+
+class MLP(nnx.Module):
+  """Position-wise feed-forward network: D -> F (`activation`) -> D."""
+
+  def __init__(self, width: int, mlp_dim: int, *, activation: str = "gelu", rngs: nnx.Rngs):
+    self.activation = check_activation(activation)
     self.in_kernel = make_param(rngs, _dense_init, (width, mlp_dim), ("embed", "mlp"))
     self.in_bias = make_param(rngs, _zeros, (mlp_dim,), ("mlp",))
     self.out_kernel = make_param(rngs, _dense_init, (mlp_dim, width), ("mlp", "embed"))
@@ -190,7 +189,7 @@ class MLP(nnx.Module):
   def __call__(self, x: Array) -> Array:
     dtype = x.dtype
     h = x @ self.in_kernel[...].astype(dtype) + self.in_bias[...].astype(dtype)
-    h = jax.nn.gelu(h)
+    h = ACTIVATIONS[self.activation](h)
     return h @ self.out_kernel[...].astype(dtype) + self.out_bias[...].astype(dtype)
 
 
@@ -198,11 +197,11 @@ class Block(nnx.Module):
   """Pre-LayerNorm transformer block: x + Attn(Norm(x)); then + MLP(Norm(.))."""
 
   def __init__(self, width: int, num_heads: int, mlp_dim: int, dropout_rate: float, *,
-               num_conditions: int = 0, rngs: nnx.Rngs):
+               num_conditions: int = 0, activation: str = "gelu", rngs: nnx.Rngs):
     self.attn_norm = Norm(width, num_conditions=num_conditions, rngs=rngs)
     self.attn = Attention(width, num_heads, rngs=rngs)
     self.mlp_norm = Norm(width, num_conditions=num_conditions, rngs=rngs)
-    self.mlp = MLP(width, mlp_dim, rngs=rngs)
+    self.mlp = MLP(width, mlp_dim, activation=activation, rngs=rngs)
     self.dropout_rate = dropout_rate
 
   def __call__(self, x: Array, mask: Array, *, condition: Array | None = None,
@@ -227,10 +226,11 @@ class Transformer(nnx.Module):
   """
 
   def __init__(self, *, num_layers: int, width: int, num_heads: int, mlp_dim: int,
-               dropout_rate: float, num_conditions: int = 0, rngs: nnx.Rngs):
+               dropout_rate: float, num_conditions: int = 0, activation: str = "gelu",
+               rngs: nnx.Rngs):
     self.blocks = nnx.List([
         Block(width, num_heads, mlp_dim, dropout_rate, num_conditions=num_conditions,
-              rngs=rngs) for _ in range(num_layers)])
+              activation=activation, rngs=rngs) for _ in range(num_layers)])
     self.final_norm = Norm(width, num_conditions=num_conditions, rngs=rngs)
 
   def __call__(self, x: Array, mask: Array, *, condition: Array | None = None,

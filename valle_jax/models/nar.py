@@ -1,12 +1,5 @@
 """The non-autoregressive (NAR) model: codebook j (j = 2..Q, 1-based) given codebooks < j.
 
-With `nar_codebook1` (beyond the paper), also codebook 1 (stage 0), given when each target
-frame is spoken: every target frame then carries `frame_phonemes` (the index of the phoneme
-it is spoken in: the forced alignment in training, the AR's phoneme pointer at inference),
-embedded as that phoneme's embedding plus how many frames of it come before and after the
-frame (clipped at `TIMING_EMBEDDINGS` - 1). Codebook 1 is then made for every frame at once
-and never read back frame by frame (README "The demo").
-
 Sequence layout for a batch (padding at the end of each segment):
 
     [ (stage token) | phonemes (L) | acoustic prompt (P) | target (T) ]
@@ -17,13 +10,14 @@ Sequence layout for a batch (padding at the end of each segment):
 Prompt and target share one acoustic position axis (target continues after the prompt).
 Attention is full (no causal mask) over valid slots.
 
-`stage` is the 0-based index of the codebook to predict, in [1, Q) ([0, Q) with
-`nar_codebook1`). It enters through AdaLN (`a_stage * LayerNorm(h) + b_stage` in every
+`stage` is the 0-based index of the codebook to predict, in [1, Q). It enters through AdaLN (`a_stage * LayerNorm(h) + b_stage` in every
 norm; VALL-E) or, with `nar_stage_conditioning = "token"`, as a learned token at the front
 (VALL-E 2).
 With `nar_tie_output`, the prediction layer for codebook `stage` is the transpose of the
 acoustic embedding of codebook `stage` — the paper's "j-th prediction layer tied to the
-(j+1)-th acoustic embedding" in its 1-based stage numbering.
+(j+1)-th acoustic embedding" in its 1-based stage numbering. With `nar_tie_offset = 1`
+(lifeiteng/vall-e's reading of that sentence) it is the embedding of codebook `stage + 1`,
+and the last codebook has a prediction layer of its own (`last_head`, [V, D] like a table).
 """
 from __future__ import annotations
 
@@ -32,21 +26,20 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from valle_jax.models import ar, layers
+from valle_jax.models import layers
 
 Array = jax.Array
 
-TIMING_EMBEDDINGS = 32   # frames since / until a phoneme's boundary, clipped at 31 (0.41 s)
-
-
-def nar_first_stage(cfg: ml_collections.ConfigDict) -> int:
-  """The first codebook (0-based) a NAR of this model config predicts: 0 with
-  `nar_codebook1`, else 1."""
-  return 0 if cfg.get("nar_codebook1", False) else 1
-
 
 class NARModel(nnx.Module):
-  """VALL-E's NAR transformer over codebooks 2..Q."""
+  """VALL-E's NAR transformer over codebooks 2..Q.
+
+  `first_stage` is the first codebook (0-based) it predicts. Extension point: `target_extra`
+  [B, T, D] (float), where `__call__` takes it, is added to the target frames' input
+  embeddings; VALL-E passes none. A variant's subclass adds its own per-frame conditioning
+  through it (valle_jax/variants).
+  """
+  first_stage = 1
 
   def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     d, q = cfg.width, cfg.num_codebooks
@@ -55,8 +48,11 @@ class NARModel(nnx.Module):
                        f"got {cfg.nar_stage_conditioning!r}.")
     self.num_codebooks, self.codebook_size = q, cfg.codebook_size
     self.stage_as_token = cfg.nar_stage_conditioning == "token"
-    self.first_stage = nar_first_stage(cfg)
     self.tie_output = cfg.nar_tie_output
+    self.tie_offset = int(cfg.get("nar_tie_offset", 0))
+    if self.tie_offset not in (0, 1) or (self.tie_offset and not self.tie_output):
+      raise ValueError("nar_tie_offset must be 0 or 1 (1 needs nar_tie_output), got "
+                       f"{self.tie_offset}.")
     self.dtype = layers.compute_dtype(cfg.compute_dtype)
     self.dropout_rate = cfg.dropout
     embed = layers.embed_init(d)
@@ -68,10 +64,11 @@ class NARModel(nnx.Module):
       self.stage_embed = layers.make_param(rngs, embed, (q, d), (None, "embed"))
     self.transformer = layers.Transformer(
         num_layers=cfg.num_layers, width=d, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim,
-        dropout_rate=cfg.dropout, num_conditions=0 if self.stage_as_token else q, rngs=rngs)
-    if self.first_stage == 0:  # frames since / until their phoneme's boundary
-      self.timing_embed = layers.make_param(rngs, embed, (2, TIMING_EMBEDDINGS, d),
-                                            (None, None, "embed"))
+        dropout_rate=cfg.dropout, num_conditions=0 if self.stage_as_token else q,
+        activation=cfg.get("mlp_activation", "gelu"), rngs=rngs)
+    if self.tie_offset:
+      self.last_head = layers.make_param(rngs, embed, (cfg.codebook_size, d),
+                                         ("vocab", "embed"))
     if not self.tie_output:
       self.head_kernel = layers.make_param(rngs, jax.nn.initializers.lecun_normal(),
                                            (q, d, cfg.codebook_size),
@@ -79,8 +76,8 @@ class NARModel(nnx.Module):
 
   def __call__(self, phonemes: Array, phoneme_lens: Array, prompt_codes: Array,
                prompt_lens: Array, target_codes: Array, target_lens: Array, stage: Array,
-               *, frame_phonemes: Array | None = None,
-               dropout_rng: Array | None = None) -> Array:
+               *, dropout_rng: Array | None = None, target_extra: Array | None = None
+               ) -> Array:
     """Predicts codebook `stage` of the target.
 
     Args:
@@ -89,9 +86,8 @@ class NARModel(nnx.Module):
       target_codes: int [B, T, Q] target codes; only codebooks < stage are read.
       target_lens: int [B].
       stage: int [B], 0-based codebook index to predict, in [first_stage, Q).
-      frame_phonemes: int [B, T], with `nar_codebook1` (required then): the index into
-        `phonemes` of the phoneme each target frame is spoken in.
       dropout_rng: PRNG key for dropout, or None for deterministic evaluation.
+      target_extra: float [B, T, D] added to the target's embeddings (see the class).
     Returns:
       float32 logits [B, T, V] for codebook `stage` at each target frame.
     """
@@ -118,11 +114,8 @@ class NARModel(nnx.Module):
     x_prompt += layers.sinusoidal_positions(prompt_pos, d)
     x_target = embed_codes(target_codes, below_stage)
     x_target += layers.sinusoidal_positions(target_pos, d)
-    if self.first_stage == 0:
-      if frame_phonemes is None:
-        raise ValueError("a NAR with nar_codebook1 needs frame_phonemes, the phoneme each "
-                         "target frame is spoken in.")
-      x_target += self._embed_timing(phonemes, frame_phonemes, target_lens)
+    if target_extra is not None:
+      x_target += target_extra
     segments = [x_phon, x_prompt, x_target]
     valid = [jnp.arange(n)[None, :] < lens[:, None] for n, lens in
              ((num_phon, phoneme_lens), (num_prompt, prompt_lens), (num_target, target_lens))]
@@ -138,34 +131,14 @@ class NARModel(nnx.Module):
     condition = None if self.stage_as_token else stage
     h, _ = self.transformer(x, mask, condition=condition, dropout_rng=layers_rng)
     h = h[:, -num_target:]                                              # [B, T, D]
-    if self.tie_output:
+    if self.tie_offset:
+      out = jnp.where((stage == q - 1)[:, None, None], self.last_head[...][None],
+                      table[jnp.minimum(stage + 1, q - 1)])             # [B, V, D]
+      logits = jnp.einsum("btd,bvd->btv", h, out.astype(h.dtype))
+    elif self.tie_output:
       out = table[stage]                                                # [B, V, D]
       logits = jnp.einsum("btd,bvd->btv", h, out.astype(h.dtype))
     else:
       out = self.head_kernel[...][stage]                                # [B, D, V]
       logits = jnp.einsum("btd,bdv->btv", h, out.astype(h.dtype))
     return logits.astype(jnp.float32)
-
-  def _embed_timing(self, phonemes: Array, frame_phonemes: Array, target_lens: Array
-                    ) -> Array:
-    """[B, T, D]: each frame's phoneme embedding and where in that phoneme it is."""
-    frame_phonemes = jnp.clip(frame_phonemes, 0, phonemes.shape[1] - 1)
-    ids = jnp.take_along_axis(phonemes, frame_phonemes, axis=1)              # [B, T]
-    since, until = frames_since_and_until(frame_phonemes, target_lens)
-    table = self.timing_embed[...]
-    clip = lambda n: jnp.clip(n, 0, TIMING_EMBEDDINGS - 1)   # noqa: E731
-    return (layers.embed(self.phoneme_embed[...], ids) + layers.embed(table[0], clip(since))
-            + layers.embed(table[1], clip(until)))
-
-
-def frames_since_and_until(frame_phonemes: Array, lens: Array) -> tuple[Array, Array]:
-  """For each frame of phoneme indices [B, T] (`lens` [B] valid), how many frames of the
-  same phoneme come before it and after it (int32 [B, T] each; a frame's phoneme ends at
-  the last valid frame)."""
-  t = frame_phonemes.shape[1]
-  slot = jnp.arange(t)[None, :]
-  ends = (slot + 1 >= lens[:, None]) | jnp.concatenate(
-      [frame_phonemes[:, 1:] != frame_phonemes[:, :-1],
-       jnp.ones_like(frame_phonemes[:, :1], bool)], axis=1)                # [B, T]
-  run_end = jax.lax.cummin(jnp.where(ends, slot, t - 1), axis=1, reverse=True)
-  return ar.dwell_of(frame_phonemes), (run_end - slot).astype(jnp.int32)

@@ -1,14 +1,14 @@
 """Phoneme-to-frame forced alignment of a prepared dataset, learnt from the dataset alone.
 
-    valle-jax align --dataset=DIR/valle_folder/1.0.0     (data_prep/align_cli.py; writes
+    valle-jax align --dataset=DIR/valle_folder/1.0.0     (align_cli.py; writes
                                                           DIR/.../alignments.npz)
     align_dataset(dataset_path)                           (from Python)
-    open_dataset(dataset_path).alignments("train")[i]     (record i's, valle_jax/data.py)
+    load_alignments(open_dataset(dataset_path), "train")[i]   (record i's, data.py)
 
 Each utterance's codec frames are split into one run of >= 1 frames per phoneme, in order,
 by Viterbi training of a left-to-right model whose emissions are discrete: P(code | phoneme)
 for the first `num_codebooks` codebooks (independent given the phoneme), counted over the
-training split, less any the codec codes once per utterance (`codec.utterance_codebooks`,
+training split, less any the codec codes once per utterance (`utterance_codebooks`,
 the offline codec's voice code): a code that is the same at every frame cannot tell which
 phoneme a frame is in, and its P(code | phoneme) would act as a per-phoneme length bias,
 wrong on voices the counts never saw (on the demo's held-out voices, with it, word
@@ -18,8 +18,8 @@ utterance cut evenly (phoneme l gets frames near l * T / L); then `iterations` r
 needed: the codes themselves are the observations.
 
 The result, per record, is `phoneme_of_frame` int32 [T]: the phoneme index (0..L-1) each
-frame is spoken in, non-decreasing, stepping by 0 or 1, from 0 to L - 1. The AR's phoneme
-pointer (`model.ar_phoneme_pointer`, models/ar.py) is trained on it. A record with more
+frame is spoken in, non-decreasing, stepping by 0 or 1, from 0 to L - 1. The variant's AR
+phoneme pointer and its NAR's codebook-1 timing (models.py) are trained on it. A record with more
 phonemes than frames cannot be aligned; it keeps the even split and is counted.
 """
 from __future__ import annotations
@@ -31,10 +31,10 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from valle_jax.codec import utterance_codebooks
-from valle_jax.data import ALIGNMENTS_FILE, even_split, open_dataset
+from valle_jax.data import open_dataset
 from valle_jax.errors import UserError
 from valle_jax.text import SymbolTable
+from valle_jax.variants.aligned.data import ALIGNMENTS_FILE, even_split, utterance_codebooks
 
 @dataclasses.dataclass(frozen=True)
 class AlignConfig:

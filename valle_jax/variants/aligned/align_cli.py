@@ -1,13 +1,14 @@
-"""`valle-jax align --dataset=DIR`: forced alignments of a prepared dataset (data_prep/align.py)."""
+"""`valle-jax align --dataset=DIR`: forced alignments of a prepared dataset (align.py), for
+the aligned variant."""
 from __future__ import annotations
 
 import os
 
 from absl import flags
 
-from data_prep import align
-from valle_jax.data import ALIGNMENTS_FILE
 from valle_jax.errors import UserError
+from valle_jax.variants.aligned import align
+from valle_jax.variants.aligned.data import ALIGNMENTS_FILE
 
 _DATASET = flags.DEFINE_string("dataset", None, "A prepared dataset: the <builder>/<version> "
                                "directory `valle-jax prepare` printed.")
