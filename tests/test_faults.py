@@ -175,6 +175,9 @@ def test_help_lists_the_commands_own_flags():
     assert "--log_dir" not in result.stdout        # absl's own flags stay in --helpfull
   result = _cli("evaluate", "--help")
   assert "--max_utterances" in result.stdout and "--top_k" in result.stdout   # shared ones
+  from valle_jax import evaluate_cli  # pylint: disable=g-import-not-at-top
+  for name in evaluate_cli.SHARED_FLAGS:      # each one a flag that exists
+    assert f"  --{name}: " in result.stdout, name
 
 
 def test_default_config_from_another_folder(tmp_path):
