@@ -372,7 +372,7 @@ def test_full_disk_stops_training_cleanly(tiny_dataset, tmp_path, how):
     last = int(line.split("the last complete checkpoint is step ")[1].split()[0])
     assert os.path.isdir(os.path.join(workdir, "checkpoints", str(last)))
     from valle_jax import checkpoint  # pylint: disable=g-import-not-at-top
-    reader = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), every=1, keep=1,
+    reader = checkpoint.RunCheckpoints(os.path.join(workdir, "checkpoints"), every=1, keep=1,
                                      read_only=True)
     assert reader.saved_config(last)["train"]["steps"] == 100000   # complete and readable
 

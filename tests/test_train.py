@@ -59,7 +59,7 @@ def _run_train(workdir, dataset, *extra, devices=2):
 
 
 def _final_params(workdir, step):
-  manager = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), every=1, keep=10)
+  manager = ckpt_lib.RunCheckpoints(os.path.join(workdir, "checkpoints"), every=1, keep=10)
   meta = manager.manager.item_metadata(step)
   params = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta["params"])
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
@@ -126,7 +126,7 @@ def test_restore_onto_another_mesh(tiny_dataset, tmp_path):
   cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 8, 1, 1
   saver = train.Trainer(cfg, sharding.make_mesh(cfg.mesh))
   state = saver.init_state()
-  ckpt = ckpt_lib.Checkpointer(str(tmp_path), every=1, keep=1)
+  ckpt = ckpt_lib.RunCheckpoints(str(tmp_path), every=1, keep=1)
   ckpt.save(3, params=state["params"], optimizer=state["optimizer"], data={"next_index": 3},
             config=cfg, symbols={"symbols": []}, codec={"name": "x"})
   ckpt.wait()

@@ -43,7 +43,7 @@ class SaveError(StorageError):
 class _BackgroundErrors(logging.Filter):
   """Orbax logs, rather than raises, most errors of its background save threads (with
   tracebacks dozens of lines long) and asyncio reports their futures' errors: this keeps
-  the first one, for `Checkpointer.check` to say what failed, and off the console."""
+  the first one, for `RunCheckpoints.check` to say what failed, and off the console."""
 
   LOGGERS = ("absl", "asyncio")
 
@@ -82,7 +82,7 @@ def _raised_in_orbax(error: BaseException | None) -> bool:
   return False
 
 
-class Checkpointer:
+class RunCheckpoints:
   """Thin wrapper over `ocp.CheckpointManager` with this project's items."""
 
   def __init__(self, directory: str, *, every: int, keep: int, async_save: bool = True,
@@ -234,7 +234,7 @@ def _quiet_leftover_errors():
   """After a failed save or restore, Orbax's abandoned coroutines and TensorStore's callbacks
   into a closed asyncio loop report the same error by the dozen, as 'Exception ignored'
   tracebacks, as they happen; they say nothing the one-line error does not, so they are not
-  shown (installed once per process, by the first Checkpointer)."""
+  shown (installed once per process, by the first RunCheckpoints)."""
   previous = sys.unraisablehook
   if getattr(previous, "quiets_checkpoint_leftovers", False):
     return

@@ -70,7 +70,7 @@ def write_run(out: str, model_cfg, params: dict, symbols, codec: dict) -> str:
   config = lifeiteng.get_config()
   config.model = model_cfg
   config.train.steps = 0
-  saver = checkpoint.Checkpointer(directory, every=1, keep=1, async_save=False)
+  saver = checkpoint.RunCheckpoints(directory, every=1, keep=1, async_save=False)
   saver.save(0, params=params, optimizer={"step": np.zeros((), np.int32)}, data={},
              config=config, symbols={"version": symbols.VERSION, "symbols": symbols.symbols},
              codec=codec, force=True)

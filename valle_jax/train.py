@@ -424,7 +424,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str,
   try:
     checkpoint_dir = os.path.join(workdir, "checkpoints")
     if os.path.isdir(checkpoint_dir):
-      reader = ckpt_lib.Checkpointer(checkpoint_dir, every=1, keep=1, read_only=True)
+      reader = ckpt_lib.RunCheckpoints(checkpoint_dir, every=1, keep=1, read_only=True)
       latest = reader.latest_step()
       if latest is not None:
         saved = reader.saved_config(latest)
@@ -479,7 +479,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   data_iter = data_lib.batch_iterator(loader, cfg.train.steps, num_threads=cfg.data.num_threads,
                                       prefetch=cfg.data.prefetch)
 
-  checkpoints = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+  checkpoints = ckpt_lib.RunCheckpoints(os.path.join(workdir, "checkpoints"),
                                       every=cfg.checkpoint.every, keep=cfg.checkpoint.keep,
                                       async_save=cfg.checkpoint.async_save)
   latest = checkpoints.latest_step()
