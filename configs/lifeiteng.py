@@ -13,4 +13,5 @@ def get_config():
   c.model.ar_bos = False
   c.model.ar_head_bias = False
   c.model.nar_tie_offset = 1
+  c.data.nar_prompt = "prefix"   # prefix_mode=1: the NAR reads prompt transcript + text
   return c

@@ -54,12 +54,11 @@ def test_is_a_codec_with_encodec_token_format(codec):
   assert codec.codebooks.shape == (8, 1024, FIT.features.dim)
 
 
-def test_codebook_vectors_are_the_space_codes_decode_in(codec, heldout):
-  """The vectors the LM's embeddings may start from: summed over codebooks they are the
-  decoded features (up to the fixed affine map), so their distances are the VQ's."""
+def test_codebooks_sum_to_the_decoded_features(codec, heldout):
+  """Summed over codebooks, the codes' centroids are the decoded features (up to the fixed
+  affine map): a residual VQ, whose distances are the VQ's."""
   codes = codec.encode(heldout[0], 24000)
-  vectors = codec.codebook_vectors()
-  assert vectors.shape == (8, 1024, FIT.features.dim) and vectors.dtype == np.float32
+  vectors = codec.codebooks
   summed = sum(vectors[q][codes[:, q].astype(int)] for q in range(8))
   np.testing.assert_allclose(summed * codec.scale + codec.mean, codec.dequantize(codes),
                              rtol=1e-5, atol=1e-5)

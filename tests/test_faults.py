@@ -270,8 +270,9 @@ def test_lock_and_signal_exit_code(run_dir, tiny_dataset, tmp_path):
 
 
 def test_resume_with_another_config(run_dir, tiny_dataset, tmp_path):
-  """Changed width: refused, field named; changed lr: refused unless allowed; a stale lock
-  (its process gone) is taken over; more steps are always allowed."""
+  """Changed width: refused, field named; changed lr: refused unless allowed; another batch
+  layout: refused; a stale lock (its process gone) is taken over; more steps are always
+  allowed."""
   workdir = str(tmp_path / "run")
   shutil.copytree(run_dir, workdir)
   before = _snapshot(os.path.join(workdir, "checkpoints"))
@@ -283,6 +284,12 @@ def test_resume_with_another_config(run_dir, tiny_dataset, tmp_path):
   faster = _cli(*common, "--config.train.steps=15", "--config.optim.peak_lr=0.001")
   assert faster.returncode == 2
   assert "--allow_config_change=optim.peak_lr" in _error_line(faster.stderr)
+  # Another batch layout (here by accumulation; a mesh of another data x fsdp size likewise)
+  # would change which examples each later step reads: refused even when allowed.
+  regrouped = _cli(*common, "--config.train.steps=15", "--config.train.grad_accum_steps=2",
+                   "--allow_config_change=train.grad_accum_steps")
+  assert regrouped.returncode == 2
+  assert "grad_accum_steps = 1; this mesh gives 2" in _error_line(regrouped.stderr)
   assert _snapshot(os.path.join(workdir, "checkpoints")) == before   # refusals write nothing
   gone = subprocess.Popen([sys.executable, "-c", "pass"])
   gone.wait()

@@ -387,10 +387,11 @@ def test_ar_pointer_kv_cache_matches_full_forward(pointer_model, batch):
                                atol=2e-5, rtol=1e-5)
 
 
-def test_ar_pointer_needs_group_size_1(cfg):
+@pytest.mark.parametrize("field, value", [("ar_group_size", 2), ("ar_bos", False)])
+def test_ar_pointer_needs_group_size_1_and_bos(cfg, field, value):
   c = ml_collections.ConfigDict(cfg.to_dict())
-  c.ar_group_size = 2
-  with pytest.raises(ValueError, match="ar_group_size"):
+  c[field] = value
+  with pytest.raises(ValueError, match=field):
     aligned_models.PointerARModel(c, rngs=nnx.Rngs(0))
 
 

@@ -191,6 +191,8 @@ def test_import_checkpoint_writes_a_run_synthesis_loads(tmp_path):
   cfg, params, _ = lifeiteng.convert(state, num_heads=2)
   assert bundle.config.model.to_dict() == cfg.to_dict()
   assert bundle.codec_description == lifeiteng.ENCODEC_6KBPS
+  from valle_jax import synthesize  # pylint: disable=g-import-not-at-top
+  assert synthesize.trained_nar_prompt(bundle.config) == "prefix"   # its prefix_mode=1
   for name, model in (("ar", bundle.ar), ("nar", bundle.nar)):
     loaded = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     jax.tree.map(np.testing.assert_array_equal, loaded, params[name])

@@ -26,6 +26,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-corpus": ("data_prep.make_corpus", "write the built-in synthetic multi-voice corpus (Debian TTS voices, KJV text)"),
 }
 
+# Commands that build data and read no run config: they need no variant.
+DATA_COMMANDS = ("prepare", "make-corpus")
+
 
 def _usage() -> str:
   width = max(len(c) for c in COMMANDS)
@@ -69,8 +72,9 @@ def main(argv: list[str] | None = None) -> None:
   caller_argv, sys.argv = sys.argv, [argv[0], command]
   try:
     module = importlib.import_module(COMMANDS[command][0])
-    from valle_jax import variants  # pylint: disable=g-import-not-at-top
-    variants.load_all()
+    if command not in DATA_COMMANDS:   # the commands that read a run config
+      from valle_jax import variants  # pylint: disable=g-import-not-at-top
+      variants.load_all()
     _run_command(command, prog, args, module, argv)
   finally:
     sys.argv = caller_argv     # for callers in the same process (tests)

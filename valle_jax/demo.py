@@ -149,7 +149,8 @@ def _train(cfg, workdir: str, dataset: str) -> dict[str, Any]:
   from valle_jax import unigram  # pylint: disable=g-import-not-at-top
   return {"run": run, "step": summary["step"], "metrics": summary["metrics"],
           "eval": _last_eval(run),
-          "unigram": unigram.dataset_baseline(dataset, tcfg.data.eval_split)}
+          "unigram": unigram.dataset_baseline(dataset, tcfg.data.eval_split,
+                                          train_split=tcfg.data.train_split)}
 
 
 def _last_eval(run: str) -> dict[str, float]:

@@ -209,8 +209,8 @@ class Controller:
 
   def prefill_kwargs(self, model, inputs, audio: Array, prompt_lens: Array
                      ) -> dict[str, Any]:
-    """Keyword arguments for `model.prefill` (audio [B, 1 + P/G, G] is BOS + the prompt's
-    groups, `prompt_lens` [B] its frames used)."""
+    """Keyword arguments for `model.prefill` (audio [B, A, G] is BOS, with `ar_bos`, then
+    the prompt's groups; `prompt_lens` [B] its frames used)."""
     del model, inputs, audio, prompt_lens
     return {}
 

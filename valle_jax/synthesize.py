@@ -252,6 +252,9 @@ def load_models(path: str, nar_path: str | None = None):
     raise UserError(f"the checkpoint {nar_path or path} holds no NAR model; pass the NAR "
                     "run with --nar_checkpoint.")
   if nar_bundle is not bundle:
+    if nar_bundle.recipe.name != bundle.recipe.name:   # decoding follows the AR's recipe
+      raise UserError(f"the AR run is variant {bundle.recipe.name!r} and the NAR run "
+                      f"{nar_bundle.recipe.name!r}; pass two runs of one variant.")
     if nar_bundle.symbols != bundle.symbols:
       raise UserError("the AR and NAR checkpoints were trained with different symbol "
                       "tables; use runs on the same dataset.")

@@ -492,7 +492,14 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       raise UserError(f"the checkpoint in {workdir} was trained with another symbol table "
                       f"than {dataset.symbols_path}; use a new --workdir for this dataset.")
     state = {"params": restored["params"], "optimizer": restored["optimizer"]}
-    data_iter.set_state(restored["data"])
+    data_state = dict(restored["data"])
+    saved_multiple = data_state.pop("batch_multiple", multiple)
+    if saved_multiple != multiple:   # the plan's rows per batch follow from it
+      raise UserError(
+          f"the run in {workdir} laid out its batches for data x fsdp x grad_accum_steps = "
+          f"{saved_multiple}; this mesh gives {multiple}, which would change which examples "
+          f"each later step reads. Resume with a mesh of that size, or use a new --workdir.")
+    data_iter.set_state(data_state)
     start = latest
   else:
     state = trainer.init_state()
@@ -512,7 +519,8 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if start == 0:      # cropped and left-out long examples, real frames per batch
     logger.write(0, plan.stats(), console=False, prefix="plan")
   stop = _StopSignal()
-  save = functools.partial(_save, checkpoints, cfg=cfg, symbols=symbols, codec=codec)
+  save = functools.partial(_save, checkpoints, cfg=cfg, symbols=symbols, codec=codec,
+                           batch_multiple=multiple)
   step, window, window_start, last = start, [], time.time(), {}
   storage_failed = False
   try:
@@ -566,12 +574,14 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   return {"step": step, "metrics": last, "state": state, "stopped": stop.received}
 
 
-def _save(checkpoints, step, state, data_iter, *, cfg, symbols, codec, force=False):
+def _save(checkpoints, step, state, data_iter, *, cfg, symbols, codec, batch_multiple,
+          force=False):
+  """Saves `step`; the data state also records the batch layout's multiple (`train`)."""
   if checkpoints.latest_step() == step:
     return
   checkpoints.save(step, params=state["params"], optimizer=state["optimizer"],
-                   data=data_iter.get_state(), config=cfg, symbols=symbols, codec=codec,
-                   force=force)
+                   data={**data_iter.get_state(), "batch_multiple": batch_multiple},
+                   config=cfg, symbols=symbols, codec=codec, force=force)
 
 
 def _log_window(logger: MetricLogger, step: int, window: list, window_start: float):

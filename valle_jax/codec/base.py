@@ -32,10 +32,6 @@ class Codec(Protocol):
   def decode_batch(self, codes: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Batch variant of `decode`; equals decoding one by one."""
 
-  def codebook_vectors(self) -> np.ndarray:
-    """float32 [Q, codebook_size, C]: each codebook's entries in the codec's latent space,
-    where the quantiser's distance is Euclidean."""
-
   def describe(self) -> dict[str, Any]:
     """JSON-serialisable identity (name + parameters + weights checksum) saved with a dataset
     and a checkpoint, so training and inference can refuse a mismatched codec."""

@@ -162,12 +162,6 @@ class EncodecCodec:
   def num_frames(self, num_samples: int) -> int:
     return math.ceil(num_samples / HOP)
 
-  def codebook_vectors(self) -> np.ndarray:
-    """[Q, 1024, 128]: the residual quantiser's codebooks (first Q of them)."""
-    layers = self._model.quantizer.vq.layers[:self.num_codebooks]
-    return np.stack([layer.codebook.detach().cpu().numpy() for layer in layers]
-                    ).astype(np.float32)
-
   # --- encode ----------------------------------------------------------------------------
   def encode(self, wav: np.ndarray, sr: int) -> np.ndarray:
     return self.encode_batch([wav], sr)[0]

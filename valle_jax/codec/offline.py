@@ -311,10 +311,6 @@ class OfflineCodec:
   def decode_batch(self, codes: Sequence[np.ndarray]) -> list[np.ndarray]:
     return [self.decode(c) for c in codes]
 
-  def codebook_vectors(self) -> np.ndarray:
-    """[8, 1024, D]: the centroids, in the scaled feature space the VQ distance is taken in."""
-    return self.codebooks.copy()
-
   def describe(self) -> dict[str, Any]:
     return {
         "name": NAME,

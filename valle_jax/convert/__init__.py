@@ -1,7 +1,7 @@
 """Checkpoints of other VALL-E implementations -> valle-jax parameters (pure numpy).
 
     from valle_jax.convert import lifeiteng
-    model_cfg, params = lifeiteng.convert(state_dict, num_heads=16)
+    model_cfg, params, symbols = lifeiteng.convert(state_dict, num_heads=16)
 
 Each converter maps one implementation's state dict onto the model config that computes the
 same function (architecture switches in `configs/base.py`) and the parameters of

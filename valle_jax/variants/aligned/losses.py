@@ -25,7 +25,8 @@ def pointer_ar_loss(model: PointerARModel, batch: dict[str, Array],
     raise ValueError("the aligned variant's AR needs alignments: batch['phoneme_of_frame'] "
                      "(`valle-jax align`).")
   inputs, targets, group_lens = models.ar_inputs_and_targets(
-      batch["codes"][..., 0], batch["code_lens"], model.codebook_size, model.group_size)
+      batch["codes"][..., 0], batch["code_lens"], model.codebook_size, model.group_size,
+      model.bos)
   pointers, advance, advance_mask = pointer_inputs_and_targets(
       batch["phoneme_of_frame"], batch["code_lens"], batch["phoneme_lens"],
       batch["target_start"])

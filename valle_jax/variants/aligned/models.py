@@ -38,6 +38,8 @@ class PointerARModel(ARModel):
     super().__init__(cfg, rngs=rngs)
     if self.group_size != 1:
       raise ValueError("the aligned variant's AR (a phoneme pointer) needs ar_group_size = 1.")
+    if not self.bos:   # its pointer slots are BOS + the prompt's frames
+      raise ValueError("the aligned variant's AR (a phoneme pointer) needs ar_bos = True.")
     # P(the next frame moves on to the next phoneme)
     self.advance_kernel = layers.make_param(rngs, jax.nn.initializers.lecun_normal(),
                                             (cfg.width, 1), ("embed", None))
@@ -158,7 +160,7 @@ def prompt_pointers(prompt_phoneme_lens: Array, prompt_lens: Array, num_slots: i
   """The pointer inputs [B, num_slots] for BOS + a prompt at inference.
 
   The prompt's alignment is unknown, so its frames are split evenly over its transcript's
-  P phonemes (as training does for a pair's first utterance, `data.even_split`); the slot
+  P phonemes (as training does for a pair's first utterance, `data.even_split` of this package); the slot
   after the prompt (the first new frame) points at phoneme P, the target text's first.
   prompt_phoneme_lens: int [B] P; prompt_lens: int [B] prompt frames.
   """
