@@ -140,8 +140,12 @@ def test_too_long_examples_are_cropped_to_a_random_window_and_reported(records, 
       first = min(round(start * len(phonemes) / len(codes)), len(phonemes) - count)
       np.testing.assert_array_equal(batch["phonemes"][row, :count],
                                     phonemes[first:first + count])
+      assert batch["ends_utterance"][row] == (start + 100 == len(codes))
       windows.setdefault(int(member), set()).add(start)
   assert set(windows) == set(np.flatnonzero(long).tolist())
+  ends = {bool(loader(i)["ar"]["ends_utterance"][row]) for i in range(plan.batch_offset(3))
+          for row, member in enumerate(_utterances(plan, i)) if member >= 0 and not long[member]}
+  assert ends == {True}                                       # uncropped: their own end
   assert sum(len(w) > 1 for w in windows.values()) > len(windows) // 2   # new windows
   kept_out = data.BatchPlan(lengths, cfg, seed=0, crop_long=False)   # for alignments
   assert kept_out.dropped == long.sum() and not kept_out.cropped.any()

@@ -305,8 +305,9 @@ def test_losses_and_topk(cfg, ar_model, nar_model, batch):
 
 
 def test_padding_rows_and_masked_frames_are_not_scored(ar_model, nar_model, batch):
-  """A row without phonemes (data.py's padding) adds nothing to the AR's loss or count, and
-  a NAR target frame with loss_mask 0 nothing to the NAR's."""
+  """A row without phonemes (data.py's padding) adds nothing to the AR's loss or count, nor
+  the EOS of a row cropped out of a longer utterance (ends_utterance False), and a NAR
+  target frame with loss_mask 0 nothing to the NAR's."""
   padded = {k: np.array(v) for k, v in batch.items()}
   padded["phonemes"][0], padded["phoneme_lens"][0], padded["code_lens"][0] = 0, 0, 0
   _, full = models.ar_loss(ar_model, batch)
@@ -315,6 +316,10 @@ def test_padding_rows_and_masked_frames_are_not_scored(ar_model, nar_model, batc
   _, rest = models.ar_loss(ar_model, others)
   assert float(m["count"]) == float(rest["count"]) < float(full["count"])
   np.testing.assert_allclose(float(m["loss_sum"]), float(rest["loss_sum"]), rtol=1e-5)
+  cropped = np.array([False] + [True] * (len(batch["code_lens"]) - 1))
+  _, c = models.ar_loss(ar_model, {**batch, "ends_utterance": cropped})
+  assert float(c["count"]) == float(full["count"]) - 1          # row 0's EOS only
+  assert float(c["loss_sum"]) < float(full["loss_sum"])
   mask = np.ones(batch["codes"].shape[:2], np.float32)
   mask[:, :3] = 0.0
   _, whole = models.nar_loss(nar_model, batch)

@@ -471,19 +471,22 @@ class BatchLoader:
   def _crop(self, record, index: int, batch_index: int) -> dict[str, Any]:
     """A random window of `plan.frames[index]` frames of a long example, with the
     `plan.phonemes[index]` phonemes at the same relative position (an even speaking rate);
-    drawn per batch, so each epoch sees another window."""
+    drawn per batch, so each epoch sees another window. `ends_utterance` says whether the
+    window ends where the utterance does (else the AR's EOS there is not scored)."""
     codes, phonemes = np.asarray(record["codes"]), np.asarray(record["phonemes"])
     frames, count = int(self.plan.frames[index]), int(self.plan.phonemes[index])
     rng = np.random.default_rng([self.plan.seed, batch_index, 3, index])
     start = int(rng.integers(0, len(codes) - frames + 1))
     first = min(int(round(start * len(phonemes) / len(codes))), len(phonemes) - count)
     return {**record, "codes": codes[start:start + frames],
-            "phonemes": phonemes[first:first + count]}
+            "phonemes": phonemes[first:first + count],
+            "ends_utterance": start + frames == len(codes)}
 
   def _ar(self, records, bucket: Bucket) -> dict[str, np.ndarray]:
     codes = [np.asarray(r["codes"])[:, :1] for r in records]   # AR reads codebook 1 only
     return {**_pad_phonemes(records, bucket.phonemes),
-            **_pad_codes(codes, bucket.frames, 1, "codes", "code_lens")}
+            **_pad_codes(codes, bucket.frames, 1, "codes", "code_lens"),
+            "ends_utterance": np.array([bool(r.get("ends_utterance", True)) for r in records])}
 
   def _nar(self, records, members, bucket: Bucket, rng) -> dict[str, np.ndarray]:
     prompts, targets, target_starts, unscored = [], [], [], []

@@ -58,16 +58,20 @@ def ar_loss(model: ARModel, batch: dict[str, Array], dropout_rng: Array | None =
       model.bos)
   logits = model(batch["phonemes"], batch["phoneme_lens"], inputs, group_lens,
                  dropout_rng=dropout_rng)                    # [B, Ta, G, V + 1]
-  return ar_metrics(logits, targets, group_lens, batch["phoneme_lens"])
+  return ar_metrics(logits, targets, group_lens, batch["phoneme_lens"],
+                    batch.get("ends_utterance"))
 
 
-def ar_metrics(logits: Array, targets: Array, group_lens: Array, phoneme_lens: Array
-               ) -> tuple[Array, dict[str, Array]]:
+def ar_metrics(logits: Array, targets: Array, group_lens: Array, phoneme_lens: Array,
+               ends_utterance: Array | None = None) -> tuple[Array, dict[str, Array]]:
   """The AR's mean loss and metric sums from its logits [B, Ta, G, V + 1] and targets
   [B, Ta, G] (`ar_inputs_and_targets`), over each example's `group_lens` [B] groups; a row
-  without phonemes (`phoneme_lens` [B] 0) is padding (data.py) and not scored."""
+  without phonemes (`phoneme_lens` [B] 0) is padding (data.py) and not scored, nor the EOS
+  of a row whose `ends_utterance` [B] is False (a window cropped out of a longer one)."""
   mask = jnp.arange(targets.shape[1])[None, :, None] < group_lens[:, None, None]
   mask &= (phoneme_lens > 0)[:, None, None]                  # padding rows: not scored
+  if ends_utterance is not None:
+    mask &= ends_utterance[:, None, None] | (targets != logits.shape[-1] - 1)
   mask = jnp.broadcast_to(mask, targets.shape).astype(jnp.float32)
   nll, rank = token_nll_and_rank(logits, targets)
   metrics = {"loss_sum": jnp.sum(nll * mask), "count": jnp.sum(mask),
