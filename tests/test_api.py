@@ -3,6 +3,8 @@ tiny trained run, gives finite mono speech at the codec's rate; the same seed gi
 speech, from a path or an array prompt; a run that is not there is one `UserError`."""
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -64,3 +66,15 @@ def test_readme_example_runs_and_is_deterministic(trained_run, prompt):
 def test_a_missing_run_is_one_user_error(tmp_path):
   with pytest.raises(UserError, match="no checkpoint at .*nowhere"):
     valle_jax.load(str(tmp_path / "nowhere"))
+
+
+def test_importing_the_api_defines_no_flags():
+  """`import valle_jax` loads no JAX; the API and the synthesis library define no absl flags
+  (those live in the command module, synthesize_cli)."""
+  code = ("import sys; import valle_jax; print('jax' in sys.modules); "
+          "import valle_jax.api, valle_jax.synthesize; from absl import flags; "
+          "print(sorted(n for n in flags.FLAGS "
+          "if (flags.FLAGS.find_module_defining_flag(n) or '').startswith('valle_jax')))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert out.stdout.split("\n")[:2] == ["False", "[]"], out.stdout
