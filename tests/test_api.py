@@ -35,6 +35,11 @@ def prompt(tmp_path_factory):
   return path, wav
 
 
+@pytest.fixture(scope="module")
+def tts(trained_run) -> valle_jax.TTS:
+  return valle_jax.load(trained_run)
+
+
 def _run_example(run_dir: str, prompt_wav) -> tuple[valle_jax.TTS, list[np.ndarray]]:
   """README's example on `run_dir` and `prompt_wav`: its `tts` and `wavs`."""
   code = _readme_example()
@@ -56,11 +61,26 @@ def test_readme_example_runs_and_is_deterministic(trained_run, prompt):
   hop = tts.codec.sample_rate // 75
   for out in wavs:
     assert out.dtype == np.float32 and out.ndim == 1 and np.isfinite(out).all()
-    # at most 12 frames a phoneme (the sampler's limit), of under 60 phonemes
-    assert len(out) % hop == 0 and 0 < len(out) // hop <= 12 * 60
+    # at most 12 frames a phoneme (the sampler's limit) of <= 30 (prompt transcript included)
+    assert len(out) % hop == 0 and 0 < len(out) // hop <= 12 * 30
   _, again = _run_example(trained_run, (wav, 24_000))
   for a, b in zip(wavs, again):
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("prompt_wav, kw, message", [
+    ((np.zeros((2, 3, 4)), 24_000), {}, r"shape \(2, 3, 4\), rate 24000\) is not finite"),
+    ((np.full(36_000, np.nan), 24_000), {}, "is not finite samples"),
+    ((np.ones(36_000), 0), {}, "at a positive sample rate"),
+    ((np.zeros(36_000), 24_000), {}, "the prompt waveform is silent"),
+    ((np.ones(12_000), 24_000), {}, "the prompt waveform lasts 0.50 s"),
+    ("speaker.wav", {"top_p": 2.0}, r"top_p must be in \(0, 1\]"),
+    ("speaker.wav", {"batch_size": 0}, "batch_size must be >= 1"),
+])
+def test_bad_prompts_and_options_are_one_user_error(tts, prompt, prompt_wav, kw, message):
+  prompt_wav = prompt[0] if prompt_wav == "speaker.wav" else prompt_wav
+  with pytest.raises(UserError, match=message):
+    tts.synthesize("Hello.", prompt_wav, "A tone.", **kw)
 
 
 def test_a_missing_run_is_one_user_error(tmp_path):
