@@ -17,7 +17,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("valle_jax.info", "build the AR and NAR models of a config, run a forward pass, print sizes"),
     "train": ("valle_jax.train", "train the AR and/or NAR model on a prepared dataset (resumes from --workdir)"),
-    "synthesize": ("valle_jax.synthesize", "text + a voice prompt -> speech (zero-shot or --continual; TSV batches)"),
+    "synthesize": ("valle_jax.synthesize_cli", "text + a voice prompt -> speech (zero-shot or --continual; TSV batches)"),
     "evaluate": ("valle_jax.evaluate_cli", "the paper's evaluation of a run on a test list (cross or continual): WER and speaker similarity"),
     "prepare": ("data_prep.prepare", "build a dataset (phonemes + codec codes, ArrayRecord) from a corpus"),
     "demo": ("valle_jax.demo", "VALL-E end to end offline: corpus, codec, data, training, zero-shot samples, evaluation, report.html"),

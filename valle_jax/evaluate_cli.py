@@ -39,7 +39,7 @@ from typing import Any
 
 from absl import flags
 
-from valle_jax import config_check, evaluate, io_check, synthesize
+from valle_jax import config_check, evaluate, io_check, synthesize, synthesize_cli
 from valle_jax.errors import UserError
 
 MODES = ("cross", "continual")
@@ -179,7 +179,7 @@ def main(argv):
                max_seconds=_MAX_SECONDS.value, max_utterances=_MAX_UTTERANCES.value,
                asr=_ASR.value, asr_model=_ASR_MODEL.value, speaker=_SPEAKER.value,
                speaker_model=_SPEAKER_MODEL.value, nar_checkpoint=FLAGS.nar_checkpoint,
-               sample=synthesize.sample_flags(), seed=FLAGS.seed,
+               sample=synthesize_cli.sample_flags(), seed=FLAGS.seed,
                batch_size=FLAGS.batch_size, lang=FLAGS.lang, codebooks=FLAGS.codebooks)
   from valle_jax import report  # pylint: disable=g-import-not-at-top
   print("\n" + report.results_table(result["table"]))

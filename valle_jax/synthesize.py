@@ -1,19 +1,11 @@
-"""`valle-jax synthesize`: text + an acoustic prompt -> speech, with a trained AR and NAR.
-
-    valle-jax synthesize --checkpoint=runs/x --text="Hello there." \\
-        --prompt=speaker.wav --prompt_text="What the speaker says in it." --out=out.wav
-    valle-jax synthesize --checkpoint=runs/x --continual --text="The whole utterance." \\
-        --prompt=utterance.wav --out=out.wav
-    valle-jax synthesize --checkpoint=runs/x --tsv=list.tsv --out_dir=out/
+"""Synthesis: text + an acoustic prompt -> speech, with a trained AR and NAR (the library of
+`valle-jax synthesize`, valle_jax/synthesize_cli.py, and of `valle_jax.load`, api.py).
 
 Modes (VALL-E §4): **zero-shot**: the phonemes are the prompt's transcript followed by the
 text, the acoustic prompt is the whole enrolled utterance, and the output is what comes
 after it. **continual**: the phonemes are the text of the whole utterance, the acoustic
-prompt is its first `--continual_seconds` (3 s), and the output is the whole utterance
-(prompt included). A TSV has one request a line: `text<TAB>prompt.wav<TAB>prompt
-text<TAB>out.wav` (zero-shot) or `text<TAB>prompt.wav<TAB><TAB>out.wav` (continual);
-relative paths are relative to the TSV, and `out.wav` defaults to `<line number>.wav` in
-`--out_dir`.
+prompt is its first `continual_seconds` (3 s), and the output is the whole utterance
+(prompt included).
 
 The core is `synthesize(...)`: requests in, waveforms out, batched through
 `sampling.prepare_batch` (a fixed batch size and bucketed lengths, so a new text rarely
@@ -31,10 +23,10 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
-from absl import flags, logging
+from absl import logging
 from flax import nnx
 
-from valle_jax import audio, config_check, io_check, sampling, text
+from valle_jax import audio, io_check, sampling, text
 from valle_jax.errors import UserError
 
 MIN_PROMPT_SECONDS = 1.0
@@ -46,12 +38,13 @@ class Request:
   """One utterance to make.
 
   text: what to say (continual mode: the whole utterance's transcript).
-  prompt: path of the acoustic prompt (any libsndfile format, any rate, mono or not).
+  prompt: the acoustic prompt: a path (any libsndfile format, any rate, mono or not), or
+    (waveform [N] or [N, channels], its sample rate).
   prompt_text: the prompt's transcript (zero-shot mode; unused in continual mode).
   out: where to write the wav (used by the CLI only).
   """
   text: str
-  prompt: str
+  prompt: str | tuple[np.ndarray, int]
   prompt_text: str = ""
   out: str = ""
 
@@ -83,22 +76,38 @@ def request_phonemes(request: Request, symbols: text.SymbolTable, lang: str, *,
   return text.join_prompt_and_text(heard, words, symbols)
 
 
-def _prompt_codes(path: str, codec, seconds: float | None) -> np.ndarray:
-  """Prompt file -> codes [T, Q] (mixed to mono, resampled, cut to `seconds` if given)."""
-  try:
-    wav = audio.load_audio(path, codec.sample_rate)
-  except audio.AudioError as e:
-    raise UserError(f"cannot use the prompt {e.path!r} ({e.reason.replace('_', ' ')}); "
-                    "give a readable audio file.") from None
+def _prompt_wav(prompt: str | tuple[np.ndarray, int], sample_rate: int
+                ) -> tuple[np.ndarray, str]:
+  """A request's prompt -> (float32 mono waveform [N] at `sample_rate`, its name in errors)."""
+  if isinstance(prompt, (str, os.PathLike)):
+    try:
+      return audio.load_audio(prompt, sample_rate), repr(os.fspath(prompt))
+    except audio.AudioError as e:
+      raise UserError(f"cannot use the prompt {e.path!r} ({e.reason.replace('_', ' ')}); "
+                      "give a readable audio file.") from None
+  wav, rate = prompt
+  wav = np.asarray(wav, np.float32)
+  if wav.ndim == 2:
+    wav = wav.mean(axis=1)                         # [N, channels] -> [N]
+  if wav.ndim != 1 or not np.isfinite(wav).all() or not rate > 0:
+    raise UserError(f"the prompt waveform (shape {np.shape(prompt[0])}, rate {rate}) is not "
+                    "finite samples shaped [N] or [N, channels] at a positive sample rate.")
+  return audio.resample(wav, int(rate), sample_rate), "waveform"
+
+
+def _prompt_codes(prompt: str | tuple[np.ndarray, int], codec, seconds: float | None
+                  ) -> np.ndarray:
+  """A request's prompt -> codes [T, Q] (mixed to mono, resampled, cut to `seconds` if given)."""
+  wav, name = _prompt_wav(prompt, codec.sample_rate)
   if seconds is not None:
     wav = wav[:int(seconds * codec.sample_rate)]
   duration = len(wav) / codec.sample_rate
   longest = sampling.PROMPT_BUCKETS[-1] / codec.frame_rate
   if not MIN_PROMPT_SECONDS <= duration <= longest:
-    raise UserError(f"the prompt {path!r} lasts {duration:.2f} s; give one of "
+    raise UserError(f"the prompt {name} lasts {duration:.2f} s; give one of "
                     f"{MIN_PROMPT_SECONDS:g} to {longest:.1f} s.")
   if float(np.sqrt(np.mean(np.square(wav)))) < SILENCE_RMS:
-    raise UserError(f"the prompt {path!r} is silent; give a recording of the voice to clone.")
+    raise UserError(f"the prompt {name} is silent; give a recording of the voice to clone.")
   return np.asarray(codec.encode(wav, codec.sample_rate), np.int32)
 
 
@@ -197,39 +206,6 @@ def read_tsv(path: str) -> list[Request]:
   return requests
 
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Training workdir (or a checkpoint "
-                                  "step folder) holding the AR model, and the NAR unless "
-                                  "--nar_checkpoint is given.")
-_NAR_CHECKPOINT = flags.DEFINE_string("nar_checkpoint", None,
-                                      "Workdir holding the NAR model, when trained apart.")
-_TEXT = flags.DEFINE_string("text", None, "What to say.")
-_PROMPT = flags.DEFINE_string("prompt", None, "Acoustic prompt: a recording of the voice.")
-_PROMPT_TEXT = flags.DEFINE_string("prompt_text", "", "The prompt's transcript (zero-shot).")
-_OUT = flags.DEFINE_string("out", "out.wav", "Output wav (with --text).")
-_TSV = flags.DEFINE_string("tsv", None, "Batch input: text, prompt, prompt text, out wav.")
-_OUT_DIR = flags.DEFINE_string("out_dir", ".", "Folder for TSV outputs without a path "
-                               "(`valle-jax evaluate`: for its samples and results).")
-_CONTINUAL = flags.DEFINE_bool("continual", False, "Continue the prompt's first seconds "
-                               "(--text is then the whole utterance's transcript).")
-_CONTINUAL_SECONDS = flags.DEFINE_float("continual_seconds", 3.0, "Prompt length, continual.")
-_LANG = flags.DEFINE_string("lang", "en-us", "espeak-ng language of the texts.")
-_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
-_BATCH = flags.DEFINE_integer("batch_size", 1, "Requests per compiled batch.")
-_CODEBOOKS = flags.DEFINE_integer("codebooks", 0, "Make and decode only the codec's first "
-                                  "K codebooks, a lower bandwidth (0: all).")
-_TEMPERATURE = flags.DEFINE_float("temperature", None, "AR sampling temperature.")
-_TOP_K = flags.DEFINE_integer("top_k", None, "AR top-k (0: off).")
-_TOP_P = flags.DEFINE_float("top_p", None, "AR top-p (1: off).")
-_RAS = flags.DEFINE_bool("ras", None, "Repetition-aware sampling (VALL-E 2).")
-
-def sample_flags() -> dict[str, Any]:
-  """The AR sampling options given on the command line (--temperature, --top_k, --top_p,
-  --ras), as `SampleOptions` overrides."""
-  return {name: flag.value for name, flag in (
-      ("temperature", _TEMPERATURE), ("top_k", _TOP_K), ("top_p", _TOP_P), ("ras", _RAS))
-      if flag.value is not None}
-
-
 def sample_options(config, overrides: dict[str, Any]) -> sampling.SampleOptions:
   """A run's sampling options (its config's `sample` section) with `overrides`."""
   try:
@@ -261,39 +237,3 @@ def load_models(path: str, nar_path: str | None = None):
     codec_lib.check_same_codec(bundle.codec_description, nar_bundle.codec_description,
                                f"the NAR checkpoint {nar_path}")
   return bundle, nar_bundle, bundle.symbols, codec_lib.get_codec(bundle.codec_description)
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise UserError(f"unexpected arguments {argv[1:]}; pass everything as --flags.")
-  if not _CHECKPOINT.value:
-    raise UserError("--checkpoint is required: a training workdir with the AR model.")
-  if bool(_TEXT.value) == bool(_TSV.value):
-    raise UserError("give either --text (with --prompt) or --tsv.")
-  config_check.check(config_check.flag_problems([
-      ("batch_size", _BATCH.value, _BATCH.value >= 1, "must be >= 1"),
-      ("codebooks", _CODEBOOKS.value, _CODEBOOKS.value >= 0, "must be >= 0 (0: all)"),
-      ("continual_seconds", _CONTINUAL_SECONDS.value, _CONTINUAL_SECONDS.value > 0,
-       "must be > 0")]), "flags")
-  if _TSV.value:
-    requests = [dataclasses.replace(r, out=os.path.join(_OUT_DIR.value, r.out))
-                for r in read_tsv(_TSV.value)]
-  else:
-    if not _PROMPT.value:
-      raise UserError("--prompt is required: a recording of the voice to use.")
-    requests = [Request(_TEXT.value, _PROMPT.value, _PROMPT_TEXT.value, _OUT.value)]
-  for request in requests:     # before the models load and the synthesis, not after
-    io_check.output_file(request.out, "--tsv output" if _TSV.value else "--out")
-  bundle, nar_bundle, symbols, codec = load_models(_CHECKPOINT.value, _NAR_CHECKPOINT.value)
-  options = sample_options(bundle.config, sample_flags())
-  wavs = synthesize(bundle.ar, nar_bundle.nar, symbols, codec, requests, options,
-                    nar_prompt=trained_nar_prompt(nar_bundle.config),
-                    continual=_CONTINUAL.value, continual_seconds=_CONTINUAL_SECONDS.value,
-                    lang=_LANG.value, seed=_SEED.value, batch_size=_BATCH.value,
-                    codebooks=_CODEBOOKS.value,
-                    decoding=bundle.recipe.decoding(bundle.config, bundle.codec_description))
-  import soundfile as sf  # pylint: disable=g-import-not-at-top
-  for request, wav in zip(requests, wavs):
-    os.makedirs(os.path.dirname(os.path.abspath(request.out)), exist_ok=True)
-    sf.write(request.out, wav, codec.sample_rate)
-    print(f"{request.out}: {len(wav) / codec.sample_rate:.2f} s")
