@@ -304,6 +304,23 @@ def test_resume_with_another_config(run_dir, tiny_dataset, tmp_path):
   assert "done at step 15" in allowed.stderr
 
 
+def test_resume_of_a_run_saved_by_an_older_valle_jax():
+  """A field added since the save counts as unchanged at its default (refused otherwise); a
+  field removed since is ignored, with a line saying so."""
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  cfg = tiny.get_config()
+  saved = json.loads(cfg.to_json())
+  del saved["variant"], saved["model"]["mlp_activation"], saved["model"]["ar_bos"]
+  saved["model"]["ar_dwell_embeddings"] = 0          # an option deleted since
+  lines = []
+  run_guard.check_resume_config(saved, cfg, (), "w", 5, log=lambda *a, **k: lines.append(a[0]))
+  assert lines == ["[train] ignoring fields of the saved config that valle-jax no longer "
+                   "has: model.ar_dwell_embeddings"]
+  cfg.model.ar_bos = False                           # not the behaviour the run had
+  with pytest.raises(UserError, match="another model: model.ar_bos true -> false"):
+    run_guard.check_resume_config(saved, cfg, (), "w", 5, log=lambda *a, **k: None)
+
+
 def test_damaged_checkpoint_names_the_previous_one(run_dir, tiny_dataset, tmp_path):
   workdir = str(tmp_path / "run")
   shutil.copytree(run_dir, workdir)

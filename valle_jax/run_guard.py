@@ -133,8 +133,19 @@ def check_resume_config(saved: dict[str, Any], config, allow: Sequence[str], wor
     raise UserError(f"--allow_config_change names {', '.join(map(repr, unknown))}, not a "
                     "config field or section (e.g. optim.peak_lr, or optim).")
   missing = object()
+  # A run saved by an older valle-jax: a field added since counts as unchanged when it has
+  # its default (the behaviour the run had); a field removed since is ignored (it cannot be
+  # honoured; if its model had extra parameters, restoring them fails with its own message).
+  from configs.base import base  # pylint: disable=g-import-not-at-top
+  defaults = _flatten(json.loads(base().to_json()))
+  removed = sorted(k for k in set(old) - set(new) if k not in defaults)
+  old = {k: v for k, v in old.items() if k not in removed}
+  old.update({k: defaults[k] for k in set(new) - set(old) if k in defaults})
   changes = {k: (old.get(k, missing), new.get(k, missing))
              for k in sorted(set(old) | set(new)) if old.get(k, missing) != new.get(k, missing)}
+  if removed:
+    log(f"[train] ignoring fields of the saved config that valle-jax no longer has: "
+        f"{', '.join(removed)}", flush=True)
 
   def show(field):
     a, b = changes[field]
