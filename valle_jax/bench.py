@@ -170,14 +170,10 @@ def train_step_flops(model_cfg, kind: str, batch: dict[str, np.ndarray]) -> Flop
 
 
 def load_config(path: str):
-  """The `get_config()` of an experiment config file (configs/*.py)."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  if not os.path.isfile(path):
-    raise UserError(f"no config file {path!r}.")
-  spec = importlib.util.spec_from_file_location("bench_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  """The `get_config()` of an experiment config file (configs/*.py), found and loaded as the
+  CLI finds and loads them (`config_check`: from any folder, errors in one line)."""
+  from valle_jax import config_check  # pylint: disable=g-import-not-at-top
+  return config_check.load_config_file(config_check.resolve_config_path(path))
 
 
 def _xla_flops(compiled) -> float:
