@@ -30,6 +30,8 @@ import os
 import re
 from typing import Callable, Iterable
 
+from absl import logging
+
 from valle_jax.errors import UserError
 
 AUDIO_EXTENSIONS = (".wav", ".flac")
@@ -258,6 +260,23 @@ def list_librispeech(source: str, subsets: Iterable[str] = (), lang: str = "en-u
           for split in splits:
             out.add(Item(utt, split, audio, utt.split("-")[0], lang, text=text.lower()), seen)
   return out
+
+
+def librispeech_test_list(root: str) -> tuple[list[dict[str, str]], tuple[float, float]]:
+  """The paper's test set as test-list rows (id, audio, text, speaker; what
+  `valle_jax.evaluate.read_test_list` gives): every LibriSpeech test-clean utterance under
+  `root` that `list_librispeech` lists, and the (4, 10) s bounds of its `test_clean_4_10s`
+  split. Items it skips are logged."""
+  if not os.path.isdir(os.path.join(root, "test-clean")):
+    raise UserError(f"{root!r} holds no test-clean folder; pass the LibriSpeech folder "
+                    "that does.")
+  listing = list_librispeech(root, ["test-clean"])
+  for skip in listing.skips:
+    if skip.split == TEST_CLEAN_4_10S:
+      logging.warning("left out %s (%s): %s", skip.id, skip.reason, skip.detail)
+  rows = [{"id": i.id, "audio": i.audio, "text": i.text, "speaker": i.speaker}
+          for i in listing.items if i.split == TEST_CLEAN_4_10S]
+  return rows, listing.bounds[TEST_CLEAN_4_10S]
 
 
 def list_librilight(source: str, manifest: str, lang: str = "en-us") -> Listing:

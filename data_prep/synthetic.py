@@ -372,7 +372,7 @@ def voice_similarity(voice_specs: Sequence[str], sentences: Sequence[str],
                      workers: int = 0, progress: bool = True) -> np.ndarray:
   """[V, V] cosine similarity of the voices' mean speaker embeddings (resemblyzer), each voice
   speaking the same `sentences`."""
-  from valle_jax.evaluate import ResemblyzerSpeaker  # pylint: disable=g-import-not-at-top
+  from valle_jax.metrics import ResemblyzerSpeaker  # pylint: disable=g-import-not-at-top
   voices = [Voice.parse(s) for s in voice_specs]
   scorer = ResemblyzerSpeaker()
   sr = 16000

@@ -4,7 +4,7 @@
         [--png_dir=docs] [--num_png=3]
 
 Systems scored against the original recordings with the offline scorers
-(`valle_jax.evaluate`: PocketSphinx WER via jiwer, resemblyzer similarity, log-mel spectral
+(`valle_jax.metrics`: PocketSphinx WER via jiwer, resemblyzer similarity, log-mel spectral
 distortion): the original itself, WORLD resynthesis of unquantised features, and the codec
 with the first 1..8 codebooks. Also prints the F0 error (cents, frames voiced in both),
 codebook use, and encode / decode speed as multiples of real time in this one process.
@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from data_prep.synthetic import read_manifest  # noqa: E402  pylint: disable=g-import-not-at-top
-from valle_jax import evaluate  # noqa: E402  pylint: disable=g-import-not-at-top
-from valle_jax.audio import load_audio  # noqa: E402  pylint: disable=g-import-not-at-top
+from valle_jax import metrics  # noqa: E402  pylint: disable=g-import-not-at-top
+from valle_jax.audio import load_audio, log_mel  # noqa: E402  pylint: disable=g-import-not-at-top
 from valle_jax.codec import offline  # noqa: E402  pylint: disable=g-import-not-at-top
 
 _CODEC = flags.DEFINE_string("codec", None, "Directory of a fitted offline codec.")
@@ -48,7 +48,7 @@ def spectrogram_png(path: str, title: str, wavs: dict[str, np.ndarray], sr: int)
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, axes = plt.subplots(len(wavs), 1, figsize=(7, 1.5 * len(wavs)), sharex=True)
   for ax, (name, wav) in zip(axes, wavs.items()):
-    mel = evaluate.log_mel(wav, sr)
+    mel = log_mel(wav, sr)
     ax.imshow(mel.T, origin="lower", aspect="auto", cmap="magma",
               vmin=mel.max() - 80, vmax=mel.max(), extent=(0, len(wav) / sr, 0, mel.shape[1]))
     ax.set_ylabel(name, fontsize=8)
@@ -70,7 +70,7 @@ def main(argv):
   wavs = [load_audio(r["audio"], sr) for r in rows]
   texts = [r["text"] for r in rows]
   seconds = sum(len(w) for w in wavs) / sr
-  asr, spk = evaluate.get_asr(), evaluate.get_speaker_encoder()
+  asr, spk = metrics.get_asr(), metrics.get_speaker_encoder()
 
   feats, codes, enc_s, dec_s, decoded = [], [], 0.0, 0.0, []
   for w in tqdm(wavs, desc="encode+decode"):
@@ -103,7 +103,7 @@ def main(argv):
   print("\n| system | WER | SIM to original | spectral distortion (dB) | F0 error (cents) |")
   print("|---|---|---|---|---|")
   for name, outs in tqdm(systems.items(), desc="scoring"):
-    s = evaluate.score_resynthesis(texts, wavs, outs, sr, asr, spk, embs)
+    s = metrics.score_resynthesis(texts, wavs, outs, sr, asr, spk, embs)
     f0 = f"{f0_err[name]:.0f}" if name in f0_err else ""
     print(f"| {name} | {s.wer:.3f} | {s.similarity:.3f} | {s.distortion_db:.2f} | {f0} |",
           flush=True)

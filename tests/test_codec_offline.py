@@ -176,7 +176,7 @@ def test_more_codebooks_reconstruct_heldout_voice_better(codec, heldout):
 
 
 def test_round_trip_keeps_the_spectrum(codec, heldout):
-  from valle_jax.evaluate import spectral_distortion
+  from valle_jax.metrics import spectral_distortion
   wav = heldout[1]
   codes = codec.encode(wav, 24000)
   one = spectral_distortion(wav, codec.decode(codes[:, :1])[:len(wav)], 24000)

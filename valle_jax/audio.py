@@ -1,4 +1,5 @@
-"""Audio file reading and resampling shared by data prep, the codecs and synthesis.
+"""Audio file reading, resampling and spectrograms shared by data prep, the codecs,
+synthesis, scoring and reports.
 
 `load_audio` returns mono float32 at the rate asked for, or raises `AudioError` whose
 `reason` says what is wrong with the file (data prep counts skipped items by it).
@@ -125,3 +126,36 @@ def load_audio(path: str | os.PathLike, sample_rate: int, start_s: float | None 
   if wav.shape[0] == 0:
     raise AudioError(NO_SAMPLES, path)
   return resample(wav.mean(axis=1), sr, sample_rate)
+
+
+def as_mono(wav: np.ndarray) -> np.ndarray:
+  """A non-empty mono waveform [N] as float32; a `ValueError` for any other shape."""
+  wav = np.asarray(wav, dtype=np.float32)
+  if wav.ndim != 1 or wav.size == 0:
+    raise ValueError(f"expected a non-empty mono waveform [N], got shape {wav.shape}")
+  return wav
+
+
+def _mel_filterbank(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
+  """Triangular filters [n_mels, n_fft // 2 + 1] equally spaced on the HTK mel scale."""
+  def mel(f):
+    return 2595.0 * np.log10(1.0 + f / 700.0)
+  edges_mel = np.linspace(0.0, mel(sr / 2), n_mels + 2)
+  edges = 700.0 * (10 ** (edges_mel / 2595.0) - 1.0)
+  freqs = np.linspace(0.0, sr / 2, n_fft // 2 + 1)
+  lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+  return np.maximum(0.0, np.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)))
+
+
+def log_mel(wav: np.ndarray, sr: int, n_mels: int = 80, n_fft: int = 1024,
+            hop: int = 256) -> np.ndarray:
+  """Log-mel power spectrogram in dB [frames, n_mels] (Hann window, centred frames, power
+  floored at 1e-10)."""
+  wav = as_mono(wav).astype(np.float64)
+  padded = np.pad(wav, (n_fft // 2, n_fft // 2), mode="reflect" if len(wav) > n_fft // 2
+                  else "constant")
+  frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]
+  power = np.abs(np.fft.rfft(frames * np.hanning(n_fft + 1)[:-1], axis=1)) ** 2
+  mel = power @ _mel_filterbank(sr, n_fft, n_mels).T
+  return (10.0 * np.log10(np.maximum(mel, 1e-10))).astype(np.float32)
+

@@ -47,7 +47,7 @@ from typing import Any, Callable
 
 from absl import flags
 
-from valle_jax import evaluate, io_check, report
+from valle_jax import evaluate, io_check, metrics, report
 from valle_jax.errors import UserError
 
 # The codec stage's analysed features (WORLD analysis with Harvest F0, ~3x real time per
@@ -201,8 +201,8 @@ def _synthesize(cfg, workdir: str, corpus: str, run: str) -> dict[str, Any]:
 def _evaluate(cfg, workdir: str, samples_path: str) -> dict[str, Any]:
   with open(samples_path, encoding="utf-8") as f:
     samples = json.load(f)
-  rows = evaluate.score_samples(samples, evaluate.get_asr(cfg.evaluate.asr),
-                                evaluate.get_speaker_encoder(cfg.evaluate.speaker))
+  rows = evaluate.score_samples(samples, metrics.get_asr(cfg.evaluate.asr),
+                                metrics.get_speaker_encoder(cfg.evaluate.speaker))
   table = evaluate.summarize(rows)
   csv_path, json_path = evaluate.write_results(
       workdir, rows, table, {"asr": cfg.evaluate.asr, "speaker": cfg.evaluate.speaker})

@@ -18,7 +18,7 @@ has no other utterance are left out. **continual**: the prompt is the target's o
 --prompt_seconds and the model makes the whole utterance from its transcript.
 
 Systems: ground truth, codec resynthesis (encode + decode with the run's codec) and
-valle-jax, scored alike (`valle_jax.evaluate`): WER (ASR + jiwer) and speaker similarity to
+valle-jax, scored alike (`valle_jax.metrics`): WER (ASR + jiwer) and speaker similarity to
 the prompt, the ground truth and the other speakers' prompts.
 
 In --out_dir: samples/ (wavs, samples.json), results.csv (per utterance and system),
@@ -39,7 +39,8 @@ from typing import Any
 
 from absl import flags
 
-from valle_jax import config_check, evaluate, io_check, synthesize, synthesize_cli
+from data_prep import corpora
+from valle_jax import config_check, evaluate, io_check, metrics, synthesize, synthesize_cli
 from valle_jax.errors import UserError
 
 MODES = ("cross", "continual")
@@ -81,7 +82,7 @@ def _test_set(test_list: str | None, librispeech: str | None, split: str | None
     return evaluate.read_test_list(test_list, split), (0.0, math.inf)
   if split:
     raise UserError("--split picks rows of a --test_list; leave it out with --librispeech.")
-  return evaluate.librispeech_test_list(librispeech)
+  return corpora.librispeech_test_list(librispeech)
 
 
 def run(checkpoint: str, out_dir: str, *, test_list: str | None = None,
@@ -119,8 +120,8 @@ def run(checkpoint: str, out_dir: str, *, test_list: str | None = None,
   if max_utterances:
     pairs = pairs[:max_utterances]
   # The scorers first: a bad scorer option fails before the long synthesis, not after it.
-  asr_scorer = evaluate.get_asr(asr, **({"model": asr_model} if asr_model else {}))
-  speaker_scorer = evaluate.get_speaker_encoder(
+  asr_scorer = metrics.get_asr(asr, **({"model": asr_model} if asr_model else {}))
+  speaker_scorer = metrics.get_speaker_encoder(
       speaker, **({"model": speaker_model} if speaker_model else {}))
   bundle, nar_bundle, symbols, codec = synthesize.load_models(checkpoint, nar_checkpoint)
   options = synthesize.sample_options(bundle.config, sample or {})

@@ -83,7 +83,7 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], out_png: str) -> bool:
 
 def plot_spectrograms(wavs: Sequence[tuple[str, np.ndarray]], sr: int, out_png: str) -> None:
   """Log-mel spectrograms of named waveforms side by side, one colour scale."""
-  from valle_jax.evaluate import log_mel  # pylint: disable=g-import-not-at-top
+  from valle_jax.audio import log_mel  # pylint: disable=g-import-not-at-top
   plt = _matplotlib()
   fig, axes = plt.subplots(1, len(wavs), figsize=(2.6 * len(wavs), 2.2), dpi=72,
                            squeeze=False)
