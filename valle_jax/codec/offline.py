@@ -329,11 +329,9 @@ class OfflineCodec:
   # -- pieces ------------------------------------------------------------------------------
   def analyze(self, wav: np.ndarray, sr: int) -> np.ndarray:
     """Waveform at `sr` -> unquantised features [T, D]."""
-    from valle_jax.audio import resample  # pylint: disable=g-import-not-at-top
-    wav = np.asarray(wav, dtype=np.float32)
-    if wav.ndim != 1 or wav.size == 0:
-      raise ValueError(f"expected a non-empty mono waveform [N], got shape {wav.shape}")
-    return analyze_cached(resample(wav, sr, SAMPLE_RATE), self.features, self.feature_cache)
+    from valle_jax.audio import as_mono, resample  # pylint: disable=g-import-not-at-top
+    return analyze_cached(resample(as_mono(wav), sr, SAMPLE_RATE), self.features,
+                          self.feature_cache)
 
   def quantize(self, feats: np.ndarray, num_codebooks: int = NUM_CODEBOOKS) -> np.ndarray:
     """One utterance's features [T, D] -> int16 codes [T, num_codebooks] (greedy residual
