@@ -5,9 +5,8 @@
         --config.data.dataset=DATA --workdir=runs/ar
 
 Re-running with the same --workdir resumes from its latest checkpoint, data position
-included; the config must be the saved one except for how long to train and how often to
-log, evaluate and save, and the fields --allow_config_change names. One run at a time per
-workdir.
+included, with the saved config: only the fields --allow_config_change names, and those it
+always allows (below), may change. One run at a time per workdir.
 
 Exit codes: 0 the run reached train.steps; 75 (EX_TEMPFAIL) it saved and stopped on
 SIGTERM/SIGINT, requeue it to resume; 74 (EX_IOERR) a write failed (a full disk); 2 a user
