@@ -9,7 +9,7 @@ The demo trains and samples VALL-E's two models (the AR's codebook-1 tokens, the
 stages, all 8 codebooks decoded). `--variant=NAME` runs a variant's own demo config
 (valle_jax/variants/NAME; its recipe's `demo_config`) instead.
 
-Stages (configs/demo.py holds every setting):
+Stages (configs/demo.py holds every setting; docs/demo.md says why each has its value):
 
   1 corpus      the built-in synthetic corpus (data_prep/synthetic.py); the held-out voices
                 speak only in its test split, and in its test_seen split training voices
