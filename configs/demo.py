@@ -1,16 +1,11 @@
 """`valle-jax demo`: every stage's settings (`get_config()` the full demo, `get_config(quick=True)`
-the CI-sized one). See valle_jax/demo.py.
+the CI-sized one). The driver is valle_jax/demo.py; docs/demo.md says what each stage does
+and why each setting has its value.
 
-The demo runs VALL-E as in the paper, at toy size: the AR samples codebook 1, the NAR makes
-codebooks 2-8 in 7 stages, and all 8 are decoded. The full demo: the built-in corpus (1000
-training utterances of 16 voices, 60 held-out utterances of 3 unseen voices), the offline
-codec fitted on the training split, 32 utterances of the training voices saying the held-out
-sentences (`test_seen`: the seen-voice condition), and a small AR + NAR (4 layers, width 192)
-trained together for `train.train.steps` steps (sized on the aligned variant's demo at this
-model size: 55 minutes to 1.5 h on a 2-core CPU, docs/experiments/demo-history.md).
-`--budget=MINUTES` scales the training steps linearly (`budget_minutes` is the budget the
-steps were sized for). `valle-jax demo --variant=aligned` runs the aligned variant's demo
-instead (valle_jax/variants/aligned/config.py).
+VALL-E as in the paper, at toy size: the AR samples codebook 1, the NAR makes codebooks 2-8
+in 7 stages, and all 8 are decoded. `--budget=MINUTES` scales the training steps linearly
+(`budget_minutes` is the budget they are sized for). `valle-jax demo --variant=aligned` runs
+the aligned variant's demo instead (valle_jax/variants/aligned/config.py).
 """
 import ml_collections
 
@@ -25,16 +20,12 @@ def _model(quick: bool) -> ml_collections.ConfigDict:
     c = tiny.get_config()
     c.data.frame_buckets = (600,)   # one shape: one compilation
     c.data.phoneme_buckets = (128,)
-    c.data.same_speaker_pairs = 0.5  # the pairs that fit the one bucket
+    c.data.same_speaker_pairs = 0.5  # pairs that fit the one bucket
     c.train.steps = 30
     c.train.log_every = 5
     c.checkpoint.every = 15
   else:
-    # Sized by measurement on a 2-core CPU: a train step (<= 2400 frames, AR + NAR) took
-    # 2.6 s in the demo (2.1 s in `bench train` at width 192, 2.8 s at 256), so training is
-    # ~50 min with its compilations, the rest of the demo ~20 min. In so few steps a narrower
-    # model with no dropout and a high learning rate learns faster than a wider one.
-    c = base()
+    c = base()   # a toy AR + NAR, sized for a 2-core CPU (docs/demo.md)
     c.model.num_layers = 4
     c.model.num_heads = 4
     c.model.width = 192
@@ -42,11 +33,7 @@ def _model(quick: bool) -> ml_collections.ConfigDict:
     c.model.dropout = 0.0
     c.optim.peak_lr = 2e-3
     c.optim.warmup_steps = 100
-    # Every example is another utterance of its speaker followed by itself: trained on the
-    # single utterances (4.4 s median) the AR stopped zero-shot speech where they stop,
-    # 2.2 s into 4.6 s targets (prompt 2.9 s + 2.2 s = a training utterance); trained on
-    # pairs it speaks 4.8 s (data.py; docs/experiments/demo-history.md).
-    c.data.same_speaker_pairs = 1.0
+    c.data.same_speaker_pairs = 1.0  # every example a pair: as long as prompt + text
     c.data.frame_buckets = (300, 450, 600, 750, 900, 1200)
     c.data.phoneme_buckets = (128, 192, 256)
     c.data.max_tokens = 2400
@@ -55,8 +42,7 @@ def _model(quick: bool) -> ml_collections.ConfigDict:
     c.train.log_every = 25
     c.checkpoint.every = 100
   c.train.model = "both"
-  # One evaluation, at the end of training, on pairs of the held-out voices: the losses and
-  # `ar/text_gain`, what the AR gains from reading the text (docs/experiments/demo-history.md).
+  # One evaluation, at the end of training, on the held-out voices (losses, ar/text_gain).
   c.data.eval_split = "test"
   c.train.eval_every = c.train.get_ref("steps")
   c.train.eval_batches = 8
@@ -73,7 +59,7 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
   # Stage 1: the built-in synthetic corpus (configs/corpus/synthetic.py) with held-out voices.
   c.corpus = synthetic.get_config()
   if quick:
-    # The offline codec needs >= 110 s of training audio: ~40 sentences of 8+ words.
+    # Enough training audio for the offline codec (>= 110 s).
     c.corpus.voices = ["espeak-ng:en-us", "flite:kal", "flite:slt", "flite:rms", "flite:awb"]
     c.corpus.heldout_voices = ["flite:rms", "flite:awb"]
     c.corpus.num_utterances = 40
@@ -89,10 +75,7 @@ def get_config(quick: bool = False) -> ml_collections.ConfigDict:
   c.codec = ml_collections.ConfigDict()
   c.codec.iters = 3 if quick else 10
   c.codec.max_frames = 200_000
-  # Features.content_first (codebook 1 codes frames less their utterance's mean voice):
-  # with it, the true codebook 1 + the trained NAR reached WER 0.79 in an earlier demo (off:
-  # 0.95). The voice is then left to codebooks 2-8, which the NAR makes from the prompt.
-  c.codec.content_first = True
+  c.codec.content_first = True     # codebook 1: frames less their utterance's mean voice
   c.codec.voice_codebooks = 0     # no codebook coded once per utterance (the codec's option)
 
   # Stage 4: training (AR and NAR together, train.model = "both").

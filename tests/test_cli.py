@@ -41,3 +41,15 @@ def test_user_error_has_no_traceback():
   assert result.returncode == 2
   assert "Traceback" not in result.stderr
   assert "valle-jax info: error: Mesh" in result.stderr
+
+
+def test_the_train_library_defines_no_flags():
+  """A notebook importing valle_jax.train gets no absl flags (the command's live in
+  valle_jax.train_cli), so the demo, which trains in-process, owns its --workdir."""
+  code = ("from absl import flags; import valle_jax.train, valle_jax.demo; "
+          "print(sorted(flags.FLAGS.flags_by_module_dict().get('valle_jax.train', [])), "
+          "flags.FLAGS.find_module_defining_flag('workdir'))")
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.split() == ["[]", "valle_jax.demo"]

@@ -239,7 +239,9 @@ def batch(cfg):
   (`phoneme_of_frame`; `frame_phonemes` over L phonemes and T frames), the first 2 frames
   of each example a 'prompt' (target_start)."""
   rng = np.random.default_rng(0)
-  b = aligned_losses.example_batch(cfg, B, L, T)
+  b = models.example_batch(cfg, B, L, T)
+  b["frame_phonemes"] = np.asarray(aligned_models.prompt_pointers(
+      jnp.full((B,), L), jnp.full((B,), T), T))
   b["phoneme_lens"], b["code_lens"] = PHONEME_LENS, CODE_LENS
   b["prompt_codes"] = rng.integers(0, cfg.codebook_size, (B, P, Q))
   b["prompt_lens"] = PROMPT_LENS

@@ -16,7 +16,7 @@ import sys
 # command -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("valle_jax.info", "build the AR and NAR models of a config, run a forward pass, print sizes"),
-    "train": ("valle_jax.train", "train the AR and/or NAR model on a prepared dataset (resumes from --workdir)"),
+    "train": ("valle_jax.train_cli", "train the AR and/or NAR model on a prepared dataset (resumes from --workdir)"),
     "synthesize": ("valle_jax.synthesize_cli", "text + a voice prompt -> speech (zero-shot or --continual; TSV batches)"),
     "evaluate": ("valle_jax.evaluate_cli", "the paper's evaluation of a run on a test list (cross or continual): WER and speaker similarity"),
     "prepare": ("data_prep.prepare", "build a dataset (phonemes + codec codes, ArrayRecord) from a corpus"),

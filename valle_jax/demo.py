@@ -9,7 +9,7 @@ The demo trains and samples VALL-E's two models (the AR's codebook-1 tokens, the
 stages, all 8 codebooks decoded). `--variant=NAME` runs a variant's own demo config
 (valle_jax/variants/NAME; its recipe's `demo_config`) instead.
 
-Stages (configs/demo.py holds every setting):
+Stages (configs/demo.py holds every setting; docs/demo.md says why each has its value):
 
   1 corpus      the built-in synthetic corpus (data_prep/synthetic.py); the held-out voices
                 speak only in its test split, and in its test_seen split training voices
@@ -57,11 +57,7 @@ STAGES = ("corpus", "codec", "prepare", "train", "synthesize", "evaluate", "repo
 # (corpus split, condition): whose voices synthesis speaks in, in table order.
 CONDITIONS = (("test", "unseen voice"), ("test_seen", "seen voice"))
 
-# valle_jax.train (imported by the train stage, after flag parsing) defines its own
-# --workdir at import; allow_override lets it replace this flag then. main() reads the value
-# before any stage runs, so the demo's parsed value is the one used.
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for every stage's output.",
-                               allow_override=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for every stage's output.")
 _BUDGET = flags.DEFINE_float("budget", None, "Minutes the whole demo may take (scales the "
                              "training steps; default: the config's budget_minutes).")
 _QUICK = flags.DEFINE_bool("quick", False, "A tiny corpus and model and a few steps: every "
@@ -274,6 +270,7 @@ def run_demo(workdir: str, quick: bool = False, budget: float | None = None,
              variant: str = "valle") -> dict[str, Any]:
   """Runs (or resumes) every stage; returns {"stages": {stage: marker}, "table": rows,
   "report": path}."""
+  from valle_jax import train  # pylint: disable=g-import-not-at-top
   workdir = os.path.abspath(workdir)
   os.makedirs(os.path.join(workdir, "stages"), exist_ok=True)
   cfg = demo_config(quick, budget, variant)
@@ -292,7 +289,7 @@ def run_demo(workdir: str, quick: bool = False, budget: float | None = None,
             "when it ran)", flush=True)
       return markers[name]["outputs"]
     print(f"[demo] {n}/{len(STAGES)} {name}: running (demo elapsed "
-          f"{report.duration(time.time() - t_start)})", flush=True)
+          f"{train.duration(time.time() - t_start)})", flush=True)
     t0 = time.time()
     outputs = fn()
     markers[name] = {"stage": name, "seconds": round(time.time() - t0, 1), "outputs": outputs}
@@ -320,7 +317,7 @@ def run_demo(workdir: str, quick: bool = False, budget: float | None = None,
 def main(argv):
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}; pass everything as --flags.")
-  workdir = _WORKDIR.value  # read before the stages import valle_jax.train (see _WORKDIR)
+  workdir = _WORKDIR.value
   if not workdir:
     raise UserError("--workdir is required: the directory for the demo's files.")
   if _BUDGET.value is not None and not _BUDGET.value > 0:

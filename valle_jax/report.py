@@ -108,14 +108,6 @@ def _save_small_png(fig, out_png: str, colors: int = 64) -> None:
   Image.open(buf).convert("RGB").quantize(colors).save(out_png, optimize=True)
 
 
-def duration(seconds: float) -> str:
-  """Seconds as 0h01m05s ("?" when not finite): the console's elapsed times and ETAs."""
-  if not np.isfinite(seconds):
-    return "?"
-  seconds = int(seconds)
-  return f"{seconds // 3600}h{seconds // 60 % 60:02d}m{seconds % 60:02d}s"
-
-
 def _fmt(value: Any) -> str:
   if isinstance(value, float):
     return "–" if not np.isfinite(value) else f"{value:.3f}"

@@ -1,4 +1,5 @@
-"""Training: `valle-jax train --config=configs/x.py --workdir=DIR`.
+"""Training: `train(cfg, workdir)` runs (or resumes) a run; the command is
+`valle-jax train` (valle_jax/train_cli.py).
 
 The train step is a pure function `(state, batch) -> (state, metrics)` under `jax.jit`
 with explicit shardings and donated state buffers:
@@ -24,9 +25,7 @@ with explicit shardings and donated state buffers:
   (a full disk) stops the run within a step with one line naming what failed and the last
   complete checkpoint; a second SIGTERM/SIGINT ends the process at once. One run at a time
   per workdir (a lock file), and a resumed run keeps its saved config except for the fields
-  `--allow_config_change` names (valle_jax/run_guard.py). Exit codes: 0 the run reached
-  `train.steps`; 75 saved and stopped on a signal (requeue to resume); 74 a write failed;
-  2 a user error.
+  `allow_config_change` names (valle_jax/run_guard.py).
 - Metrics go to the console (process 0, with rate and ETA), to TensorBoard event files
   (`workdir/tb`, written with tensorboardX, no TensorFlow) and to `workdir/metrics.jsonl`.
 - Multi-host: set `distributed.coordinator` (or run under SLURM / on a TPU pod with
@@ -39,8 +38,6 @@ import functools
 import json
 import os
 import signal
-import sys
-import threading
 import time
 from typing import Any, Sequence
 
@@ -49,16 +46,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import flags
 from flax import nnx
-from ml_collections import config_flags
 
 from valle_jax import checkpoint as ckpt_lib
 from valle_jax import codec as codec_lib
 from valle_jax import data as data_lib
 from valle_jax import recipe as recipe_lib
 from valle_jax import text as text_lib
-from valle_jax import config_check, io_check, models, report, run_guard, sharding
+from valle_jax import config_check, io_check, models, run_guard, sharding
 from valle_jax.errors import StorageError, UserError, os_reason
 
 
@@ -302,6 +297,14 @@ def summarize(metrics: dict[str, Any]) -> dict[str, float]:
   return out
 
 
+def duration(seconds: float) -> str:
+  """Seconds as 0h01m05s ("?" when not finite): the console's elapsed times and ETAs."""
+  if not np.isfinite(seconds):
+    return "?"
+  seconds = int(seconds)
+  return f"{seconds // 3600}h{seconds // 60 % 60:02d}m{seconds % 60:02d}s"
+
+
 class MetricLogger:
   """Console (with rate and ETA), TensorBoard and JSON-lines output; process 0 only.
 
@@ -346,7 +349,7 @@ class MetricLogger:
       shown = {k: v for k, v in values.items() if isinstance(v, float) and "codebook" not in k}
       text = " ".join(f"{k}={v:.4g}" for k, v in shown.items())
       print(f"[{prefix}] step {step}/{self.total_steps} {text} | {rate:.2f} steps/s, "
-            f"ETA {report.duration(eta)}", flush=True)
+            f"ETA {duration(eta)}", flush=True)
 
   def close(self):
     if self.events is not None:
@@ -628,50 +631,3 @@ def _evaluate(trainer, state, eval_batches, mesh) -> dict[str, float]:
     m = jax.device_get(trainer.eval_step(state["params"], sharding.shard_batch(batch, mesh)))
     totals = m if totals is None else jax.tree.map(np.add, totals, m)
   return summarize(totals)
-
-
-# ------------------------------------------------------------------------- CLI
-
-EXIT_STOPPED = 75   # EX_TEMPFAIL: saved and stopped on SIGTERM/SIGINT; requeue to resume
-EXIT_WATCHDOG_S = 60.0
-
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Experiment config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs). Re-using "
-                               "it resumes the run.")
-_ALLOW_CHANGE = flags.DEFINE_list(
-    "allow_config_change", [], "Config fields (or sections, e.g. optim) a resumed run may "
-    "change from the saved config, comma-separated. Always allowed: "
-    f"{', '.join(run_guard.RESUMABLE_BY_DEFAULT)}.")
-
-
-def _exit_watchdog(code: int):
-  """Ends the process with `code` if it has not exited `EXIT_WATCHDOG_S` seconds from now
-  (a library thread that never finishes must not keep a stopped run alive)."""
-  timer = threading.Timer(EXIT_WATCHDOG_S, os._exit, (code,))
-  timer.daemon = True
-  timer.start()
-
-
-def main(argv):
-  """Exit codes: 0 the run reached train.steps; 75 (EX_TEMPFAIL) it saved and stopped on
-  SIGTERM/SIGINT, requeue it to resume; 74 (EX_IOERR) a write failed (disk full); 2 a user
-  error; 128 + N a second signal N ended it at once."""
-  del argv
-  if not _WORKDIR.value:
-    raise UserError("--workdir is required (where checkpoints and logs go).")
-  try:
-    summary = train(_CONFIG.value, _WORKDIR.value, _ALLOW_CHANGE.value)
-  except StorageError as e:
-    _exit_watchdog(e.exit_code)
-    raise
-  workdir = os.path.abspath(_WORKDIR.value)
-  if summary["stopped"]:
-    _exit_watchdog(EXIT_STOPPED)
-    if jax.process_index() == 0:
-      print(f"[train] stopped at step {summary['step']} of {_CONFIG.value.train.steps} "
-            f"({summary['stopped']}): requeue to resume; checkpoints in "
-            f"{os.path.join(workdir, 'checkpoints')}", file=sys.stderr)
-    sys.exit(EXIT_STOPPED)
-  if jax.process_index() == 0:
-    print(f"[train] done at step {summary['step']}; checkpoints in "
-          f"{os.path.join(workdir, 'checkpoints')}", file=sys.stderr)

@@ -30,19 +30,12 @@ VOICES = (
     "espeak-ng:en-us+Michael", "espeak-ng:en-us+Alicia", "flite:kal", "flite:awb",
     "flite:rms", "flite:slt", "festival:ked_diphone",
 )
-# Unseen speakers for zero-shot evaluation; they speak only in the test split. Chosen among
-# the voices PocketSphinx follows best (WER of 5 KJV sentences: flite rms 0.39, awb 0.41,
-# slt 0.43, kal 0.63, festival ked 0.61; every espeak-ng voice 0.73-1.0), keeping flite kal
-# and slt for training.
+# Unseen speakers for zero-shot evaluation; they speak only in the test split (chosen:
+# docs/synthetic_corpus.md).
 HELDOUT_VOICES = ("flite:rms", "flite:awb", "festival:ked_diphone")
-# More training speakers from the held-out voices' engines. VOICES trains on 9 espeak-ng
-# voices and only 2 others (flite kal, slt), none from festival, and the demo's AR met the
-# held-out voices as a new domain: eval loss 1.1 nats above train loss after 100 steps
-# (0.3 epochs, nothing memorised), 4.27 vs 2.21 after the demo's 1100 steps (3.60 with
-# these voices; docs/experiments/demo-history.md). These add festival's kal (diphone) and slt (HTS) and
-# warped flite/festival voices (`/warp=`, vocal tract length perturbation). Each is at most
-# 0.74 similar to any held-out voice (same-speaker similarity of the ground truth is 0.91),
-# so the held-out speakers stay unseen.
+# More training speakers from the held-out voices' engines: festival's kal (diphone) and slt
+# (HTS) and warped flite/festival voices (`/warp=`, vocal tract length perturbation), each
+# at most 0.74 similar to any held-out voice (why: docs/synthetic_corpus.md).
 EXTRA_TRAINING_VOICES = (
     "festival:kal_diphone", "festival:cmu_us_slt_arctic_hts",
     "festival:cmu_us_slt_arctic_hts/warp=80", "flite:slt/warp=80", "flite:kal/warp=90",

@@ -120,7 +120,8 @@ def nar_metrics(logits: Array, codes: Array, code_lens: Array, stage: Array,
 
 def example_batch(model_cfg, batch_size: int, num_phonemes: int, num_frames: int,
                   seed: int = 0) -> dict[str, np.ndarray]:
-  """A random AR/NAR batch with the layout `models.ar_loss` / `models.nar_loss` read."""
+  """A random AR/NAR batch with the layout `models.ar_loss` / `models.nar_loss` read: what
+  `valle-jax info` runs the models on and `valle_jax.bench` times the train step with."""
   rng = np.random.default_rng(seed)
   q, v = model_cfg.num_codebooks, model_cfg.codebook_size
   prompt_frames = max(1, num_frames // 3)

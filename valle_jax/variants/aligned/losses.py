@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from valle_jax import models
 from valle_jax.variants.aligned.models import (PointerARModel, TimedNARModel,
-                                               pointer_inputs_and_targets, prompt_pointers)
+                                               pointer_inputs_and_targets)
 
 Array = jax.Array
 
@@ -50,13 +49,3 @@ def timed_nar_loss(model: TimedNARModel, batch: dict[str, Array],
   return models.nar_metrics(logits, batch["codes"], batch["code_lens"], batch["stage"],
                             batch.get("loss_mask"))
 
-
-def example_batch(model_cfg, batch_size: int, num_phonemes: int, num_frames: int,
-                  seed: int = 0) -> dict[str, np.ndarray]:
-  """`models.example_batch` with the alignment these losses read: each example's frames
-  split evenly over its phonemes."""
-  even = np.asarray(prompt_pointers(jnp.full((batch_size,), num_phonemes),
-                                    jnp.full((batch_size,), num_frames), num_frames))
-  return {**models.example_batch(model_cfg, batch_size, num_phonemes, num_frames, seed),
-          "phoneme_of_frame": even, "frame_phonemes": even,
-          "target_start": np.zeros((batch_size,), np.int32)}
