@@ -67,12 +67,15 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import io
 import json
 import os
 import threading
 import uuid
+import zipfile
 from typing import Any, Iterator, Sequence
 
+from etils import epath
 import grain
 import numpy as np
 from tqdm import tqdm
@@ -149,20 +152,22 @@ class Lengths:
 
 
 def scan_lengths(source, cache_path: str | None = None, progress: bool = True) -> Lengths:
-  """Reads every record once for its lengths and speaker (cached at `cache_path`)."""
+  """Each example's lengths and speaker: from the split's index when `prepare` wrote one
+  (`read_index`), else by reading every record once (cached at `cache_path`)."""
+  lengths = read_index(source)
+  if lengths is not None:
+    return lengths
   if cache_path and os.path.isfile(cache_path):
     with np.load(cache_path, allow_pickle=False) as z:
       if len(z["frames"]) == len(source):
         return Lengths(z["frames"], z["phonemes"], z["speakers"])
-  frames, phonemes, speakers = [], [], []
-  for i in tqdm(range(len(source)), desc="scanning lengths", disable=not progress,
-                unit="rec", mininterval=2.0):
-    record = source[i]
-    frames.append(len(record["codes"]))
-    phonemes.append(len(record["phonemes"]))
-    speakers.append(_text(record["speaker"]))
-  lengths = Lengths(np.asarray(frames, np.int64), np.asarray(phonemes, np.int64),
-                    np.asarray(speakers, dtype=str))
+  if progress and hasattr(source, "dataset_info"):
+    print(f"[data] {source.dataset_info.data_dir} has no index of its {source.split!r} "
+          "split (prepared by an older valle-jax): reading every record for its lengths; "
+          "write the index once with `python -m data_prep.index "
+          f"{source.dataset_info.data_dir}`, or re-run `valle-jax prepare`.", flush=True)
+  frames, phonemes, speakers = _read_lengths(source, progress)
+  lengths = Lengths(frames, phonemes, speakers)
   if cache_path:
     os.makedirs(os.path.dirname(cache_path), exist_ok=True)
     # Every process of a multi-process run may write the cache at once: each writes
@@ -171,6 +176,104 @@ def scan_lengths(source, cache_path: str | None = None, progress: bool = True) -
     np.savez(tmp, frames=lengths.frames, phonemes=lengths.phonemes, speakers=lengths.speakers)
     os.replace(tmp, cache_path)
   return lengths
+
+
+def _read_lengths(source, progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(frames int64 [N], phonemes int64 [N], speakers str [N]), reading every record."""
+  frames, phonemes, speakers = [], [], []
+  for i in tqdm(range(len(source)), desc="scanning lengths", disable=not progress,
+                unit="rec", mininterval=2.0):
+    record = source[i]
+    frames.append(len(record["codes"]))
+    phonemes.append(len(record["phonemes"]))
+    speakers.append(_text(record["speaker"]))
+  return (np.asarray(frames, np.int64), np.asarray(phonemes, np.int64),
+          np.asarray(speakers, dtype=str))
+
+
+# The index `prepare` writes beside a split's shards (`index-<split>.npz`), so that training
+# learns lengths and speakers without reading the records: per record, in the split's
+# order, int32 columns `frames`, `phonemes`, `speaker` (into `speaker_names`, the split's
+# speakers sorted), `shard` (into the split's shard files) and `offset` (the record's
+# position in its shard); `version` says the layout. About 20 bytes a record.
+INDEX_VERSION = 1
+INDEX_COLUMNS = ("frames", "phonemes", "speaker", "shard", "offset")
+
+
+def index_path(dataset_dir, split: str) -> epath.Path:
+  return epath.Path(dataset_dir) / f"index-{split}.npz"
+
+
+def make_index(source, progress: bool = True) -> dict[str, np.ndarray]:
+  """The index of a prepared split (a `Dataset.split`), reading each record once."""
+  frames, phonemes, speakers = _read_lengths(source, progress)
+  names, speaker = np.unique(speakers, return_inverse=True)
+  shard_lengths = np.asarray(source.dataset_info.splits[source.split].shard_lengths, np.int64)
+  starts = np.cumsum(shard_lengths) - shard_lengths
+  shard = np.repeat(np.arange(len(shard_lengths)), shard_lengths)
+  return {"version": np.int32(INDEX_VERSION), "frames": frames.astype(np.int32),
+          "phonemes": phonemes.astype(np.int32), "speaker": speaker.astype(np.int32),
+          "speaker_names": names, "shard": shard.astype(np.int32),
+          "offset": (np.arange(len(frames)) - starts[shard]).astype(np.int32)}
+
+
+def write_index(path, index: dict[str, np.ndarray]) -> None:
+  """Writes an index (`make_index`) to `path` whole or not at all (a temporary file beside
+  it, renamed)."""
+  path = epath.Path(path)
+  buffer = io.BytesIO()
+  np.savez(buffer, **index)
+  tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+  tmp.write_bytes(buffer.getvalue())
+  tmp.replace(path)
+
+
+def read_index(source) -> Lengths | None:
+  """The lengths and speakers of a prepared split (a `Dataset.split`) from its index; None
+  when it has none (a dataset prepared before indexes, or records that are not a dataset's
+  split)."""
+  if not hasattr(source, "dataset_info"):
+    return None
+  path = index_path(source.dataset_info.data_dir, source.split)
+  if not path.exists():
+    return None
+  return load_index(path, source.dataset_info.splits[source.split].shard_lengths)
+
+
+def load_index(path, shard_lengths: Sequence[int]) -> Lengths:
+  """The index at `path` as `Lengths` (speakers as names), checked against the split's
+  records per shard; a `UserError` when it is damaged or is another dataset's."""
+  path = epath.Path(path)
+  redo = (f"write it again with `python -m data_prep.index {path.parent}` (or delete it: "
+          "training then reads every record for the lengths).")
+  try:
+    with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as z:
+      missing = [k for k in ("version", *INDEX_COLUMNS, "speaker_names") if k not in z.files]
+      if missing:
+        raise UserError(f"the index {path} has no {', '.join(missing)} (damaged, or written "
+                        f"by another program); {redo}")
+      if int(z["version"]) != INDEX_VERSION:
+        raise UserError(f"the index {path} has layout version {int(z['version'])}, this "
+                        f"valle-jax reads {INDEX_VERSION}; {redo}")
+      index = {k: z[k] for k in ("frames", "phonemes", "speaker", "shard", "speaker_names")}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise UserError(f"the index {path} cannot be read ({str(e).strip().splitlines()[0]}); "
+                    f"{redo}") from None
+  n = len(index["frames"])
+  if any(np.shape(index[k]) != (n,) for k in ("phonemes", "speaker", "shard")):
+    raise UserError(f"the index {path} has columns of different lengths; {redo}")
+  shard = index["shard"]
+  in_range = n == 0 or shard.min() >= 0
+  per_shard = np.bincount(shard[:n if in_range else 0], minlength=len(shard_lengths))
+  if not in_range or len(per_shard) != len(shard_lengths) or np.any(per_shard != shard_lengths):
+    raise UserError(f"the index {path} lists {n} records, the split's shards hold "
+                    f"{int(np.sum(shard_lengths))} (in {len(shard_lengths)} shards): it is "
+                    f"another build's; {redo}")
+  speaker = index["speaker"]
+  if n and (speaker.min() < 0 or speaker.max() >= len(index["speaker_names"])):
+    raise UserError(f"the index {path} names speakers it does not list; {redo}")
+  return Lengths(index["frames"].astype(np.int64), index["phonemes"].astype(np.int64),
+                 index["speaker_names"][speaker])
 
 
 def _text(value) -> str:
