@@ -486,16 +486,17 @@ def long_material(indexes: dict[str, dict[str, np.ndarray]], codec_description: 
   buckets = paper.get_config().data
   max_frames, max_phonemes = max(buckets.frame_buckets), max(buckets.phoneme_buckets)
   frame_rate = float(codec_description.get("frame_rate", 75.0))
-  out: dict[str, Any] = {"max_frames": max_frames, "max_phonemes": max_phonemes}
-  for split, index in indexes.items():
+  out: dict[str, Any] = {"max_frames": max_frames, "max_phonemes": max_phonemes, "splits": {}}
+  for split, index in sorted(indexes.items()):
     frames, phonemes = index["frames"], index["phonemes"]
     cropped_frames, cropped_phonemes = data_lib.crop_lengths(frames, phonemes, max_frames,
                                                              max_phonemes)
     longer = (cropped_frames != frames) | (cropped_phonemes != phonemes)
-    out[split] = {"examples": len(frames), "hours": float(frames.sum()) / frame_rate / 3600,
-                  "longer": int(longer.sum()),
-                  "longer_hours": float(frames[longer].sum()) / frame_rate / 3600,
-                  "left_out": int(np.sum(cropped_frames == 0))}
+    out["splits"][split] = {
+        "examples": len(frames), "hours": float(frames.sum()) / frame_rate / 3600,
+        "longer": int(longer.sum()),
+        "longer_hours": float(frames[longer].sum()) / frame_rate / 3600,
+        "left_out": int(np.sum(cropped_frames == 0))}
   return out
 
 
@@ -518,13 +519,15 @@ def format_report(report: dict[str, Any]) -> str:
 def format_lengths(lengths: dict[str, Any], skipped: int | None = None) -> str:
   """One line: examples and hours per split, how many are longer than the paper config's
   largest bucket (cropped at load), and how many items were skipped (when known)."""
-  splits = [s for s in sorted(lengths) if isinstance(lengths[s], dict)]
-  parts = [f"{s} {lengths[s]['examples']} examples ({lengths[s]['hours']:.2f} h), "
-           f"{lengths[s]['longer']} longer ({lengths[s]['longer_hours']:.2f} h)"
-           + (f", {lengths[s]['left_out']} of them left out" if lengths[s]["left_out"] else "")
-           for s in splits]
+  splits = lengths["splits"]
+  parts = [f"{s} {n['examples']} examples ({n['hours']:.2f} h), {n['longer']} longer "
+           f"({n['longer_hours']:.2f} h)" + (f", {n['left_out']} of them left out"
+                                             if n["left_out"] else "")
+           for s, n in splits.items()]
+  left_out = any(n["left_out"] for n in splits.values())
   return (f"[prepare] {'; '.join(parts)}; longer = over configs/paper.py's largest bucket "
           f"({lengths['max_frames']} frames or {lengths['max_phonemes']} phonemes): training "
-          "crops them at load to a random window that fits (left out: too many phonemes "
-          "for any window)" + (f"; {skipped} item(s) skipped" if skipped is not None else ""))
+          "crops them at load to a random window that fits"
+          + (" (left out: too many phonemes for any window)" if left_out else "")
+          + (f"; {skipped} item(s) skipped" if skipped is not None else ""))
 

@@ -203,7 +203,7 @@ def bench_index(args: argparse.Namespace) -> None:
         "version": np.int32(data.INDEX_VERSION), "frames": frames, "phonemes": phonemes,
         "speaker": speaker.astype(np.int32), "speaker_names": names,
         "shard": shard.astype(np.int32), "offset": (np.arange(args.records) - bounds[shard])
-        .astype(np.int32)})
+        .astype(np.int32), "shard_lengths": np.diff(bounds)})
     with open(os.path.join(d, "shard_lengths.json"), "w", encoding="utf-8") as f:
       json.dump(np.diff(bounds).tolist(), f)
     from_index = _in_child("index", os.fspath(index_path), args)

@@ -195,9 +195,14 @@ def _read_lengths(source, progress: bool) -> tuple[np.ndarray, np.ndarray, np.nd
 # learns lengths and speakers without reading the records: per record, in the split's
 # order, int32 columns `frames`, `phonemes`, `speaker` (into `speaker_names`, the split's
 # speakers sorted), `shard` (into the split's shard files) and `offset` (the record's
-# position in its shard); `version` says the layout. About 20 bytes a record.
+# position in its shard), about 20 bytes a record; `shard_lengths` (records per shard) ties
+# it to the split's shards, `version` says the layout. Every process of a run reads
+# `frames`, `phonemes` and `speaker` (12 bytes a record): they all compute the same global
+# batch plan, whose batches have one shape on every process at each step, and then read
+# only their own rows' records (`BatchLoader`).
 INDEX_VERSION = 1
-INDEX_COLUMNS = ("frames", "phonemes", "speaker", "shard", "offset")
+INDEX_FIELDS = ("version", "frames", "phonemes", "speaker", "speaker_names", "shard", "offset",
+                "shard_lengths")
 
 
 def index_path(dataset_dir, split: str) -> epath.Path:
@@ -214,7 +219,8 @@ def make_index(source, progress: bool = True) -> dict[str, np.ndarray]:
   return {"version": np.int32(INDEX_VERSION), "frames": frames.astype(np.int32),
           "phonemes": phonemes.astype(np.int32), "speaker": speaker.astype(np.int32),
           "speaker_names": names, "shard": shard.astype(np.int32),
-          "offset": (np.arange(len(frames)) - starts[shard]).astype(np.int32)}
+          "offset": (np.arange(len(frames)) - starts[shard]).astype(np.int32),
+          "shard_lengths": shard_lengths}
 
 
 def write_index(path, index: dict[str, np.ndarray]) -> None:
@@ -242,30 +248,30 @@ def read_index(source) -> Lengths | None:
 
 def load_index(path, shard_lengths: Sequence[int]) -> Lengths:
   """The index at `path` as `Lengths` (speakers as names), checked against the split's
-  records per shard; a `UserError` when it is damaged or is another dataset's."""
+  records per shard; a `UserError` when it is damaged or is another dataset's. Reads only
+  the fields batching needs."""
   path = epath.Path(path)
   redo = (f"write it again with `python -m data_prep.index {path.parent}` (or delete it: "
           "training then reads every record for the lengths).")
   try:
-    with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as z:
-      missing = [k for k in ("version", *INDEX_COLUMNS, "speaker_names") if k not in z.files]
+    with path.open("rb") as f, np.load(f, allow_pickle=False) as z:
+      missing = [k for k in INDEX_FIELDS if k not in z.files]
       if missing:
         raise UserError(f"the index {path} has no {', '.join(missing)} (damaged, or written "
                         f"by another program); {redo}")
       if int(z["version"]) != INDEX_VERSION:
         raise UserError(f"the index {path} has layout version {int(z['version'])}, this "
                         f"valle-jax reads {INDEX_VERSION}; {redo}")
-      index = {k: z[k] for k in ("frames", "phonemes", "speaker", "shard", "speaker_names")}
+      index = {k: z[k] for k in ("frames", "phonemes", "speaker", "speaker_names",
+                                 "shard_lengths")}
   except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
     raise UserError(f"the index {path} cannot be read ({str(e).strip().splitlines()[0]}); "
                     f"{redo}") from None
   n = len(index["frames"])
-  if any(np.shape(index[k]) != (n,) for k in ("phonemes", "speaker", "shard")):
+  if any(np.shape(index[k]) != (n,) for k in ("phonemes", "speaker")):
     raise UserError(f"the index {path} has columns of different lengths; {redo}")
-  shard = index["shard"]
-  in_range = n == 0 or shard.min() >= 0
-  per_shard = np.bincount(shard[:n if in_range else 0], minlength=len(shard_lengths))
-  if not in_range or len(per_shard) != len(shard_lengths) or np.any(per_shard != shard_lengths):
+  if (n != int(np.sum(shard_lengths)) or len(index["shard_lengths"]) != len(shard_lengths)
+      or np.any(index["shard_lengths"] != np.asarray(shard_lengths))):
     raise UserError(f"the index {path} lists {n} records, the split's shards hold "
                     f"{int(np.sum(shard_lengths))} (in {len(shard_lengths)} shards): it is "
                     f"another build's; {redo}")
