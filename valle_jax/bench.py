@@ -214,6 +214,11 @@ def bench_index(args: argparse.Namespace) -> None:
                         max(1, args.shards * m // args.records))
     written = time.perf_counter() - t0
     scan = _in_child("scan", scan_dir, args)
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    t0 = time.perf_counter()
+    data.make_index(tfds.builder_from_directory(scan_dir).as_data_source("train"),
+                    progress=False)
+    indexing = time.perf_counter() - t0
     index_mib = os.path.getsize(index_path) / 2 ** 20
   scaled = scan["lengths_s"] * args.records / m
   print(f"data start-up of one training process, {args.config}'s buckets and budget, batch "
@@ -231,6 +236,8 @@ def bench_index(args: argparse.Namespace) -> None:
           f"{r['rss_before_mib']:>16.0f}{r['peak_rss_mib']:>8.0f}")
   print(f"(the scan's dataset: {m} records written in {written:.0f} s; scaled = its read time "
         f"x {args.records}/{m}, plus the index run's plan; its memory is not scaled)")
+  print(f"prepare writes the index (data.make_index) at {m / indexing:.0f} records/s: "
+        f"{args.records / (m / indexing):.0f} s for {args.records} records, once per dataset")
 
 
 # ------------------------------------------------------------------------ analytic FLOPs

@@ -166,8 +166,15 @@ def scan_lengths(source, cache_path: str | None = None, progress: bool = True) -
           "split (prepared by an older valle-jax): reading every record for its lengths; "
           "write the index once with `python -m data_prep.index "
           f"{source.dataset_info.data_dir}`, or re-run `valle-jax prepare`.", flush=True)
-  frames, phonemes, speakers = _read_lengths(source, progress)
-  lengths = Lengths(frames, phonemes, speakers)
+  frames, phonemes, speakers = [], [], []
+  for i in tqdm(range(len(source)), desc="scanning lengths", disable=not progress,
+                unit="rec", mininterval=2.0):
+    record = source[i]
+    frames.append(len(record["codes"]))
+    phonemes.append(len(record["phonemes"]))
+    speakers.append(_text(record["speaker"]))
+  lengths = Lengths(np.asarray(frames, np.int64), np.asarray(phonemes, np.int64),
+                    np.asarray(speakers, dtype=str))
   if cache_path:
     os.makedirs(os.path.dirname(cache_path), exist_ok=True)
     # Every process of a multi-process run may write the cache at once: each writes
@@ -176,19 +183,6 @@ def scan_lengths(source, cache_path: str | None = None, progress: bool = True) -
     np.savez(tmp, frames=lengths.frames, phonemes=lengths.phonemes, speakers=lengths.speakers)
     os.replace(tmp, cache_path)
   return lengths
-
-
-def _read_lengths(source, progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(frames int64 [N], phonemes int64 [N], speakers str [N]), reading every record."""
-  frames, phonemes, speakers = [], [], []
-  for i in tqdm(range(len(source)), desc="scanning lengths", disable=not progress,
-                unit="rec", mininterval=2.0):
-    record = source[i]
-    frames.append(len(record["codes"]))
-    phonemes.append(len(record["phonemes"]))
-    speakers.append(_text(record["speaker"]))
-  return (np.asarray(frames, np.int64), np.asarray(phonemes, np.int64),
-          np.asarray(speakers, dtype=str))
 
 
 # The index `prepare` writes beside a split's shards (`index-<split>.npz`), so that training
@@ -210,14 +204,33 @@ def index_path(dataset_dir, split: str) -> epath.Path:
 
 
 def make_index(source, progress: bool = True) -> dict[str, np.ndarray]:
-  """The index of a prepared split (a `Dataset.split`), reading each record once."""
-  frames, phonemes, speakers = _read_lengths(source, progress)
-  names, speaker = np.unique(speakers, return_inverse=True)
-  shard_lengths = np.asarray(source.dataset_info.splits[source.split].shard_lengths, np.int64)
+  """The index of a prepared split (a `Dataset.split`): its shards read in order, and of
+  each record only the lengths and speaker parsed out of its tf.train.Example (a tenth of
+  the time of decoding the record as training does)."""
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
+  split = source.dataset_info.splits[source.split]
+  num_codebooks = source.dataset_info.features["codes"].shape[-1]
+  frames, phonemes, speakers = [], [], []
+  with tqdm(total=len(source), desc=f"indexing {source.split}", disable=not progress,
+            unit="rec", mininterval=2.0) as bar:
+    for path, count in zip(split.filepaths, split.shard_lengths):
+      reader = array_record_module.ArrayRecordReader(os.fspath(path))
+      for start in range(0, count, 1024):
+        chunk = reader.read(start, min(start + 1024, count))
+        for serialized in chunk:
+          feature = tf_example_pb2.Example.FromString(serialized).features.feature
+          frames.append(len(feature["codes"].int64_list.value) // num_codebooks)
+          phonemes.append(len(feature["phonemes"].int64_list.value))
+          speakers.append(feature["speaker"].bytes_list.value[0].decode("utf-8"))
+        bar.update(len(chunk))
+      reader.close()
+  names, speaker = np.unique(np.asarray(speakers, dtype=str), return_inverse=True)
+  shard_lengths = np.asarray(split.shard_lengths, np.int64)
   starts = np.cumsum(shard_lengths) - shard_lengths
   shard = np.repeat(np.arange(len(shard_lengths)), shard_lengths)
-  return {"version": np.int32(INDEX_VERSION), "frames": frames.astype(np.int32),
-          "phonemes": phonemes.astype(np.int32), "speaker": speaker.astype(np.int32),
+  return {"version": np.int32(INDEX_VERSION), "frames": np.asarray(frames, np.int32),
+          "phonemes": np.asarray(phonemes, np.int32), "speaker": speaker.astype(np.int32),
           "speaker_names": names, "shard": shard.astype(np.int32),
           "offset": (np.arange(len(frames)) - starts[shard]).astype(np.int32),
           "shard_lengths": shard_lengths}
@@ -268,7 +281,7 @@ def load_index(path, shard_lengths: Sequence[int]) -> Lengths:
     raise UserError(f"the index {path} cannot be read ({str(e).strip().splitlines()[0]}); "
                     f"{redo}") from None
   n = len(index["frames"])
-  if any(np.shape(index[k]) != (n,) for k in ("phonemes", "speaker")):
+  if any(np.shape(index[k]) != (n,) for k in ("frames", "phonemes", "speaker")):
     raise UserError(f"the index {path} has columns of different lengths; {redo}")
   if (n != int(np.sum(shard_lengths)) or len(index["shard_lengths"]) != len(shard_lengths)
       or np.any(index["shard_lengths"] != np.asarray(shard_lengths))):
