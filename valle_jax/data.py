@@ -7,6 +7,10 @@
     batch = next(it)             # this process's rows of global batch 0
     state = it.get_state()       # checkpointable; it.set_state(state) resumes exactly
 
+Lengths and speakers come from the index `prepare` writes beside each split's shards
+(`read_index`), so start-up reads no record; a dataset prepared without one is scanned
+(`python -m data_prep.index` writes it).
+
 Batching (deterministic from the seed):
 - Each example goes to the smallest (frames, phonemes) length bucket that holds it. An
   example longer than the largest bucket (frames or phonemes) is cropped at load time to a
