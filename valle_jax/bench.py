@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -149,8 +151,6 @@ def index_startup(kind: str, path: str, config: str, batch_multiple: int) -> dic
   """One training process's data start-up, as `train` does it: the lengths (from the index
   at `path`, or today's scan of the dataset at `path`), the batch plan and its epoch 0
   (`describe`); seconds per part and resident memory (MiB) before and at the peak."""
-  import json  # pylint: disable=g-import-not-at-top
-  import resource  # pylint: disable=g-import-not-at-top
   from valle_jax import data  # pylint: disable=g-import-not-at-top
 
   def rss_mib() -> float:
@@ -179,7 +179,6 @@ def index_startup(kind: str, path: str, config: str, batch_multiple: int) -> dic
 
 def _in_child(kind: str, path: str, args: argparse.Namespace) -> dict[str, float]:
   """`index_startup` in a fresh process (its own peak resident memory)."""
-  import json  # pylint: disable=g-import-not-at-top
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   code = ("import json; from valle_jax import bench; print(json.dumps(bench.index_startup("
           f"{kind!r}, {path!r}, {args.config!r}, {args.batch_multiple})))")
@@ -191,7 +190,6 @@ def _in_child(kind: str, path: str, args: argparse.Namespace) -> dict[str, float
 
 
 def bench_index(args: argparse.Namespace) -> None:
-  import json  # pylint: disable=g-import-not-at-top
   from valle_jax import data  # pylint: disable=g-import-not-at-top
   frames, phonemes, speakers = _synthetic_lengths(args.records, args.speakers)
   names, speaker = np.unique(speakers, return_inverse=True)
