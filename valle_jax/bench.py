@@ -192,18 +192,12 @@ def _in_child(kind: str, path: str, args: argparse.Namespace) -> dict[str, float
 def bench_index(args: argparse.Namespace) -> None:
   from valle_jax import data  # pylint: disable=g-import-not-at-top
   frames, phonemes, speakers = _synthetic_lengths(args.records, args.speakers)
-  names, speaker = np.unique(speakers, return_inverse=True)
-  bounds = np.linspace(0, args.records, args.shards + 1).astype(np.int64)
-  shard = np.repeat(np.arange(args.shards), np.diff(bounds))
+  shard_lengths = np.diff(np.linspace(0, args.records, args.shards + 1).astype(np.int64))
   with tempfile.TemporaryDirectory() as d:
     index_path = data.index_path(d, "train")
-    data.write_index(index_path, {
-        "version": np.int32(data.INDEX_VERSION), "frames": frames, "phonemes": phonemes,
-        "speaker": speaker.astype(np.int32), "speaker_names": names,
-        "shard": shard.astype(np.int32), "offset": (np.arange(args.records) - bounds[shard])
-        .astype(np.int32), "shard_lengths": np.diff(bounds)})
+    data.write_index(index_path, data.index_of(frames, phonemes, speakers, shard_lengths))
     with open(os.path.join(d, "shard_lengths.json"), "w", encoding="utf-8") as f:
-      json.dump(np.diff(bounds).tolist(), f)
+      json.dump(shard_lengths.tolist(), f)
     from_index = _in_child("index", os.fspath(index_path), args)
     m = min(args.scan_records, args.records)
     scan_dir = os.path.join(d, "scan")

@@ -229,14 +229,21 @@ def make_index(source, progress: bool = True) -> dict[str, np.ndarray]:
           speakers.append(feature["speaker"].bytes_list.value[0].decode("utf-8"))
         bar.update(len(chunk))
       reader.close()
+  return index_of(frames, phonemes, speakers, split.shard_lengths)
+
+
+def index_of(frames, phonemes, speakers, shard_lengths: Sequence[int]
+             ) -> dict[str, np.ndarray]:
+  """The index of records with these lengths and speakers ([N] each, in the split's order),
+  laid out in shards of `shard_lengths` records."""
   names, speaker = np.unique(np.asarray(speakers, dtype=str), return_inverse=True)
-  shard_lengths = np.asarray(split.shard_lengths, np.int64)
+  shard_lengths = np.asarray(shard_lengths, np.int64)
   starts = np.cumsum(shard_lengths) - shard_lengths
   shard = np.repeat(np.arange(len(shard_lengths)), shard_lengths)
   return {"version": np.int32(INDEX_VERSION), "frames": np.asarray(frames, np.int32),
           "phonemes": np.asarray(phonemes, np.int32), "speaker": speaker.astype(np.int32),
           "speaker_names": names, "shard": shard.astype(np.int32),
-          "offset": (np.arange(len(frames)) - starts[shard]).astype(np.int32),
+          "offset": (np.arange(len(shard)) - starts[shard]).astype(np.int32),
           "shard_lengths": shard_lengths}
 
 
