@@ -4,6 +4,9 @@
       ─▶ Beam per split: read ─▶ reshuffle ─▶ batch ─▶ ItemProcessor ─┬▶ records ─▶ TFDS writer
                                                                       └▶ skips ─▶ skipped/*.jsonl
       ─▶ symbols.json, codec.json, prepare_report.json, skipped.jsonl beside the shards
+      ─▶ index-<split>.npz: each record's lengths, speaker and place (read back once), what
+         training reads at start-up instead of the records (`python -m data_prep.index`
+         writes it for a dataset prepared without one)
 
 The builders are TFDS `GeneratorBasedBuilder`s whose `_generate_examples` returns a Beam
 transform, written with `file_format="array_record"` (TensorFlow is not needed for that).
@@ -41,6 +44,7 @@ import numpy as np
 
 from data_prep import corpora
 from valle_jax import audio as audio_lib
+from valle_jax import data as data_lib
 from valle_jax import text as text_lib
 from valle_jax.codec import Codec, get_codec
 from valle_jax.errors import UserError
@@ -251,6 +255,17 @@ def _split_transform(job: Job, split: str):
   return EncodeSplit()
 
 
+def features(num_codebooks: int):
+  """The TFDS features of a record (design.md section 3)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  f = tfds.features
+  return f.FeaturesDict({
+      "id": f.Text(), "speaker": f.Text(), "text": f.Text(), "lang": f.Text(),
+      "phonemes": f.Tensor(shape=(None,), dtype=np.int32),
+      "codes": f.Tensor(shape=(None, num_codebooks), dtype=np.int16),
+      "duration_s": f.Scalar(dtype=np.float32)})
+
+
 @functools.lru_cache(maxsize=None)
 def _builder_base():
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -265,14 +280,8 @@ def _builder_base():
       super().__init__(**kwargs)
 
     def _info(self):
-      f = tfds.features
-      return tfds.core.DatasetInfo(
-          builder=self, description=self.__doc__,
-          features=f.FeaturesDict({
-              "id": f.Text(), "speaker": f.Text(), "text": f.Text(), "lang": f.Text(),
-              "phonemes": f.Tensor(shape=(None,), dtype=np.int32),
-              "codes": f.Tensor(shape=(None, self._job.num_codebooks), dtype=np.int16),
-              "duration_s": f.Scalar(dtype=np.float32)}))
+      return tfds.core.DatasetInfo(builder=self, description=self.__doc__,
+                                   features=features(self._job.num_codebooks))
 
     def _split_generators(self, dl_manager):
       del dl_manager  # the corpus is local; nothing to download
@@ -441,6 +450,7 @@ def prepare(cfg, codec: Codec | None = None) -> dict[str, Any]:
         "codec": description, "num_symbols": len(table)}
     table.save(os.path.join(built, "symbols.json"))
     _write_json(os.path.join(built, "codec.json"), description)
+    report["lengths"] = long_material(index_dataset(data_lib.open_dataset(built)), description)
     _write_json(os.path.join(built, "prepare_report.json"), report)
     with open(os.path.join(built, "skipped.jsonl"), "w", encoding="utf-8") as f:
       f.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in skips)
@@ -455,6 +465,41 @@ def prepare(cfg, codec: Codec | None = None) -> dict[str, Any]:
   return report
 
 
+def index_dataset(dataset: data_lib.Dataset, progress: bool = True
+                  ) -> dict[str, dict[str, np.ndarray]]:
+  """Writes the index of each split of a prepared dataset beside its shards (what training
+  reads at start-up instead of the records; `valle_jax.data.make_index`) and returns them
+  by split."""
+  indexes = {}
+  for split, source in sorted(dataset.splits.items()):
+    indexes[split] = data_lib.make_index(source, progress)
+    data_lib.write_index(data_lib.index_path(dataset.path, split), indexes[split])
+  return indexes
+
+
+def long_material(indexes: dict[str, dict[str, np.ndarray]], codec_description: dict[str, Any]
+                  ) -> dict[str, Any]:
+  """Per split, its examples and hours, and those longer than the largest bucket of the
+  paper's config (configs/paper.py), which training crops at load time to a random window
+  that fits (`valle_jax.data.crop_lengths`; `left_out`: too many phonemes for any window)."""
+  from configs import paper  # pylint: disable=g-import-not-at-top
+  buckets = paper.get_config().data
+  max_frames, max_phonemes = max(buckets.frame_buckets), max(buckets.phoneme_buckets)
+  frame_rate = float(codec_description.get("frame_rate", 75.0))
+  out: dict[str, Any] = {"max_frames": max_frames, "max_phonemes": max_phonemes, "splits": {}}
+  for split, index in sorted(indexes.items()):
+    frames, phonemes = index["frames"], index["phonemes"]
+    cropped_frames, cropped_phonemes = data_lib.crop_lengths(frames, phonemes, max_frames,
+                                                             max_phonemes)
+    longer = (cropped_frames != frames) | (cropped_phonemes != phonemes)
+    out["splits"][split] = {
+        "examples": len(frames), "hours": float(frames.sum()) / frame_rate / 3600,
+        "longer": int(longer.sum()),
+        "longer_hours": float(frames[longer].sum()) / frame_rate / 3600,
+        "left_out": int(np.sum(cropped_frames == 0))}
+  return out
+
+
 def format_report(report: dict[str, Any]) -> str:
   lines = [f"[prepare] wrote {report['dataset']} in {report['seconds']} s",
            f"  records per split: {report['records']}"]
@@ -467,5 +512,22 @@ def format_report(report: dict[str, Any]) -> str:
               for reason, n in report["skipped"].items()]
   else:
     lines.append("  skipped nothing")
+  lines.append(format_lengths(report["lengths"], sum(report["skipped"].values())))
   return "\n".join(lines)
+
+
+def format_lengths(lengths: dict[str, Any], skipped: int | None = None) -> str:
+  """One line: examples and hours per split, how many are longer than the paper config's
+  largest bucket (cropped at load), and how many items were skipped (when known)."""
+  splits = lengths["splits"]
+  parts = [f"{s} {n['examples']} examples ({n['hours']:.2f} h), {n['longer']} longer "
+           f"({n['longer_hours']:.2f} h)" + (f", {n['left_out']} of them left out"
+                                             if n["left_out"] else "")
+           for s, n in splits.items()]
+  left_out = any(n["left_out"] for n in splits.values())
+  return (f"[prepare] {'; '.join(parts)}; longer = over configs/paper.py's largest bucket "
+          f"({lengths['max_frames']} frames or {lengths['max_phonemes']} phonemes): training "
+          "crops them at load to a random window that fits"
+          + (" (left out: too many phonemes for any window)" if left_out else "")
+          + (f"; {skipped} item(s) skipped" if skipped is not None else ""))
 

@@ -1,4 +1,8 @@
-"""Input pipeline: buckets, token budget, determinism, resumable iterator, NAR prompts."""
+"""Input pipeline: buckets, token budget, determinism, resumable iterator, NAR prompts, the
+index."""
+import shutil
+
+from array_record.python import array_record_module
 import ml_collections
 import numpy as np
 import pytest
@@ -280,6 +284,83 @@ def test_real_dataset_reads_back(tiny_dataset):
     dataset.split("dev")
   with pytest.raises(UserError, match="not a prepared dataset"):
     data.open_dataset(str(tiny_dataset) + "/nope")
+
+
+def _without_index(tiny_dataset, tmp_path) -> str:
+  """A copy of the dataset as a valle-jax before indexes prepared it (no index files)."""
+  copy = str(tmp_path / "dataset")
+  shutil.copytree(tiny_dataset, copy, ignore=shutil.ignore_patterns("index-*"))
+  return copy
+
+
+def test_index_written_by_prepare_matches_the_records(tiny_dataset):
+  source = data.open_dataset(tiny_dataset).split("train")
+  from_index = data.read_index(source)
+  frames, phonemes, speakers = zip(*[(len(r["codes"]), len(r["phonemes"]),
+                                      r["speaker"].decode()) for r in source])
+  np.testing.assert_array_equal(from_index.frames, frames)
+  np.testing.assert_array_equal(from_index.phonemes, phonemes)
+  np.testing.assert_array_equal(from_index.speakers, speakers)
+  with np.load(data.index_path(tiny_dataset, "train")) as index:
+    for shard, offset, frame_count in zip(index["shard"], index["offset"], index["frames"]):
+      reader = array_record_module.ArrayRecordReader(
+          str(source.dataset_info.splits["train"].filepaths[shard]))
+      record = source.dataset_info.features.deserialize_example_np(reader.read([offset])[0])
+      reader.close()
+      assert len(record["codes"]) == frame_count      # (shard, offset) locates the record
+
+
+def test_batches_from_the_index_are_the_scans(tiny_dataset, tmp_path, capsys):
+  """A dataset prepared before indexes still trains (its records scanned, with a line
+  saying how to write the index), on the batches the index gives, each process its rows;
+  `python -m data_prep.index` writes the same index `prepare` does."""
+  from data_prep import index as index_cli  # pylint: disable=g-import-not-at-top
+  old = _without_index(tiny_dataset, tmp_path)
+  scanned = data.scan_lengths(data.open_dataset(old).split("train"), progress=True)
+  assert "python -m data_prep.index" in capsys.readouterr().out
+  dataset = data.open_dataset(tiny_dataset)
+  source = dataset.split("train")
+  cfg = _cfg(frame_buckets=(100, 200, 400), phoneme_buckets=(32, 64), max_tokens=400,
+             same_speaker_pairs=0.5, nar_prompt="other_utterance")
+  plans = [data.BatchPlan(lengths, cfg, seed=0, batch_multiple=2)
+           for lengths in (data.scan_lengths(source, progress=False), scanned)]
+  symbols = text.SymbolTable.load(dataset.symbols_path)
+  loaders = [[data.BatchLoader(source, plan, cfg, kind="both", num_codebooks=8,
+                               frame_rate=75.0, symbols=symbols, process_index=p,
+                               process_count=2) for p in range(2)] for plan in plans]
+  assert plans[0].batches_per_epoch == plans[1].batches_per_epoch
+  for i in range(2 * plans[0].batches_per_epoch):
+    for from_index, from_scan in zip(*loaders):
+      np.testing.assert_equal(from_index(i), from_scan(i))
+    np.testing.assert_array_equal(np.concatenate([p(i)["index"] for p in loaders[0]]),
+                                  _utterances(plans[0], i))
+  index_cli.main([old])
+  with np.load(data.index_path(old, "train")) as written, \
+      np.load(data.index_path(tiny_dataset, "train")) as by_prepare:
+    assert written.files == by_prepare.files
+    for key in written.files:
+      np.testing.assert_array_equal(written[key], by_prepare[key])
+
+
+def test_damaged_index_is_a_user_error(tiny_dataset, tmp_path):
+  copy = _without_index(tiny_dataset, tmp_path)
+  path = data.index_path(copy, "train")
+  with np.load(data.index_path(tiny_dataset, "train")) as z:
+    index = dict(z)
+  source = data.open_dataset(copy).split("train")
+  path.write_bytes(data.index_path(tiny_dataset, "train").read_bytes()[:200])
+  with pytest.raises(UserError, match="cannot be read.*data_prep.index"):
+    data.scan_lengths(source)
+  data.write_index(path, {k: v for k, v in index.items() if k != "speaker"})
+  with pytest.raises(UserError, match="has no speaker"):
+    data.scan_lengths(source)
+  data.write_index(path, {k: v[:-1] if v.ndim else v for k, v in index.items()})
+  with pytest.raises(UserError, match="lists 7 records, the split's shards hold 8"):
+    data.scan_lengths(source)
+  data.write_index(path, {**index, "speaker": index["speaker"] + 5})
+  with pytest.raises(UserError, match="speakers it does not list"):
+    data.scan_lengths(source)
+  assert sorted(p.name for p in path.parent.iterdir() if "index" in p.name) == [path.name]
 
 
 def test_length_cache_survives_concurrent_writers(records, lengths, tmp_path):

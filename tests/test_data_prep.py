@@ -97,6 +97,25 @@ def test_report_counts_bad_items(built):
   assert sorted(s["id"] for s in skipped) == sorted(f"bad/{n}" for n in (
       "empty", "trunc", "noise", "latin1", "blank", "short", "notext"))
   assert not [p for p in os.listdir(out) if p.startswith(".tmp")]
+  assert on_disk["lengths"]["splits"]["train"]["examples"] == 4
+  assert (dataset / "index-train.npz").exists()
+
+
+def test_long_material_counts_examples_longer_than_the_paper_buckets():
+  # configs/paper.py's largest bucket: 1500 frames, 384 phonemes. 2250 frames and 500
+  # phonemes are cropped at load; 5000 phonemes in 10 frames fit no window (left out).
+  index = {"frames": np.array([750, 2250, 1200, 10]), "phonemes": np.array([100, 200, 500, 5000])}
+  got = pipeline.long_material({"train": index}, {"frame_rate": 75.0})
+  assert (got["max_frames"], got["max_phonemes"]) == (1500, 384)
+  assert got["splits"]["train"] == {
+      "examples": 4, "hours": pytest.approx(4210 / 75 / 3600), "longer": 3,
+      "longer_hours": pytest.approx(3460 / 75 / 3600), "left_out": 1}
+  line = pipeline.format_lengths(got, skipped=7)
+  assert line.startswith("[prepare] train 4 examples (0.02 h), 3 longer (0.01 h), 1 of them "
+                         "left out; longer = over configs/paper.py's largest bucket (1500 "
+                         "frames or 384 phonemes)")
+  assert line.endswith("(left out: too many phonemes for any window); 7 item(s) skipped")
+  assert "\n" not in line
 
 
 def test_records_exact(built, corpus):

@@ -1,6 +1,7 @@
 """Benchmarks (not tests): `python -m valle_jax.bench <command> [options]`.
 
     python -m valle_jax.bench prepare [--clips 24] [--seconds 4] [--batch 8] [--codec-weights random]
+    python -m valle_jax.bench index [--records 1000000] [--scan-records 20000]
     python -m valle_jax.bench sample [--configs tiny,paper] [--batches 1,16] [--steps 50]
     python -m valle_jax.bench train [--config configs/paper.py] [--dtype bfloat16] [--peak-tflops 989]
     python -m valle_jax.bench accelerator [--quick] [--config configs/paper.py] [--peak-tflops 989]
@@ -33,7 +34,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -89,6 +92,144 @@ def bench_prepare(args: argparse.Namespace) -> None:
   for stage, secs in proc.stage_seconds.items():
     print(f"{stage:<12}{secs:>10.2f}{audio_s / secs:>14.1f}")
   print(f"{'total':<12}{total:>10.2f}{audio_s / total:>14.1f}")
+
+
+def _index_args(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--records", type=int, default=1_000_000, help="records in the synthetic index")
+  p.add_argument("--scan-records", type=int, default=20_000,
+                 help="records of the synthetic dataset today's scan reads (its time is "
+                 "scaled to --records)")
+  p.add_argument("--speakers", type=int, default=7_000)
+  p.add_argument("--shards", type=int, default=1_024)
+  p.add_argument("--config", default="configs/paper.py",
+                 help="the config whose buckets and token budget the batch plan uses")
+  p.add_argument("--batch-multiple", type=int, default=8, help="data-parallel size")
+
+
+def _synthetic_lengths(records: int, speakers: int, seed: int = 0):
+  """LibriLight-like lengths: frames of 1-30 s at 75 Hz (median 10 s), about 14 phonemes a
+  second, speakers numbered as LibriLight's are."""
+  rng = np.random.default_rng(seed)
+  seconds = np.clip(rng.lognormal(np.log(10.0), 0.5, records), 1.0, 30.0)
+  frames = np.round(seconds * 75).astype(np.int32)
+  phonemes = np.maximum(1, np.round(seconds * 14 * rng.normal(1.0, 0.1, records)))
+  names = np.asarray([str(100 + 7 * k) for k in range(speakers)])
+  return frames, phonemes.astype(np.int32), names[rng.integers(0, speakers, records)]
+
+
+def _write_scan_dataset(path: str, frames, phonemes, speakers, shards: int) -> None:
+  """ArrayRecord shards of records with these lengths (random codes), in the records'
+  format (`data_prep.pipeline.features`), and the TFDS metadata that opens them."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  from data_prep import pipeline  # pylint: disable=g-import-not-at-top
+  features = pipeline.features(8)
+  template = tfds.core.ShardedFileTemplate(
+      data_dir=path, template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+      dataset_name="synthetic", split="train", filetype_suffix="array_record")
+  rng = np.random.default_rng(1)
+  os.makedirs(path)
+  bounds = np.linspace(0, len(frames), shards + 1).astype(int)
+  for shard in range(shards):
+    writer = array_record_module.ArrayRecordWriter(
+        os.fspath(template.sharded_filepath(shard_index=shard, num_shards=shards)),
+        "group_size:1")
+    for i in range(bounds[shard], bounds[shard + 1]):
+      writer.write(features.serialize_example({
+          "id": f"u{i}", "speaker": speakers[i], "text": "", "lang": "en-us",
+          "phonemes": rng.integers(1, 100, phonemes[i]).astype(np.int32),
+          "codes": rng.integers(0, 1024, (frames[i], 8)).astype(np.int16),
+          "duration_s": np.float32(frames[i] / 75)}))
+    writer.close()
+  split = tfds.core.SplitInfo(name="train", shard_lengths=list(np.diff(bounds)), num_bytes=0,
+                              filename_template=template)
+  tfds.folder_dataset.write_metadata(data_dir=path, features=features, split_infos=[split],
+                                     filename_template=template, check_data=False)
+
+
+def index_startup(kind: str, path: str, config: str, batch_multiple: int) -> dict[str, float]:
+  """One training process's data start-up, as `train` does it: the lengths (from the index
+  at `path`, or today's scan of the dataset at `path`), the batch plan and its epoch 0
+  (`describe`); seconds per part and resident memory (MiB) before and at the peak."""
+  from valle_jax import data  # pylint: disable=g-import-not-at-top
+
+  def rss_mib() -> float:
+    with open("/proc/self/status", encoding="utf-8") as f:
+      return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
+
+  cfg = load_config(config)
+  if kind == "scan":
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    source = tfds.builder_from_directory(path).as_data_source("train")
+  before = rss_mib()
+  t0 = time.perf_counter()
+  if kind == "index":
+    with open(os.path.join(os.path.dirname(path), "shard_lengths.json"), encoding="utf-8") as f:
+      lengths = data.load_index(path, json.load(f))
+  else:
+    lengths = data.scan_lengths(source, progress=False)
+  t1 = time.perf_counter()
+  plan = data.BatchPlan(lengths, cfg.data, seed=0, batch_multiple=batch_multiple)
+  plan.describe()
+  t2 = time.perf_counter()
+  return {"records": len(lengths.frames), "lengths_s": t1 - t0, "plan_s": t2 - t1,
+          "rss_before_mib": before,
+          "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _in_child(kind: str, path: str, args: argparse.Namespace) -> dict[str, float]:
+  """`index_startup` in a fresh process (its own peak resident memory)."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  code = ("import json; from valle_jax import bench; print(json.dumps(bench.index_startup("
+          f"{kind!r}, {path!r}, {args.config!r}, {args.batch_multiple})))")
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+      p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
+  out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                       text=True, env=env).stdout
+  return json.loads(out.strip().splitlines()[-1])
+
+
+def bench_index(args: argparse.Namespace) -> None:
+  from valle_jax import data  # pylint: disable=g-import-not-at-top
+  frames, phonemes, speakers = _synthetic_lengths(args.records, args.speakers)
+  shard_lengths = np.diff(np.linspace(0, args.records, args.shards + 1).astype(np.int64))
+  with tempfile.TemporaryDirectory() as d:
+    index_path = data.index_path(d, "train")
+    data.write_index(index_path, data.index_of(frames, phonemes, speakers, shard_lengths))
+    with open(os.path.join(d, "shard_lengths.json"), "w", encoding="utf-8") as f:
+      json.dump(shard_lengths.tolist(), f)
+    from_index = _in_child("index", os.fspath(index_path), args)
+    m = min(args.scan_records, args.records)
+    scan_dir = os.path.join(d, "scan")
+    t0 = time.perf_counter()
+    _write_scan_dataset(scan_dir, frames[:m], phonemes[:m], speakers[:m],
+                        max(1, args.shards * m // args.records))
+    written = time.perf_counter() - t0
+    scan = _in_child("scan", scan_dir, args)
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    t0 = time.perf_counter()
+    data.make_index(tfds.builder_from_directory(scan_dir).as_data_source("train"),
+                    progress=False)
+    indexing = time.perf_counter() - t0
+    index_mib = os.path.getsize(index_path) / 2 ** 20
+  scaled = scan["lengths_s"] * args.records / m
+  print(f"data start-up of one training process, {args.config}'s buckets and budget, batch "
+        f"multiple {args.batch_multiple}, on {os.cpu_count()} cores (records of 1-30 s, "
+        f"median 10 s; {args.speakers} speakers):")
+  print(f"{'':<34}{'records':>10}{'lengths s':>11}{'plan s':>9}{'total s':>9}"
+        f"{'RSS MiB before':>16}{'peak':>8}")
+  for name, r, total in (
+      (f"index ({index_mib:.1f} MiB)", from_index, from_index["lengths_s"] + from_index["plan_s"]),
+      ("scan (today), measured", scan, scan["lengths_s"] + scan["plan_s"]),
+      ("scan, time scaled to --records", {**scan, "records": args.records, "lengths_s": scaled,
+                                          "plan_s": from_index["plan_s"]},
+       scaled + from_index["plan_s"])):
+    print(f"{name:<34}{r['records']:>10}{r['lengths_s']:>11.2f}{r['plan_s']:>9.2f}{total:>9.2f}"
+          f"{r['rss_before_mib']:>16.0f}{r['peak_rss_mib']:>8.0f}")
+  print(f"(the scan's dataset: {m} records written in {written:.0f} s; scaled = its read time "
+        f"x {args.records}/{m}, plus the index run's plan; its memory is not scaled)")
+  print(f"prepare writes the index (data.make_index) at {m / indexing:.0f} records/s: "
+        f"{args.records / (m / indexing):.0f} s for {args.records} records, once per dataset")
 
 
 # ------------------------------------------------------------------------ analytic FLOPs
@@ -576,6 +717,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None],
                           Callable[[argparse.ArgumentParser], None], str]] = {
     "prepare": (bench_prepare, _prepare_args,
                 "data prep stages: audio seconds per second (phonemize, load, encode)"),
+    "index": (bench_index, _index_args,
+              "data start-up from a prepared dataset's index vs reading every record"),
     "sample": (bench_sample, _sample_args,
                "AR sampler: frames/s and real-time factor, with and without the KV cache"),
     "train": (bench_train, _train_args,

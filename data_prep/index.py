@@ -1,0 +1,35 @@
+"""Writes the index of a dataset prepared without one (before valle-jax wrote indexes):
+
+    python -m data_prep.index /data/valle_folder/1.0.0
+
+Reads every record once, writes `index-<split>.npz` beside each split's shards (what
+training then reads at start-up instead of the records) and prints the lengths summary
+`valle-jax prepare` prints. `prepare` writes the index itself.
+"""
+from __future__ import annotations
+
+import sys
+
+from data_prep import pipeline
+from valle_jax import data
+from valle_jax.errors import UserError
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) != 1:
+    raise UserError("usage: python -m data_prep.index <dataset directory> (the "
+                    "<builder>/<version> directory `valle-jax prepare` wrote).")
+  dataset = data.open_dataset(argv[0])
+  indexes = pipeline.index_dataset(dataset)
+  print(f"[index] wrote {', '.join(f'index-{s}.npz' for s in indexes)} in {dataset.path}",
+        file=sys.stderr)
+  print(pipeline.format_lengths(pipeline.long_material(indexes, dataset.codec_description)),
+        file=sys.stderr)
+
+
+if __name__ == "__main__":
+  try:
+    main(sys.argv[1:])
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
