@@ -5,7 +5,7 @@
                                                                       └▶ skips ─▶ skipped/*.jsonl
       ─▶ symbols.json, codec.json, prepare_report.json, skipped.jsonl beside the shards
       ─▶ index-<split>.npz: each record's lengths, speaker and place (read back once), what
-         training reads at start-up instead of the records (`python -m data_prep.index`
+         training reads at start-up instead of the records (`valle-jax index`
          writes it for a dataset prepared without one)
 
 The builders are TFDS `GeneratorBasedBuilder`s whose `_generate_examples` returns a Beam

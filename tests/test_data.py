@@ -313,11 +313,11 @@ def test_index_written_by_prepare_matches_the_records(tiny_dataset):
 def test_batches_from_the_index_are_the_scans(tiny_dataset, tmp_path, capsys):
   """A dataset prepared before indexes still trains (its records scanned, with a line
   saying how to write the index), on the batches the index gives, each process its rows;
-  `python -m data_prep.index` writes the same index `prepare` does."""
-  from data_prep import index as index_cli  # pylint: disable=g-import-not-at-top
+  `valle-jax index` writes the same index `prepare` does."""
+  from valle_jax import cli  # pylint: disable=g-import-not-at-top
   old = _without_index(tiny_dataset, tmp_path)
   scanned = data.scan_lengths(data.open_dataset(old).split("train"), progress=True)
-  assert "python -m data_prep.index" in capsys.readouterr().out
+  assert "valle-jax index --dataset=" in capsys.readouterr().out
   dataset = data.open_dataset(tiny_dataset)
   source = dataset.split("train")
   cfg = _cfg(frame_buckets=(100, 200, 400), phoneme_buckets=(32, 64), max_tokens=400,
@@ -334,7 +334,9 @@ def test_batches_from_the_index_are_the_scans(tiny_dataset, tmp_path, capsys):
       np.testing.assert_equal(from_index(i), from_scan(i))
     np.testing.assert_array_equal(np.concatenate([p(i)["index"] for p in loaders[0]]),
                                   _utterances(plans[0], i))
-  index_cli.main([old])
+  with pytest.raises(SystemExit) as done:
+    cli.main(["valle-jax", "index", f"--dataset={old}"])
+  assert not done.value.code
   with np.load(data.index_path(old, "train")) as written, \
       np.load(data.index_path(tiny_dataset, "train")) as by_prepare:
     assert written.files == by_prepare.files
@@ -349,7 +351,7 @@ def test_damaged_index_is_a_user_error(tiny_dataset, tmp_path):
     index = dict(z)
   source = data.open_dataset(copy).split("train")
   path.write_bytes(data.index_path(tiny_dataset, "train").read_bytes()[:200])
-  with pytest.raises(UserError, match="cannot be read.*data_prep.index"):
+  with pytest.raises(UserError, match="cannot be read.*valle-jax index"):
     data.scan_lengths(source)
   data.write_index(path, {k: v for k, v in index.items() if k != "speaker"})
   with pytest.raises(UserError, match="has no speaker"):

@@ -23,11 +23,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("valle_jax.demo", "VALL-E end to end offline: corpus, codec, data, training, zero-shot samples, evaluation, report.html"),
     "align": ("valle_jax.variants.aligned.align_cli", "phoneme-to-frame forced alignments of a prepared dataset (for the aligned variant)"),
     "import-checkpoint": ("valle_jax.import_checkpoint", "another implementation's VALL-E checkpoint (--format=lifeiteng) -> a run synthesize loads"),
+    "index": ("data_prep.index", "write the start-up index of a dataset prepared by an older valle-jax (prepare writes it)"),
     "make-corpus": ("data_prep.make_corpus", "write the built-in synthetic multi-voice corpus (Debian TTS voices, KJV text)"),
 }
 
 # Commands that build data and read no run config: they need no variant.
-DATA_COMMANDS = ("prepare", "make-corpus")
+DATA_COMMANDS = ("prepare", "index", "make-corpus")
 
 
 def _usage() -> str:

@@ -9,7 +9,7 @@
 
 Lengths and speakers come from the index `prepare` writes beside each split's shards
 (`read_index`), so start-up reads no record; a dataset prepared without one is scanned
-(`python -m data_prep.index` writes it).
+(`valle-jax index` writes it).
 
 Batching (deterministic from the seed):
 - Each example goes to the smallest (frames, phonemes) length bucket that holds it. An
@@ -168,8 +168,8 @@ def scan_lengths(source, cache_path: str | None = None, progress: bool = True) -
   if progress and hasattr(source, "dataset_info"):
     print(f"[data] {source.dataset_info.data_dir} has no index of its {source.split!r} "
           "split (prepared by an older valle-jax): reading every record for its lengths; "
-          "write the index once with `python -m data_prep.index "
-          f"{source.dataset_info.data_dir}`, or re-run `valle-jax prepare`.", flush=True)
+          "write the index once with `valle-jax index "
+          f"--dataset={source.dataset_info.data_dir}`, or re-run `valle-jax prepare`.", flush=True)
   frames, phonemes, speakers = [], [], []
   for i in tqdm(range(len(source)), desc="scanning lengths", disable=not progress,
                 unit="rec", mininterval=2.0):
@@ -275,7 +275,7 @@ def load_index(path, shard_lengths: Sequence[int]) -> Lengths:
   records per shard; a `UserError` when it is damaged or is another dataset's. Reads only
   the fields batching needs."""
   path = epath.Path(path)
-  redo = (f"write it again with `python -m data_prep.index {path.parent}` (or delete it: "
+  redo = (f"write it again with `valle-jax index --dataset={path.parent}` (or delete it: "
           "training then reads every record for the lengths).")
   try:
     with path.open("rb") as f, np.load(f, allow_pickle=False) as z:
