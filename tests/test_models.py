@@ -167,6 +167,90 @@ def test_ar_kv_cache_matches_full_forward(cfg, batch, group_size):
     np.testing.assert_allclose(cached[b], expected, atol=2e-5, rtol=1e-5)
 
 
+def _reference_attention(attn, x, mask, cache=None, layer=0, write_slots=None, *,
+                         float32_logits=False):
+  """The attention formula the layer had before `jax.nn.dot_product_attention`: scores
+  materialised as [B, N, T, S], cast to float32, masked to float32's minimum, softmax in
+  float32. `float32_logits` accumulates QK^T in float32 (as dot_product_attention does for
+  bfloat16 inputs) instead of casting the compute-dtype product."""
+  dtype = x.dtype
+  project = lambda kernel, bias: (jnp.einsum("btd,dnh->btnh", x, kernel[...].astype(dtype))
+                                  + bias[...].astype(dtype))
+  q, k, v = (project(attn.q_kernel, attn.q_bias), project(attn.k_kernel, attn.k_bias),
+             project(attn.v_kernel, attn.v_bias))
+  if cache is not None:
+    rows = jnp.arange(x.shape[0])[:, None]
+    cache = {name: cache[name].at[layer, rows, write_slots].set(new.astype(cache[name].dtype))
+             for name, new in (("k", k), ("v", v))}
+    k, v = cache["k"][layer].astype(dtype), cache["v"][layer].astype(dtype)
+  logits = jnp.einsum("btnh,bsnh->bnts", q, k,
+                      preferred_element_type=jnp.float32 if float32_logits else None)
+  logits = logits.astype(jnp.float32) * (attn.head_dim ** -0.5)
+  logits = jnp.where(mask, logits, float(jnp.finfo(jnp.float32).min))
+  probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
+  out = jnp.einsum("bnts,bsnh->btnh", probs, v)
+  out = jnp.einsum("btnh,nhd->btd", out, attn.out_kernel[...].astype(dtype))
+  return out + attn.out_bias[...].astype(dtype), cache
+
+
+def _prefix_lm_inputs(model, batch, ar_io, dtype=jnp.float32):
+  """The AR's embedded sequence [B, L + Ta, D] and its prefix-LM mask with ragged padding."""
+  inputs, _, lens = ar_io
+  x, mask = model._inputs_and_mask(batch["phonemes"], batch["phoneme_lens"], inputs, lens)
+  return x.astype(dtype), mask
+
+
+def test_attention_equals_the_reference_formula(ar_model, batch, ar_io):
+  """`jax.nn.dot_product_attention` ("xla") computes the hand-written formula: the AR's
+  prefix-LM mask over ragged phonemes and audio, and the KV-cache path (a prefill into a
+  cache with spare slots, then one decode step at a per-example slot)."""
+  attn = ar_model.transformer.blocks[0].attn
+  x, mask = _prefix_lm_inputs(ar_model, batch, ar_io)              # [B, S, D], [B, 1, S, S]
+  np.testing.assert_allclose(attn(x, mask)[0], _reference_attention(attn, x, mask)[0],
+                             atol=1e-6, rtol=1e-6)
+  b, s = x.shape[:2]
+  num_slots = s + 3
+  shape = (2, b, num_slots, attn.out_kernel.shape[0], attn.head_dim)
+  cache = {"k": jnp.zeros(shape), "v": jnp.zeros(shape)}
+  prefill_mask = jnp.pad(mask, [(0, 0), (0, 0), (0, 0), (0, 3)])   # [B, 1, S, S + 3]
+  slots = jnp.broadcast_to(jnp.arange(s), (b, s))
+  ours = attn(x, prefill_mask, cache=cache, layer=1, write_slots=slots)
+  ref = _reference_attention(attn, x, prefill_mask, cache, 1, slots)
+  np.testing.assert_allclose(ours[0], ref[0], atol=1e-6, rtol=1e-6)
+  np.testing.assert_array_equal(ours[1]["k"], ref[1]["k"])
+  step_slots = jnp.array([[s], [s + 1], [s + 2]])                   # [B, 1] per example
+  step_mask = (jnp.arange(num_slots)[None, :] <= step_slots)[:, None, None, :] & jnp.pad(
+      mask[:, :, -1:], [(0, 0), (0, 0), (0, 0), (0, 3)], constant_values=True)
+  x_step = x[:, -1:] + 0.5
+  ours = attn(x_step, step_mask, cache=ours[1], layer=1, write_slots=step_slots)
+  ref = _reference_attention(attn, x_step, step_mask, ref[1], 1, step_slots)
+  np.testing.assert_allclose(ours[0], ref[0], atol=1e-6, rtol=1e-6)
+  np.testing.assert_array_equal(ours[1]["v"], ref[1]["v"])
+
+
+def test_attention_softmax_is_float32_for_bfloat16_inputs(ar_model, batch, ar_io):
+  """With bfloat16 inputs the logits are QK^T accumulated in float32 and the softmax is
+  float32: the layer equals the reference with float32 logits to bfloat16 rounding of its
+  output, and is no further from the float32 layer than that reference."""
+  attn = ar_model.transformer.blocks[0].attn
+  x, mask = _prefix_lm_inputs(ar_model, batch, ar_io, jnp.bfloat16)
+  ours = attn(x, mask)[0]
+  assert ours.dtype == jnp.bfloat16
+  ref = _reference_attention(attn, x, mask, float32_logits=True)[0]
+  exact = attn(x.astype(jnp.float32), mask)[0]
+  scale = float(jnp.max(jnp.abs(exact)))
+  np.testing.assert_allclose(np.asarray(ours, np.float32), np.asarray(ref, np.float32),
+                             atol=2 ** -7 * scale)
+  ours_err = float(jnp.max(jnp.abs(ours.astype(jnp.float32) - exact)))
+  ref_err = float(jnp.max(jnp.abs(ref.astype(jnp.float32) - exact)))
+  assert ours_err <= 1.5 * ref_err + 1e-6, (ours_err, ref_err)
+
+
+def test_attention_rejects_an_unknown_implementation(cfg):
+  with pytest.raises(ValueError, match="attention must be one of"):
+    models.ARModel(_with(cfg, attention="flash"), rngs=nnx.Rngs(0))
+
+
 def test_reverse_valid_keeps_padding():
   phonemes = jnp.array([[5, 6, 7, 0], [8, 9, 0, 0]])
   out = models.reverse_valid(phonemes, jnp.array([3, 1]))
