@@ -412,18 +412,26 @@ def test_padding_rows_and_masked_frames_are_not_scored(ar_model, nar_model, batc
   assert float(masked["loss_sum"]) < float(whole["loss_sum"])
 
 
-def test_bfloat16_compute_is_finite_and_close(cfg, ar_model, nar_model, batch, ar_io,
-                                              ar_logits, nar_logits):
+def test_bfloat16_compute_matches_float32(cfg, ar_model, nar_model, batch, ar_io, ar_logits,
+                                         nar_logits):
+  """compute_dtype "bfloat16" (configs/paper.py's): the same parameters, still float32, give
+  float32 logits and losses within bfloat16's rounding of the float32 model's."""
+  assert paper.get_config().model.compute_dtype == "bfloat16"
   inputs, _, lens = ar_io
-  for model, args, ref in ((ar_model, (batch["phonemes"], batch["phoneme_lens"], inputs, lens),
-                            ar_logits), (nar_model, _nar_args(batch), nar_logits)):
-    model16 = nnx.clone(model)
-    model16.dtype = jnp.bfloat16
+  cfg16 = _with(cfg, compute_dtype="bfloat16")
+  for model, args, ref, loss in (
+      (ar_model, (batch["phonemes"], batch["phoneme_lens"], inputs, lens), ar_logits,
+       models.ar_loss), (nar_model, _nar_args(batch), nar_logits, models.nar_loss)):
+    model16 = type(model)(cfg16, rngs=nnx.Rngs(0))
+    nnx.update(model16, nnx.state(model, nnx.Param))
     out = _apply(model16)(*args)
     assert out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out)))
     valid = np.isfinite(np.asarray(ref))
     err = np.max(np.abs(np.asarray(out) - np.asarray(ref))[valid])
     assert err < 0.05 * float(np.max(np.abs(ref))), f"bf16 error {err}"
+    (loss16, metrics16), (loss32, _) = (nnx.jit(loss)(m, batch) for m in (model16, model))
+    assert loss16.dtype == jnp.float32 and metrics16["loss_sum"].dtype == jnp.float32
+    np.testing.assert_allclose(float(loss16), float(loss32), rtol=0.02)
     params = jax.tree.leaves(nnx.state(model16, nnx.Param))
     assert all(p.dtype == jnp.float32 for p in params)
 

@@ -119,12 +119,14 @@ class ARModel(nnx.Module):
     return (x + positions).astype(self.dtype)
 
   def _head(self, h: Array) -> Array:
-    """h [B, T, D] -> logits [B, T, G, V + 1] float32."""
-    logits = h @ self.head_kernel[...].astype(h.dtype)
+    """h [B, T, D] -> logits [B, T, G, V + 1] float32 (the matmul accumulates and returns
+    float32 whatever the compute dtype)."""
+    logits = jnp.dot(h, self.head_kernel[...].astype(h.dtype),
+                     preferred_element_type=jnp.float32)
     if self.head_has_bias:
-      logits = logits + self.head_bias[...].astype(h.dtype)
+      logits = logits + self.head_bias[...]
     b, t, _ = logits.shape
-    return logits.astype(jnp.float32).reshape(b, t, self.group_size, self.codebook_size + 1)
+    return logits.reshape(b, t, self.group_size, self.codebook_size + 1)
 
   def _check_tokens(self, audio_tokens: Array):
     if audio_tokens.ndim != 3 or audio_tokens.shape[-1] != self.group_size:
