@@ -26,6 +26,9 @@ def base() -> ml_collections.ConfigDict:
   # jax.nn.dot_product_attention's implementation: "xla" (any device) | "cudnn" (cuDNN flash
   # attention: NVIDIA GPUs, compute_dtype "bfloat16")
   c.model.attention = "xla"
+  # Per-block activation rematerialisation in training: "none" | "full" (recompute each block
+  # in the backward pass) | "dots_saveable" (keep matmul outputs, recompute the rest).
+  c.model.remat = "none"
   c.model.ar_group_size = 1          # VALL-E 2 grouped code modeling: frames per AR step
   # Architecture switches that make the function lifeiteng/vall-e's (configs/lifeiteng.py,
   # docs/fidelity.md); the defaults are this project's paper models.

@@ -251,6 +251,29 @@ def test_attention_rejects_an_unknown_implementation(cfg):
     models.ARModel(_with(cfg, attention="flash"), rngs=nnx.Rngs(0))
 
 
+@pytest.mark.parametrize("remat", ["full", "dots_saveable"])
+def test_remat_keeps_the_parameters_and_the_gradients(cfg, batch, remat):
+  """Per-block rematerialisation changes neither the parameter tree (checkpoints and the
+  lifeiteng converter read it) nor the gradients (AR with dropout, NAR with AdaLN); the
+  backward pass does recompute (a remat in the jaxpr)."""
+  for cls, loss in ((models.ARModel, models.ar_loss), (models.NARModel, models.nar_loss)):
+    plain = cls(_with(cfg, dropout=0.1), rngs=nnx.Rngs(0))
+    rematted = cls(_with(cfg, dropout=0.1, remat=remat), rngs=nnx.Rngs(0))
+    params = lambda m: nnx.to_pure_dict(nnx.state(m, nnx.Param))   # noqa: E731
+    assert jax.tree.structure(params(plain)) == jax.tree.structure(params(rematted))
+
+    def grads(model):
+      graphdef, state = nnx.split(model)
+      def value(state):
+        return loss(nnx.merge(graphdef, state), batch, jax.random.key(3))[0]
+      return jax.jit(jax.grad(value))(state), jax.make_jaxpr(jax.grad(value))(state)
+
+    (expected, plain_jaxpr), (got, jaxpr) = grads(plain), grads(rematted)
+    assert "remat" not in str(plain_jaxpr) and "remat" in str(jaxpr)
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
+      np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+
+
 def test_reverse_valid_keeps_padding():
   phonemes = jnp.array([[5, 6, 7, 0], [8, 9, 0, 0]])
   out = models.reverse_valid(phonemes, jnp.array([3, 1]))

@@ -81,7 +81,7 @@ class ARModel(nnx.Module):
     self.transformer = layers.Transformer(
         num_layers=cfg.num_layers, width=d, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim,
         dropout_rate=cfg.dropout, activation=cfg.get("mlp_activation", "gelu"),
-        attention=cfg.get("attention", "xla"), rngs=rngs)
+        attention=cfg.get("attention", "xla"), remat=cfg.get("remat", "none"), rngs=rngs)
     num_out = self.group_size * (cfg.codebook_size + 1)
     self.head_kernel = layers.make_param(rngs, jax.nn.initializers.lecun_normal(),
                                          (d, num_out), ("embed", "vocab"))

@@ -236,28 +236,53 @@ class Block(nnx.Module):
     return x, cache
 
 
+# Activation rematerialisation per block (`remat`): "none" keeps every intermediate for the
+# backward pass; "full" keeps only each block's inputs and recomputes the block in the
+# backward pass; "dots_saveable" keeps the matmul outputs and recomputes the rest
+# (elementwise ops, norms, softmax).
+REMAT = {"none": None, "full": jax.checkpoint_policies.nothing_saveable,
+         "dots_saveable": jax.checkpoint_policies.dots_saveable}
+
+
+def check_remat(name: str) -> str:
+  """`name` if it is one of REMAT, else a clear error."""
+  if name not in REMAT:
+    raise ValueError(f"remat must be one of {list(REMAT)}, got {name!r}.")
+  return name
+
+
+def _run_block(block: Block, x, mask, condition, cache, write_slots, dropout_rng, layer):
+  return block(x, mask, condition=condition, cache=cache, layer=layer,
+               write_slots=write_slots, dropout_rng=dropout_rng)
+
+
 class Transformer(nnx.Module):
   """A stack of pre-LN blocks followed by a final norm.
 
   `cache`, when given, is {"k", "v"}: [num_layers, B, S, N, H]; the updated cache is returned.
+  `remat` (a key of REMAT) wraps each block in `nnx.remat` with that policy; the parameters
+  stay where they are (`blocks[i]`), so checkpoints and converters do not see it.
   """
 
   def __init__(self, *, num_layers: int, width: int, num_heads: int, mlp_dim: int,
                dropout_rate: float, num_conditions: int = 0, activation: str = "gelu",
-               attention: str = "xla", rngs: nnx.Rngs):
+               attention: str = "xla", remat: str = "none", rngs: nnx.Rngs):
     self.blocks = nnx.List([
         Block(width, num_heads, mlp_dim, dropout_rate, num_conditions=num_conditions,
               activation=activation, attention=attention, rngs=rngs)
         for _ in range(num_layers)])
     self.final_norm = Norm(width, num_conditions=num_conditions, rngs=rngs)
+    self.remat = check_remat(remat)
 
   def __call__(self, x: Array, mask: Array, *, condition: Array | None = None,
                cache: dict[str, Array] | None = None, write_slots: Array | None = None,
                dropout_rng: Array | None = None) -> tuple[Array, Any]:
+    run_block = _run_block
+    if self.remat != "none":
+      run_block = nnx.remat(_run_block, policy=REMAT[self.remat], static_argnums=(7,))
     for i, block in enumerate(self.blocks):
       layer_rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
-      x, cache = block(x, mask, condition=condition, cache=cache, layer=i,
-                       write_slots=write_slots, dropout_rng=layer_rng)
+      x, cache = run_block(block, x, mask, condition, cache, write_slots, layer_rng, i)
     return self.final_norm(x, condition), cache
 
 

@@ -66,7 +66,7 @@ class NARModel(nnx.Module):
         num_layers=cfg.num_layers, width=d, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim,
         dropout_rate=cfg.dropout, num_conditions=0 if self.stage_as_token else q,
         activation=cfg.get("mlp_activation", "gelu"),
-        attention=cfg.get("attention", "xla"), rngs=rngs)
+        attention=cfg.get("attention", "xla"), remat=cfg.get("remat", "none"), rngs=rngs)
     if self.tie_offset:
       self.last_head = layers.make_param(rngs, embed, (cfg.codebook_size, d),
                                          ("vocab", "embed"))
