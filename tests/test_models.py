@@ -167,7 +167,7 @@ def test_ar_kv_cache_matches_full_forward(cfg, batch, group_size):
     np.testing.assert_allclose(cached[b], expected, atol=2e-5, rtol=1e-5)
 
 
-def _reference_attention(attn, x, mask, cache=None, layer=0, write_slots=None, *,
+def _reference_attention(attn, x, mask, cache=None, layer=0, write_slot=0, *,
                          float32_logits=False):
   """The attention formula the layer had before `jax.nn.dot_product_attention`: scores
   materialised as [B, N, T, S], cast to float32, masked to float32's minimum, softmax in
@@ -179,8 +179,9 @@ def _reference_attention(attn, x, mask, cache=None, layer=0, write_slots=None, *
   q, k, v = (project(attn.q_kernel, attn.q_bias), project(attn.k_kernel, attn.k_bias),
              project(attn.v_kernel, attn.v_bias))
   if cache is not None:
-    rows = jnp.arange(x.shape[0])[:, None]
-    cache = {name: cache[name].at[layer, rows, write_slots].set(new.astype(cache[name].dtype))
+    rows = jnp.arange(x.shape[0])[:, None]                          # a scatter per example
+    slots = write_slot + jnp.arange(x.shape[1])[None, :]
+    cache = {name: cache[name].at[layer, rows, slots].set(new.astype(cache[name].dtype))
              for name, new in (("k", k), ("v", v))}
     k, v = cache["k"][layer].astype(dtype), cache["v"][layer].astype(dtype)
   logits = jnp.einsum("btnh,bsnh->bnts", q, k,
@@ -203,7 +204,8 @@ def _prefix_lm_inputs(model, batch, ar_io, dtype=jnp.float32):
 def test_attention_equals_the_reference_formula(ar_model, batch, ar_io):
   """`jax.nn.dot_product_attention` ("xla") computes the hand-written formula: the AR's
   prefix-LM mask over ragged phonemes and audio, and the KV-cache path (a prefill into a
-  cache with spare slots, then one decode step at a per-example slot)."""
+  cache with spare slots, then one decode step; the reference writes by per-example scatter,
+  the layer by one dynamic_update_slice)."""
   attn = ar_model.transformer.blocks[0].attn
   x, mask = _prefix_lm_inputs(ar_model, batch, ar_io)              # [B, S, D], [B, 1, S, S]
   np.testing.assert_allclose(attn(x, mask)[0], _reference_attention(attn, x, mask)[0],
@@ -213,17 +215,17 @@ def test_attention_equals_the_reference_formula(ar_model, batch, ar_io):
   shape = (2, b, num_slots, attn.out_kernel.shape[0], attn.head_dim)
   cache = {"k": jnp.zeros(shape), "v": jnp.zeros(shape)}
   prefill_mask = jnp.pad(mask, [(0, 0), (0, 0), (0, 0), (0, 3)])   # [B, 1, S, S + 3]
-  slots = jnp.broadcast_to(jnp.arange(s), (b, s))
-  ours = attn(x, prefill_mask, cache=cache, layer=1, write_slots=slots)
-  ref = _reference_attention(attn, x, prefill_mask, cache, 1, slots)
+  ours = attn(x, prefill_mask, cache=cache, layer=1, write_slot=0)
+  ref = _reference_attention(attn, x, prefill_mask, cache, 1, 0)
   np.testing.assert_allclose(ours[0], ref[0], atol=1e-6, rtol=1e-6)
   np.testing.assert_array_equal(ours[1]["k"], ref[1]["k"])
-  step_slots = jnp.array([[s], [s + 1], [s + 2]])                   # [B, 1] per example
-  step_mask = (jnp.arange(num_slots)[None, :] <= step_slots)[:, None, None, :] & jnp.pad(
-      mask[:, :, -1:], [(0, 0), (0, 0), (0, 0), (0, 3)], constant_values=True)
+  step_slot = jnp.asarray(s + 1)                                    # one slot left empty
+  step_mask = jnp.pad(mask[:, :, -1:], [(0, 0), (0, 0), (0, 0), (0, 3)],
+                      constant_values=True) & (jnp.arange(num_slots) != s) & (
+                          jnp.arange(num_slots) <= step_slot)        # [B, 1, 1, S]
   x_step = x[:, -1:] + 0.5
-  ours = attn(x_step, step_mask, cache=ours[1], layer=1, write_slots=step_slots)
-  ref = _reference_attention(attn, x_step, step_mask, ref[1], 1, step_slots)
+  ours = attn(x_step, step_mask, cache=ours[1], layer=1, write_slot=step_slot)
+  ref = _reference_attention(attn, x_step, step_mask, ref[1], 1, step_slot)
   np.testing.assert_allclose(ours[0], ref[0], atol=1e-6, rtol=1e-6)
   np.testing.assert_array_equal(ours[1]["v"], ref[1]["v"])
 

@@ -130,9 +130,10 @@ class Attention(nnx.Module):
 
   Without a cache, keys and values come from `x` itself and `mask` is [B, 1, T, T].
   With a cache ({"k", "v"}: [num_layers, B, S, N, H], shared by all layers), this layer's
-  new keys/values are written into row `layer` at `write_slots` [B, T] (per example) and
-  the queries attend over all S slots with `mask` [B, 1, T, S]; the updated cache is
-  returned. Writing into the stacked cache in place keeps decoding free of copies.
+  new keys/values are written into row `layer` at slots [write_slot, write_slot + T), the
+  same for every example (one `dynamic_update_slice`), and the queries attend over all S
+  slots with `mask` [B, 1, T, S]; the updated cache is returned. Writing into the stacked
+  cache in place keeps decoding free of copies.
 
   The attention itself is `jax.nn.dot_product_attention` with `implementation` ("xla" or
   "cudnn"). XLA's accumulates QK^T in float32 and takes the softmax in float32 for bfloat16
@@ -162,7 +163,7 @@ class Attention(nnx.Module):
     self.implementation = check_attention(implementation)
 
   def __call__(self, x: Array, mask: Array, *, cache: dict[str, Array] | None = None,
-               layer: int = 0, write_slots: Array | None = None
+               layer: int = 0, write_slot: Array | int = 0
                ) -> tuple[Array, dict[str, Array] | None]:
     dtype = x.dtype
     def project(kernel, bias):
@@ -171,9 +172,9 @@ class Attention(nnx.Module):
     k = project(self.k_kernel, self.k_bias)
     v = project(self.v_kernel, self.v_bias)
     if cache is not None:
-      batch_index = jnp.arange(x.shape[0])[:, None]           # [B, 1]
-      cache = {name: cache[name].at[layer, batch_index, write_slots].set(
-                   new.astype(cache[name].dtype)) for name, new in (("k", k), ("v", v))}
+      start = (layer, 0, write_slot, 0, 0)
+      cache = {name: jax.lax.dynamic_update_slice(cache[name], new[None].astype(
+                   cache[name].dtype), start) for name, new in (("k", k), ("v", v))}
       k = cache["k"][layer].astype(dtype)                       # [B, S, N, H]
       v = cache["v"][layer].astype(dtype)
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=self.head_dim ** -0.5,
@@ -223,13 +224,13 @@ class Block(nnx.Module):
 
   def __call__(self, x: Array, mask: Array, *, condition: Array | None = None,
                cache: dict[str, Array] | None = None, layer: int = 0,
-               write_slots: Array | None = None,
+               write_slot: Array | int = 0,
                dropout_rng: Array | None = None) -> tuple[Array, Any]:
     rng_attn = rng_mlp = None
     if dropout_rng is not None:
       rng_attn, rng_mlp = jax.random.split(dropout_rng)
     h, cache = self.attn(self.attn_norm(x, condition), mask, cache=cache, layer=layer,
-                         write_slots=write_slots)
+                         write_slot=write_slot)
     x = x + dropout(h, self.dropout_rate, rng_attn)
     h = self.mlp(self.mlp_norm(x, condition))
     x = x + dropout(h, self.dropout_rate, rng_mlp)
@@ -251,9 +252,9 @@ def check_remat(name: str) -> str:
   return name
 
 
-def _run_block(block: Block, x, mask, condition, cache, write_slots, dropout_rng, layer):
+def _run_block(block: Block, x, mask, condition, cache, write_slot, dropout_rng, layer):
   return block(x, mask, condition=condition, cache=cache, layer=layer,
-               write_slots=write_slots, dropout_rng=dropout_rng)
+               write_slot=write_slot, dropout_rng=dropout_rng)
 
 
 class Transformer(nnx.Module):
@@ -275,14 +276,14 @@ class Transformer(nnx.Module):
     self.remat = check_remat(remat)
 
   def __call__(self, x: Array, mask: Array, *, condition: Array | None = None,
-               cache: dict[str, Array] | None = None, write_slots: Array | None = None,
+               cache: dict[str, Array] | None = None, write_slot: Array | int = 0,
                dropout_rng: Array | None = None) -> tuple[Array, Any]:
     run_block = _run_block
     if self.remat != "none":
       run_block = nnx.remat(_run_block, policy=REMAT[self.remat], static_argnums=(7,))
     for i, block in enumerate(self.blocks):
       layer_rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
-      x, cache = run_block(block, x, mask, condition, cache, write_slots, layer_rng, i)
+      x, cache = run_block(block, x, mask, condition, cache, write_slot, layer_rng, i)
     return self.final_norm(x, condition), cache
 
 
