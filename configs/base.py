@@ -23,6 +23,12 @@ def base() -> ml_collections.ConfigDict:
   c.model.num_codebooks = 8         # Q
   c.model.codebook_size = 1024      # entries per codebook
   c.model.compute_dtype = "float32"  # "float32" | "bfloat16"; params are always float32
+  # jax.nn.dot_product_attention's implementation: "xla" (any device) | "cudnn" (cuDNN flash
+  # attention: NVIDIA GPUs, compute_dtype "bfloat16")
+  c.model.attention = "xla"
+  # Per-block activation rematerialisation in training: "none" | "full" (recompute each block
+  # in the backward pass) | "dots_saveable" (keep matmul outputs, recompute the rest).
+  c.model.remat = "none"
   c.model.ar_group_size = 1          # VALL-E 2 grouped code modeling: frames per AR step
   # Architecture switches that make the function lifeiteng/vall-e's (configs/lifeiteng.py,
   # docs/fidelity.md); the defaults are this project's paper models.

@@ -14,4 +14,7 @@ def get_config():
   c.model.ar_head_bias = False
   c.model.nar_tie_offset = 1
   c.data.nar_prompt = "prefix"   # prefix_mode=1: the NAR reads prompt transcript + text
+  # float32, as lifeiteng computes: the converted models give its logits to 1e-5
+  # (tests/test_vs_lifeiteng.py); bfloat16 is a `--config.model.compute_dtype` away.
+  c.model.compute_dtype = "float32"
   return c

@@ -214,6 +214,25 @@ def test_config_sections_report_every_problem():
       "data.nar_prompt = 'other': must be one of 'prefix', 'segment', 'other_utterance'"]
 
 
+def test_attention_and_remat_config_is_checked():
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  cfg = tiny.get_config()
+  cfg.model.attention, cfg.model.remat = "flash", "some"
+  assert config_check.model(cfg) == [
+      "model.attention = 'flash': must be one of 'xla', 'cudnn'",
+      "model.remat = 'some': must be one of 'none', 'full', 'dots_saveable'"]
+  cfg.model.remat = "dots_saveable"
+  cfg.model.attention = "cudnn"
+  assert config_check.model(cfg) == [
+      "model.attention = 'cudnn': cuDNN attention takes bfloat16 inputs only; set "
+      "model.compute_dtype = 'bfloat16' or model.attention = 'xla'"]
+  cfg.model.compute_dtype = "bfloat16"
+  assert config_check.model(cfg) == []
+  saved = json.loads(tiny.get_config().to_json())   # a resumed run may switch kernel and remat
+  run_guard.check_resume_config(saved, cfg, ("model.compute_dtype",), "w", 5,
+                                log=lambda *a, **k: None)
+
+
 def test_every_shipped_config_passes_its_checks():
   from configs import demo, lifeiteng, paper, tiny, valle2  # pylint: disable=g-import-not-at-top
   from configs.corpus import synthetic  # pylint: disable=g-import-not-at-top

@@ -167,6 +167,115 @@ def test_ar_kv_cache_matches_full_forward(cfg, batch, group_size):
     np.testing.assert_allclose(cached[b], expected, atol=2e-5, rtol=1e-5)
 
 
+def _reference_attention(attn, x, mask, cache=None, layer=0, write_slot=0, *,
+                         float32_logits=False):
+  """The attention formula the layer had before `jax.nn.dot_product_attention`: scores
+  materialised as [B, N, T, S], cast to float32, masked to float32's minimum, softmax in
+  float32. `float32_logits` accumulates QK^T in float32 (as dot_product_attention does for
+  bfloat16 inputs) instead of casting the compute-dtype product."""
+  dtype = x.dtype
+  project = lambda kernel, bias: (jnp.einsum("btd,dnh->btnh", x, kernel[...].astype(dtype))
+                                  + bias[...].astype(dtype))
+  q, k, v = (project(attn.q_kernel, attn.q_bias), project(attn.k_kernel, attn.k_bias),
+             project(attn.v_kernel, attn.v_bias))
+  if cache is not None:
+    rows = jnp.arange(x.shape[0])[:, None]                          # a scatter per example
+    slots = write_slot + jnp.arange(x.shape[1])[None, :]
+    cache = {name: cache[name].at[layer, rows, slots].set(new.astype(cache[name].dtype))
+             for name, new in (("k", k), ("v", v))}
+    k, v = cache["k"][layer].astype(dtype), cache["v"][layer].astype(dtype)
+  logits = jnp.einsum("btnh,bsnh->bnts", q, k,
+                      preferred_element_type=jnp.float32 if float32_logits else None)
+  logits = logits.astype(jnp.float32) * (attn.head_dim ** -0.5)
+  logits = jnp.where(mask, logits, float(jnp.finfo(jnp.float32).min))
+  probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
+  out = jnp.einsum("bnts,bsnh->btnh", probs, v)
+  out = jnp.einsum("btnh,nhd->btd", out, attn.out_kernel[...].astype(dtype))
+  return out + attn.out_bias[...].astype(dtype), cache
+
+
+def _prefix_lm_inputs(model, batch, ar_io, dtype=jnp.float32):
+  """The AR's embedded sequence [B, L + Ta, D] and its prefix-LM mask with ragged padding."""
+  inputs, _, lens = ar_io
+  x, mask = model._inputs_and_mask(batch["phonemes"], batch["phoneme_lens"], inputs, lens)
+  return x.astype(dtype), mask
+
+
+def test_attention_equals_the_reference_formula(ar_model, batch, ar_io):
+  """`jax.nn.dot_product_attention` ("xla") computes the hand-written formula: the AR's
+  prefix-LM mask over ragged phonemes and audio, and the KV-cache path (a prefill into a
+  cache with spare slots, then one decode step; the reference writes by per-example scatter,
+  the layer by one dynamic_update_slice)."""
+  attn = ar_model.transformer.blocks[0].attn
+  x, mask = _prefix_lm_inputs(ar_model, batch, ar_io)              # [B, S, D], [B, 1, S, S]
+  np.testing.assert_allclose(attn(x, mask)[0], _reference_attention(attn, x, mask)[0],
+                             atol=1e-6, rtol=1e-6)
+  b, s = x.shape[:2]
+  num_slots = s + 3
+  shape = (2, b, num_slots, attn.out_kernel.shape[0], attn.head_dim)
+  cache = {"k": jnp.zeros(shape), "v": jnp.zeros(shape)}
+  prefill_mask = jnp.pad(mask, [(0, 0), (0, 0), (0, 0), (0, 3)])   # [B, 1, S, S + 3]
+  ours = attn(x, prefill_mask, cache=cache, layer=1, write_slot=0)
+  ref = _reference_attention(attn, x, prefill_mask, cache, 1, 0)
+  np.testing.assert_allclose(ours[0], ref[0], atol=1e-6, rtol=1e-6)
+  np.testing.assert_array_equal(ours[1]["k"], ref[1]["k"])
+  step_slot = jnp.asarray(s + 1)                                    # one slot left empty
+  step_mask = jnp.pad(mask[:, :, -1:], [(0, 0), (0, 0), (0, 0), (0, 3)],
+                      constant_values=True) & (jnp.arange(num_slots) != s) & (
+                          jnp.arange(num_slots) <= step_slot)        # [B, 1, 1, S]
+  x_step = x[:, -1:] + 0.5
+  ours = attn(x_step, step_mask, cache=ours[1], layer=1, write_slot=step_slot)
+  ref = _reference_attention(attn, x_step, step_mask, ref[1], 1, step_slot)
+  np.testing.assert_allclose(ours[0], ref[0], atol=1e-6, rtol=1e-6)
+  np.testing.assert_array_equal(ours[1]["v"], ref[1]["v"])
+
+
+def test_attention_softmax_is_float32_for_bfloat16_inputs(ar_model, batch, ar_io):
+  """With bfloat16 inputs the logits are QK^T accumulated in float32 and the softmax is
+  float32: the layer equals the reference with float32 logits to bfloat16 rounding of its
+  output, and is no further from the float32 layer than that reference."""
+  attn = ar_model.transformer.blocks[0].attn
+  x, mask = _prefix_lm_inputs(ar_model, batch, ar_io, jnp.bfloat16)
+  ours = attn(x, mask)[0]
+  assert ours.dtype == jnp.bfloat16
+  ref = _reference_attention(attn, x, mask, float32_logits=True)[0]
+  exact = attn(x.astype(jnp.float32), mask)[0]
+  scale = float(jnp.max(jnp.abs(exact)))
+  np.testing.assert_allclose(np.asarray(ours, np.float32), np.asarray(ref, np.float32),
+                             atol=2 ** -7 * scale)
+  ours_err = float(jnp.max(jnp.abs(ours.astype(jnp.float32) - exact)))
+  ref_err = float(jnp.max(jnp.abs(ref.astype(jnp.float32) - exact)))
+  assert ours_err <= 1.5 * ref_err + 1e-6, (ours_err, ref_err)
+
+
+def test_attention_rejects_an_unknown_implementation(cfg):
+  with pytest.raises(ValueError, match="attention must be one of"):
+    models.ARModel(_with(cfg, attention="flash"), rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("remat", ["full", "dots_saveable"])
+def test_remat_keeps_the_parameters_and_the_gradients(cfg, batch, remat):
+  """Per-block rematerialisation changes neither the parameter tree (checkpoints and the
+  lifeiteng converter read it) nor the gradients (AR with dropout, NAR with AdaLN); the
+  backward pass does recompute (a remat in the jaxpr)."""
+  for cls, loss in ((models.ARModel, models.ar_loss), (models.NARModel, models.nar_loss)):
+    plain = cls(_with(cfg, dropout=0.1), rngs=nnx.Rngs(0))
+    rematted = cls(_with(cfg, dropout=0.1, remat=remat), rngs=nnx.Rngs(0))
+    params = lambda m: nnx.to_pure_dict(nnx.state(m, nnx.Param))   # noqa: E731
+    assert jax.tree.structure(params(plain)) == jax.tree.structure(params(rematted))
+
+    def grads(model):
+      graphdef, state = nnx.split(model)
+      def value(state):
+        return loss(nnx.merge(graphdef, state), batch, jax.random.key(3))[0]
+      return jax.jit(jax.grad(value))(state), jax.make_jaxpr(jax.grad(value))(state)
+
+    (expected, plain_jaxpr), (got, jaxpr) = grads(plain), grads(rematted)
+    assert "remat" not in str(plain_jaxpr) and "remat" in str(jaxpr)
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
+      np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+
+
 def test_reverse_valid_keeps_padding():
   phonemes = jnp.array([[5, 6, 7, 0], [8, 9, 0, 0]])
   out = models.reverse_valid(phonemes, jnp.array([3, 1]))
@@ -328,18 +437,26 @@ def test_padding_rows_and_masked_frames_are_not_scored(ar_model, nar_model, batc
   assert float(masked["loss_sum"]) < float(whole["loss_sum"])
 
 
-def test_bfloat16_compute_is_finite_and_close(cfg, ar_model, nar_model, batch, ar_io,
-                                              ar_logits, nar_logits):
+def test_bfloat16_compute_matches_float32(cfg, ar_model, nar_model, batch, ar_io, ar_logits,
+                                         nar_logits):
+  """compute_dtype "bfloat16" (configs/paper.py's): the same parameters, still float32, give
+  float32 logits and losses within bfloat16's rounding of the float32 model's."""
+  assert paper.get_config().model.compute_dtype == "bfloat16"
   inputs, _, lens = ar_io
-  for model, args, ref in ((ar_model, (batch["phonemes"], batch["phoneme_lens"], inputs, lens),
-                            ar_logits), (nar_model, _nar_args(batch), nar_logits)):
-    model16 = nnx.clone(model)
-    model16.dtype = jnp.bfloat16
+  cfg16 = _with(cfg, compute_dtype="bfloat16")
+  for model, args, ref, loss in (
+      (ar_model, (batch["phonemes"], batch["phoneme_lens"], inputs, lens), ar_logits,
+       models.ar_loss), (nar_model, _nar_args(batch), nar_logits, models.nar_loss)):
+    model16 = type(model)(cfg16, rngs=nnx.Rngs(0))
+    nnx.update(model16, nnx.state(model, nnx.Param))
     out = _apply(model16)(*args)
     assert out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out)))
     valid = np.isfinite(np.asarray(ref))
     err = np.max(np.abs(np.asarray(out) - np.asarray(ref))[valid])
     assert err < 0.05 * float(np.max(np.abs(ref))), f"bf16 error {err}"
+    (loss16, metrics16), (loss32, _) = (nnx.jit(loss)(m, batch) for m in (model16, model))
+    assert loss16.dtype == jnp.float32 and metrics16["loss_sum"].dtype == jnp.float32
+    np.testing.assert_allclose(float(loss16), float(loss32), rtol=0.02)
     params = jax.tree.leaves(nnx.state(model16, nnx.Param))
     assert all(p.dtype == jnp.float32 for p in params)
 

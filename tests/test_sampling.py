@@ -148,6 +148,38 @@ def test_no_retrace_when_only_the_text_changes(sampled):
     jax.monitoring.unregister_event_duration_listener(listener)
 
 
+def test_a_new_temperature_or_top_p_reuses_the_compiled_sampler(sampled):
+  """The float options are traced: other temperatures, top_p values and RAS thresholds run
+  the sampler compiled once, and each gives the codes of the sampler compiled with those
+  floats as constants, for the same key."""
+  model = sampled[0]
+  graphdef, state = nnx.split(model)
+  batch = sampling.prepare_batch(*_inputs(11), model.group_size, SAMPLED, **BUCKETS)
+  args = (batch.phonemes, batch.phoneme_lens, batch.prompt[..., 0], batch.prompt_lens,
+          jax.random.key(5))
+
+  def traced(options):
+    return sampling.sample_ar(graphdef, state, *args, options=options,
+                              max_steps=batch.max_steps)
+
+  def constant(options):                            # the floats folded into the program
+    return jax.jit(lambda state, *args: sampling.sample_ar.__wrapped__(
+        graphdef, state, *args, options=options, max_steps=batch.max_steps))(state, *args)
+
+  choices = [dataclasses.replace(SAMPLED, temperature=t, top_p=p, ras_threshold=r)
+             for t, p, r in ((0.7, 0.8, 0.1), (1.3, 1.0, 0.2), (1.0, 0.95, 0.1))]
+  outputs = [traced(choices[0])]
+  compiled = sampling.sample_ar._cache_size()
+  outputs += [traced(options) for options in choices[1:]]
+  assert sampling.sample_ar._cache_size() == compiled
+  for options, out in zip(choices, outputs):
+    expected = constant(options)
+    np.testing.assert_array_equal(out.codes, expected.codes)
+    np.testing.assert_array_equal(out.lengths, expected.lengths)
+    np.testing.assert_array_equal(out.ras_fallbacks, expected.ras_fallbacks)
+  assert not np.array_equal(outputs[0].codes, outputs[1].codes)
+
+
 def test_repetition_aware_sampling_in_the_loop_counts_the_prompt(sampled):
   """A model that always prefers token 3 (and never EOS): each frame whose previous 10
   frames, prompt included, hold 3 more than once is redrawn. The used prompts (whole

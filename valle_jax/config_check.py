@@ -26,6 +26,8 @@ import ml_collections
 from valle_jax.errors import UserError
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
+ATTENTION = ("xla", "cudnn")                # models/layers.py ATTENTION
+REMAT = ("none", "full", "dots_saveable")   # models/layers.py REMAT
 TRAIN_MODELS = ("ar", "nar", "both")
 NAR_STAGE_CONDITIONING = ("adaln", "token")
 MLP_ACTIVATIONS = ("gelu", "relu")          # models/layers.py ACTIVATIONS
@@ -226,6 +228,11 @@ def model(cfg) -> list[str]:
   s.integer("num_codebooks", 1)
   s.number("dropout", 0.0, 1.0, high_open=True)
   s.choice("compute_dtype", COMPUTE_DTYPES)
+  s.choice("attention", ATTENTION)
+  s.choice("remat", REMAT)
+  if s.value("attention") == "cudnn" and s.value("compute_dtype") != "bfloat16":
+    s.bad("attention", "cuDNN attention takes bfloat16 inputs only; set "
+          "model.compute_dtype = 'bfloat16' or model.attention = 'xla'")
   s.choice("mlp_activation", MLP_ACTIVATIONS)
   for name in ("ar_position_scale", "ar_bos", "ar_head_bias"):
     s.boolean(name)

@@ -24,15 +24,18 @@ from valle_jax.errors import UserError
 LOCK_FILE = "train.lock"
 
 # Fields a resumed run may change without being asked: the length of the run, how often it
-# logs, evaluates and saves, where its data lives and how it is read and laid out on devices.
+# logs, evaluates and saves, where its data lives and how it is read and laid out on devices,
+# and how the same function is computed (the attention implementation, rematerialisation).
 RESUMABLE_BY_DEFAULT = (
     "train.steps", "train.log_every", "train.eval_every", "train.eval_batches",
     "train.nan_max_consecutive", "checkpoint", "data.dataset", "data.eval_split",
-    "data.num_threads", "data.prefetch", "mesh", "distributed", "debug")
+    "data.num_threads", "data.prefetch", "mesh", "distributed", "debug", "model.attention",
+    "model.remat")
 # Fields no resumed run may change: the saved parameters' shapes depend on them (the
 # variant's recipe gives the model classes).
 NEVER_ON_RESUME = ("variant", "model", "train.model")
-CHANGEABLE_MODEL_FIELDS = ("model.dropout", "model.compute_dtype")
+CHANGEABLE_MODEL_FIELDS = ("model.dropout", "model.compute_dtype", "model.attention",
+                           "model.remat")
 
 
 class WorkdirLock:

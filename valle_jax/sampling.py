@@ -49,6 +49,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -65,9 +66,18 @@ PHONEME_BUCKETS = (64, 128, 256, 512)
 PROMPT_BUCKETS = (128, 256, 512, 1024)
 
 
+# SampleOptions' float fields: leaves of its pytree, traced by `sample_ar`'s jit (a new
+# temperature reuses the compiled sampler); the others are static (they shape the program).
+FLOAT_OPTIONS = ("temperature", "top_p", "ras_threshold", "max_frames_per_phoneme")
+
+
 @dataclasses.dataclass(frozen=True)
 class SampleOptions:
-  """How the AR picks tokens and when it stops. Hashable: a static argument of the jit.
+  """How the AR picks tokens and when it stops.
+
+  A pytree: the `FLOAT_OPTIONS` are its leaves, traced by `sample_ar`, the other fields its
+  static structure, so a new temperature or top_p reuses the compiled sampler and a new
+  top_k or `ras` compiles anew. Hashable too (a static argument where a function wants one).
 
   Attributes:
     temperature: logits are divided by it (> 0).
@@ -92,6 +102,8 @@ class SampleOptions:
   use_cache: bool = True
 
   def __post_init__(self):
+    if not all(isinstance(getattr(self, name), numbers.Real) for name in FLOAT_OPTIONS):
+      return                  # traced (or a pytree placeholder): checked when made from numbers
     problems = []
     if not self.temperature > 0:
       problems.append(f"temperature must be > 0, got {self.temperature}")
@@ -107,6 +119,8 @@ class SampleOptions:
       problems.append("max_frames_per_phoneme and max_frames must be positive")
     if problems:
       raise ValueError("; ".join(problems) + ".")
+    for name in FLOAT_OPTIONS:      # Python floats: one jit cache key whatever number type
+      object.__setattr__(self, name, float(getattr(self, name)))
 
   @classmethod
   def from_config(cls, cfg: Any | None, **overrides) -> "SampleOptions":
@@ -119,22 +133,33 @@ class SampleOptions:
     return cls(**{**values, **overrides})
 
 
+jax.tree_util.register_dataclass(
+    SampleOptions, data_fields=list(FLOAT_OPTIONS),
+    meta_fields=[f.name for f in dataclasses.fields(SampleOptions)
+                 if f.name not in FLOAT_OPTIONS])
+
+
 # ------------------------------------------------------------------------- token choice
 
 
-def filter_logits(logits: Array, top_k: int, top_p: float) -> Array:
-  """Sets logits outside the top-k and then the top-p nucleus to -inf. logits [B, V]."""
+def filter_logits(logits: Array, top_k: int, top_p: float | Array) -> Array:
+  """Sets logits outside the top-k and then the top-p nucleus to -inf. logits [B, V].
+
+  `top_k` is static; `top_p` may be traced: the nucleus is computed only when it is < 1
+  (`lax.cond`, a branch taken at run time)."""
   if top_k and top_k < logits.shape[-1]:
     kth = jax.lax.top_k(logits, top_k)[0][:, -1:]                    # [B, 1]
     logits = jnp.where(logits < kth, -jnp.inf, logits)
-  if top_p < 1.0:
+
+  def nucleus(logits):
     ordered = jnp.sort(logits, axis=-1)[:, ::-1]                    # [B, V] descending
     probs = jax.nn.softmax(ordered, axis=-1)
     mass_before = jnp.cumsum(probs, axis=-1) - probs
     num_kept = jnp.sum(mass_before < top_p, axis=-1, keepdims=True)  # >= 1
     threshold = jnp.take_along_axis(ordered, num_kept - 1, axis=-1)  # [B, 1]
-    logits = jnp.where(logits < threshold, -jnp.inf, logits)
-  return logits
+    return jnp.where(logits < threshold, -jnp.inf, logits)
+
+  return jax.lax.cond(top_p < 1.0, nucleus, lambda logits: logits, logits)
 
 
 def choose_tokens(logits: Array, recent: Array, rng: Array, options: SampleOptions
@@ -282,8 +307,8 @@ def _full_forward_decoder(model, phonemes, phoneme_lens, audio, audio_lens, max_
   return (forward(buffer, audio_lens), (buffer, audio_lens)), step
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "options", "max_steps",
-                                             "return_logits", "controller"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_steps", "return_logits",
+                                             "controller"))
 def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme_lens: Array,
               prompt: Array, prompt_lens: Array, rng: Array, *, options: SampleOptions,
               max_steps: int, return_logits: bool = False,
@@ -297,7 +322,8 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
     prompt: int [B, P] codebook-1 frames of the acoustic prompts (P a multiple of G);
       prompt_lens: int [B] valid frames; frames past the last whole group are not used.
     rng: PRNG key; the same key gives the same output.
-    options: `SampleOptions` (static).
+    options: `SampleOptions`: its floats (temperature, top_p, ...) are traced, its other
+      fields static.
     max_steps: groups to make room for (static; the cache has L + 1 + P/G + max_steps slots,
       without the 1 for an AR without BOS).
     return_logits: also return every step's logits (for tests and analysis).

@@ -21,11 +21,13 @@ group, with a bias unless `ar_head_bias = False`.
 KV cache (for the sampler): a dict of arrays
     k, v       [num_layers, B, S, N, H]  keys/values by slot (S = cache slots)
     valid      [B, S] bool               slots that hold a real phoneme or audio token
-    next_slot  [B] int32                 where the next audio token is written
-    audio_pos  [B] int32                 its position within the audio segment
+    next_slot  [] int32                  where the next audio group is written (every example)
+    audio_pos  [B] int32                 its position within each example's audio segment
 `prefill` runs the prompt (phonemes + BOS + prompt codes) through the model and fills
-slots [0, L + Ta); `decode_step` appends one group per example at its own `next_slot`,
-so a batch whose prompts differ in length decodes in lockstep.
+slots [0, L + Ta) with each example's audio prompt right-aligned, ending at slot L + Ta
+(the slots between its phonemes and its audio are not `valid`); `decode_step` appends one
+group per example at the shared `next_slot` (one `dynamic_update_slice` per layer), so a
+batch whose prompts differ in length decodes in lockstep.
 """
 from __future__ import annotations
 
@@ -80,7 +82,8 @@ class ARModel(nnx.Module):
                                           (self.group_size * d, d), (None, "embed"))
     self.transformer = layers.Transformer(
         num_layers=cfg.num_layers, width=d, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim,
-        dropout_rate=cfg.dropout, activation=cfg.get("mlp_activation", "gelu"), rngs=rngs)
+        dropout_rate=cfg.dropout, activation=cfg.get("mlp_activation", "gelu"),
+        attention=cfg.get("attention", "xla"), remat=cfg.get("remat", "none"), rngs=rngs)
     num_out = self.group_size * (cfg.codebook_size + 1)
     self.head_kernel = layers.make_param(rngs, jax.nn.initializers.lecun_normal(),
                                          (d, num_out), ("embed", "vocab"))
@@ -118,12 +121,14 @@ class ARModel(nnx.Module):
     return (x + positions).astype(self.dtype)
 
   def _head(self, h: Array) -> Array:
-    """h [B, T, D] -> logits [B, T, G, V + 1] float32."""
-    logits = h @ self.head_kernel[...].astype(h.dtype)
+    """h [B, T, D] -> logits [B, T, G, V + 1] float32 (the matmul accumulates and returns
+    float32 whatever the compute dtype)."""
+    logits = jnp.dot(h, self.head_kernel[...].astype(h.dtype),
+                     preferred_element_type=jnp.float32)
     if self.head_has_bias:
-      logits = logits + self.head_bias[...].astype(h.dtype)
+      logits = logits + self.head_bias[...]
     b, t, _ = logits.shape
-    return logits.astype(jnp.float32).reshape(b, t, self.group_size, self.codebook_size + 1)
+    return logits.reshape(b, t, self.group_size, self.codebook_size + 1)
 
   def _check_tokens(self, audio_tokens: Array):
     if audio_tokens.ndim != 3 or audio_tokens.shape[-1] != self.group_size:
@@ -185,13 +190,14 @@ class ARModel(nnx.Module):
     return {
         "k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
         "valid": jnp.zeros((batch_size, num_slots), bool),
-        "next_slot": jnp.zeros((batch_size,), jnp.int32),
+        "next_slot": jnp.zeros((), jnp.int32),
         "audio_pos": jnp.zeros((batch_size,), jnp.int32),
     }
 
   def prefill(self, phonemes: Array, phoneme_lens: Array, audio_tokens: Array,
               audio_lens: Array, cache: dict[str, Array]) -> tuple[Array, dict[str, Array]]:
-    """Runs the prompt through the model, filling cache slots [0, L + Ta).
+    """Runs the prompt through the model, filling cache slots [0, L + Ta) (each example's
+    audio right-aligned: see the module docstring).
 
     Args: as `__call__` (audio_tokens = BOS, with `ar_bos`, + prompt groups); `cache` from
       `init_cache`.
@@ -213,21 +219,28 @@ class ARModel(nnx.Module):
       raise ValueError(f"prompt needs {num_phon + num_audio} cache slots, cache has {num_slots}.")
     x, mask = self._inputs_and_mask(phonemes, phoneme_lens, audio_tokens, audio_lens,
                                     audio_extra)
-    pad = num_slots - (num_phon + num_audio)
-    mask = jnp.pad(mask, [(0, 0), (0, 0), (0, 0), (0, pad)])    # [B, 1, T, S]
-    write_slots = jnp.broadcast_to(jnp.arange(num_phon + num_audio), x.shape[:2])
+    # Right-align each example's audio: slot j >= L holds its audio group j - shift.
+    total = num_phon + num_audio
+    slot = jnp.arange(total)[None, :]                                # [1, T]
+    shift = (num_audio - audio_lens)[:, None]                        # [B, 1]
+    is_audio = slot >= num_phon
+    source = jnp.where(is_audio, jnp.maximum(slot - shift, num_phon), slot)     # [B, T]
+    valid = jnp.where(is_audio, slot - shift >= num_phon,
+                      slot < phoneme_lens[:, None])                  # [B, T]
+    x = jnp.take_along_axis(x, source[..., None], axis=1)            # [B, T, D]
+    mask = jnp.take_along_axis(mask, source[:, None, :, None], axis=2)
+    mask = jnp.take_along_axis(mask, source[:, None, None, :], axis=3) & valid[:, None, None]
+    pad = num_slots - total
+    mask = jnp.pad(mask, [(0, 0), (0, 0), (0, 0), (0, pad)])        # [B, 1, T, S]
     kv = {"k": cache["k"], "v": cache["v"]}
-    h, kv = self.transformer(x, mask, cache=kv, write_slots=write_slots)
-    rows = jnp.arange(h.shape[0])
-    last = h[rows, num_phon + audio_lens - 1][:, None]           # [B, 1, D]
-    valid = _segment_valid(phoneme_lens, num_phon, audio_lens, num_audio)
+    h, kv = self.transformer(x, mask, cache=kv, write_slot=0)
     cache = {
         **cache, **kv,
         "valid": jnp.pad(valid, [(0, 0), (0, pad)]),
-        "next_slot": (num_phon + audio_lens).astype(jnp.int32),
+        "next_slot": jnp.asarray(total, jnp.int32),
         "audio_pos": audio_lens.astype(jnp.int32),
     }
-    return last, cache
+    return h[:, -1:], cache                                          # [B, 1, D]
 
   def decode_step(self, tokens: Array, cache: dict[str, Array]
                   ) -> tuple[Array, dict[str, Array]]:
@@ -246,14 +259,12 @@ class ARModel(nnx.Module):
   def _decode_hidden(self, tokens, cache, audio_extra=None
                      ) -> tuple[Array, dict[str, Array]]:
     """`decode_step`'s hidden state [B, 1, D] of the new slot, and the updated cache."""
-    batch = tokens.shape[0]
     x = self._embed_audio(tokens[:, None, :], cache["audio_pos"][:, None],
                           audio_extra)                                         # [B, 1, D]
-    write_slots = cache["next_slot"][:, None]                                  # [B, 1]
-    valid = cache["valid"].at[jnp.arange(batch), cache["next_slot"]].set(True)
+    valid = cache["valid"].at[:, cache["next_slot"]].set(True)
     mask = valid[:, None, None, :]                                            # [B, 1, 1, S]
     kv = {"k": cache["k"], "v": cache["v"]}
-    h, kv = self.transformer(x, mask, cache=kv, write_slots=write_slots)
+    h, kv = self.transformer(x, mask, cache=kv, write_slot=cache["next_slot"])
     cache = {**cache, **kv, "valid": valid, "next_slot": cache["next_slot"] + 1,
              "audio_pos": cache["audio_pos"] + 1}
     return h, cache

@@ -5,7 +5,9 @@ Conventions
   `valle_jax.sharding.LOGICAL_RULES`); they are cast to the compute dtype where used.
   Matmul weights are named `*kernel` (or `*_proj`): those names, and only those, get
   weight decay (`train.weight_decay_mask`).
-- Attention softmax, layer-norm statistics and logits are computed in float32.
+- Attention goes through `jax.nn.dot_product_attention` (`attention`: "xla" or "cudnn");
+  its logits (QK^T accumulated in float32) and softmax, layer-norm statistics and output
+  logits are float32 whatever the compute dtype.
 - Dropout is explicit: pass `dropout_rng=None` for deterministic (eval) behaviour, or a
   PRNG key for training. Nothing stores RNG state, so train steps stay pure functions.
 - Shapes: B batch, T query length, S key length (cache slots), D width, N heads,
@@ -22,7 +24,9 @@ import numpy as np
 from flax import nnx
 
 Array = jax.Array
-_NEG_INF = float(jnp.finfo(jnp.float32).min)
+# `jax.nn.dot_product_attention`'s implementations: XLA's (any device) and cuDNN's fused
+# flash attention (NVIDIA GPUs, bfloat16 or float16 inputs).
+ATTENTION = ("xla", "cudnn")
 
 _dense_init = jax.nn.initializers.lecun_normal()
 _zeros = jax.nn.initializers.zeros
@@ -114,17 +118,32 @@ class Norm(nnx.Module):
     return (y * scale + bias).astype(x.dtype)
 
 
+def check_attention(name: str) -> str:
+  """`name` if it is one of ATTENTION, else a clear error."""
+  if name not in ATTENTION:
+    raise ValueError(f"attention must be one of {list(ATTENTION)}, got {name!r}.")
+  return name
+
+
 class Attention(nnx.Module):
   """Multi-head attention with an optional key/value cache.
 
   Without a cache, keys and values come from `x` itself and `mask` is [B, 1, T, T].
   With a cache ({"k", "v"}: [num_layers, B, S, N, H], shared by all layers), this layer's
-  new keys/values are written into row `layer` at `write_slots` [B, T] (per example) and
-  the queries attend over all S slots with `mask` [B, 1, T, S]; the updated cache is
-  returned. Writing into the stacked cache in place keeps decoding free of copies.
+  new keys/values are written into row `layer` at slots [write_slot, write_slot + T), the
+  same for every example (one `dynamic_update_slice`), and the queries attend over all S
+  slots with `mask` [B, 1, T, S]; the updated cache is returned. Writing into the stacked
+  cache in place keeps decoding free of copies.
+
+  The attention itself is `jax.nn.dot_product_attention` with `implementation` ("xla" or
+  "cudnn"). XLA's accumulates QK^T in float32 and takes the softmax in float32 for bfloat16
+  inputs too, then casts the probabilities to the compute dtype for the product with V;
+  cuDNN's flash attention keeps its logits and softmax statistics in float32 and never
+  stores the [B, N, T, S] probabilities (it takes bfloat16 inputs only).
   """
 
-  def __init__(self, width: int, num_heads: int, *, rngs: nnx.Rngs):
+  def __init__(self, width: int, num_heads: int, *, implementation: str = "xla",
+               rngs: nnx.Rngs):
     if width % num_heads:
       raise ValueError(f"width {width} is not divisible by num_heads {num_heads}.")
     head_dim = width // num_heads
@@ -141,9 +160,10 @@ class Attention(nnx.Module):
                                  ("heads", "kv", "embed"))
     self.out_bias = make_param(rngs, _zeros, (width,), ("embed",))
     self.head_dim = head_dim
+    self.implementation = check_attention(implementation)
 
   def __call__(self, x: Array, mask: Array, *, cache: dict[str, Array] | None = None,
-               layer: int = 0, write_slots: Array | None = None
+               layer: int = 0, write_slot: Array | int = 0
                ) -> tuple[Array, dict[str, Array] | None]:
     dtype = x.dtype
     def project(kernel, bias):
@@ -152,16 +172,13 @@ class Attention(nnx.Module):
     k = project(self.k_kernel, self.k_bias)
     v = project(self.v_kernel, self.v_bias)
     if cache is not None:
-      batch_index = jnp.arange(x.shape[0])[:, None]           # [B, 1]
-      cache = {name: cache[name].at[layer, batch_index, write_slots].set(
-                   new.astype(cache[name].dtype)) for name, new in (("k", k), ("v", v))}
+      start = (layer, 0, write_slot, 0, 0)
+      cache = {name: jax.lax.dynamic_update_slice(cache[name], new[None].astype(
+                   cache[name].dtype), start) for name, new in (("k", k), ("v", v))}
       k = cache["k"][layer].astype(dtype)                       # [B, S, N, H]
       v = cache["v"][layer].astype(dtype)
-    logits = jnp.einsum("btnh,bsnh->bnts", q, k).astype(jnp.float32)
-    logits = logits * (self.head_dim ** -0.5)
-    logits = jnp.where(mask, logits, _NEG_INF)                # mask [B, 1, T, S]
-    probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
-    out = jnp.einsum("bnts,bsnh->btnh", probs, v)
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=self.head_dim ** -0.5,
+                                       implementation=self.implementation)  # [B, T, N, H]
     out = jnp.einsum("btnh,nhd->btd", out, self.out_kernel[...].astype(dtype))
     return out + self.out_bias[...].astype(dtype), cache
 
@@ -197,49 +214,76 @@ class Block(nnx.Module):
   """Pre-LayerNorm transformer block: x + Attn(Norm(x)); then + MLP(Norm(.))."""
 
   def __init__(self, width: int, num_heads: int, mlp_dim: int, dropout_rate: float, *,
-               num_conditions: int = 0, activation: str = "gelu", rngs: nnx.Rngs):
+               num_conditions: int = 0, activation: str = "gelu", attention: str = "xla",
+               rngs: nnx.Rngs):
     self.attn_norm = Norm(width, num_conditions=num_conditions, rngs=rngs)
-    self.attn = Attention(width, num_heads, rngs=rngs)
+    self.attn = Attention(width, num_heads, implementation=attention, rngs=rngs)
     self.mlp_norm = Norm(width, num_conditions=num_conditions, rngs=rngs)
     self.mlp = MLP(width, mlp_dim, activation=activation, rngs=rngs)
     self.dropout_rate = dropout_rate
 
   def __call__(self, x: Array, mask: Array, *, condition: Array | None = None,
                cache: dict[str, Array] | None = None, layer: int = 0,
-               write_slots: Array | None = None,
+               write_slot: Array | int = 0,
                dropout_rng: Array | None = None) -> tuple[Array, Any]:
     rng_attn = rng_mlp = None
     if dropout_rng is not None:
       rng_attn, rng_mlp = jax.random.split(dropout_rng)
     h, cache = self.attn(self.attn_norm(x, condition), mask, cache=cache, layer=layer,
-                         write_slots=write_slots)
+                         write_slot=write_slot)
     x = x + dropout(h, self.dropout_rate, rng_attn)
     h = self.mlp(self.mlp_norm(x, condition))
     x = x + dropout(h, self.dropout_rate, rng_mlp)
     return x, cache
 
 
+# Activation rematerialisation per block (`remat`): "none" keeps every intermediate for the
+# backward pass; "full" keeps only each block's inputs and recomputes the block in the
+# backward pass; "dots_saveable" keeps the matmul outputs and recomputes the rest
+# (elementwise ops, norms, softmax).
+REMAT = {"none": None, "full": jax.checkpoint_policies.nothing_saveable,
+         "dots_saveable": jax.checkpoint_policies.dots_saveable}
+
+
+def check_remat(name: str) -> str:
+  """`name` if it is one of REMAT, else a clear error."""
+  if name not in REMAT:
+    raise ValueError(f"remat must be one of {list(REMAT)}, got {name!r}.")
+  return name
+
+
+def _run_block(block: Block, x, mask, condition, cache, write_slot, dropout_rng, layer):
+  return block(x, mask, condition=condition, cache=cache, layer=layer,
+               write_slot=write_slot, dropout_rng=dropout_rng)
+
+
 class Transformer(nnx.Module):
   """A stack of pre-LN blocks followed by a final norm.
 
   `cache`, when given, is {"k", "v"}: [num_layers, B, S, N, H]; the updated cache is returned.
+  `remat` (a key of REMAT) wraps each block in `nnx.remat` with that policy; the parameters
+  stay where they are (`blocks[i]`), so checkpoints and converters do not see it.
   """
 
   def __init__(self, *, num_layers: int, width: int, num_heads: int, mlp_dim: int,
                dropout_rate: float, num_conditions: int = 0, activation: str = "gelu",
-               rngs: nnx.Rngs):
+               attention: str = "xla", remat: str = "none", rngs: nnx.Rngs):
     self.blocks = nnx.List([
         Block(width, num_heads, mlp_dim, dropout_rate, num_conditions=num_conditions,
-              activation=activation, rngs=rngs) for _ in range(num_layers)])
+              activation=activation, attention=attention, rngs=rngs)
+        for _ in range(num_layers)])
     self.final_norm = Norm(width, num_conditions=num_conditions, rngs=rngs)
+    self.remat = check_remat(remat)
 
   def __call__(self, x: Array, mask: Array, *, condition: Array | None = None,
-               cache: dict[str, Array] | None = None, write_slots: Array | None = None,
+               cache: dict[str, Array] | None = None, write_slot: Array | int = 0,
                dropout_rng: Array | None = None) -> tuple[Array, Any]:
+    run_block = _run_block
+    if self.remat != "none":
+      run_block = nnx.remat(_run_block, policy=REMAT[self.remat], static_argnums=(7,))
     for i, block in enumerate(self.blocks):
       layer_rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
-      x, cache = block(x, mask, condition=condition, cache=cache, layer=i,
-                       write_slots=write_slots, dropout_rng=layer_rng)
+      x, cache = run_block(block, x, mask, condition, cache, write_slot, layer_rng, i)
     return self.final_norm(x, condition), cache
 
 

@@ -65,7 +65,8 @@ class NARModel(nnx.Module):
     self.transformer = layers.Transformer(
         num_layers=cfg.num_layers, width=d, num_heads=cfg.num_heads, mlp_dim=cfg.mlp_dim,
         dropout_rate=cfg.dropout, num_conditions=0 if self.stage_as_token else q,
-        activation=cfg.get("mlp_activation", "gelu"), rngs=rngs)
+        activation=cfg.get("mlp_activation", "gelu"),
+        attention=cfg.get("attention", "xla"), remat=cfg.get("remat", "none"), rngs=rngs)
     if self.tie_offset:
       self.last_head = layers.make_param(rngs, embed, (cfg.codebook_size, d),
                                          ("vocab", "embed"))
@@ -89,7 +90,8 @@ class NARModel(nnx.Module):
       dropout_rng: PRNG key for dropout, or None for deterministic evaluation.
       target_extra: float [B, T, D] added to the target's embeddings (see the class).
     Returns:
-      float32 logits [B, T, V] for codebook `stage` at each target frame.
+      float32 logits [B, T, V] for codebook `stage` at each target frame (the output matmul
+      accumulates and returns float32 whatever the compute dtype).
     """
     q = self.num_codebooks
     if prompt_codes.shape[-1] != q or target_codes.shape[-1] != q:
@@ -134,11 +136,14 @@ class NARModel(nnx.Module):
     if self.tie_offset:
       out = jnp.where((stage == q - 1)[:, None, None], self.last_head[...][None],
                       table[jnp.minimum(stage + 1, q - 1)])             # [B, V, D]
-      logits = jnp.einsum("btd,bvd->btv", h, out.astype(h.dtype))
+      logits = jnp.einsum("btd,bvd->btv", h, out.astype(h.dtype),
+                          preferred_element_type=jnp.float32)
     elif self.tie_output:
       out = table[stage]                                                # [B, V, D]
-      logits = jnp.einsum("btd,bvd->btv", h, out.astype(h.dtype))
+      logits = jnp.einsum("btd,bvd->btv", h, out.astype(h.dtype),
+                          preferred_element_type=jnp.float32)
     else:
       out = self.head_kernel[...][stage]                                # [B, D, V]
-      logits = jnp.einsum("btd,bdv->btv", h, out.astype(h.dtype))
-    return logits.astype(jnp.float32)
+      logits = jnp.einsum("btd,bdv->btv", h, out.astype(h.dtype),
+                          preferred_element_type=jnp.float32)
+    return logits                                                       # float32
