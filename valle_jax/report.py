@@ -22,6 +22,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from valle_jax import paths
+
 FILES = "report_files"
 AUDIO_RATE = 16000            # copies in the report are resampled to this (keeps files small)
 TABLE_COLUMNS = (("wer", "WER ↓"), ("heard", "words heard ↑"),
@@ -46,9 +48,9 @@ def _matplotlib():
 
 def read_metrics(path: str) -> list[dict[str, Any]]:
   """The rows of a training run's metrics.jsonl ([] when the file does not exist)."""
-  if not os.path.isfile(path):
+  if not paths.path(path).is_file():
     return []
-  with open(path, encoding="utf-8") as f:
+  with paths.path(path).open(encoding="utf-8") as f:
     return [json.loads(line) for line in f if line.strip()]
 
 

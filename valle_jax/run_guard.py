@@ -4,7 +4,9 @@
   the workdir; a second run is refused while that process lives. A lock whose process is gone
   (same host, pid not running: a run killed with -9) is stale and taken over, with a line
   saying so; a lock from another host is only reported (its process cannot be checked from
-  here), with what to do if that run is gone.
+  here), with what to do if that run is gone. On `gs://` the lock is an object written after
+  checking that none exists: not atomic (two runs started within the same second could both
+  take it), which is enough to stop a second run started later by mistake.
 - `check_resume_config`: a run resumed from a workdir must have the config its checkpoints
   were saved with. Fields that only say how long to train and how often to log, evaluate and
   save (`RESUMABLE_BY_DEFAULT`) may change; any other field only when named in
@@ -19,6 +21,7 @@ import os
 import socket
 from typing import Any, Sequence
 
+from valle_jax import paths
 from valle_jax.errors import UserError
 
 LOCK_FILE = "train.lock"
@@ -51,7 +54,7 @@ class WorkdirLock:
           "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
     for _ in range(2):
       try:
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        fd = self._create()
       except FileExistsError:
         holder = self._holder()
         if not self._is_stale(holder, me["host"]):
@@ -60,28 +63,38 @@ class WorkdirLock:
                  f"on {holder.get('host')} (started {holder.get('started')}), which is no "
                  "longer running.", flush=True)
         try:
-          os.remove(self.path)
+          paths.path(self.path).unlink()
         except FileNotFoundError:
           pass
         continue
       except OSError as e:
         raise UserError(f"cannot create the lock file {self.path}: {e.strerror}; check that "
                         "the workdir is writable.") from None
-      with os.fdopen(fd, "w", encoding="utf-8") as f:
+      with (os.fdopen(fd, "w", encoding="utf-8") if fd is not None
+            else paths.path(self.path).open("w", encoding="utf-8")) as f:
         json.dump(me, f)
       self.held = True
       return self
     raise UserError(f"another run took the lock {self.path} at the same time; rerun.")
 
+  def _create(self) -> int | None:
+    """Creates the lock file if there is none (else `FileExistsError`): an open descriptor
+    when local (exclusive create), None on `gs://` (written by the caller)."""
+    if paths.is_local(self.path):
+      return os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    if paths.path(self.path).exists():
+      raise FileExistsError(self.path)
+    return None
+
   def release(self) -> None:
     if self.held:
       self.held = False
       if self._holder().get("pid") == os.getpid():
-        os.remove(self.path)
+        paths.path(self.path).unlink()
 
   def _holder(self) -> dict[str, Any]:
     try:
-      with open(self.path, encoding="utf-8") as f:
+      with paths.path(self.path).open(encoding="utf-8") as f:
         holder = json.load(f)
       return holder if isinstance(holder, dict) else {}
     except (OSError, ValueError):

@@ -20,12 +20,13 @@ The synthesis itself is valle_jax/synthesize.py's, through the Python API (`vall
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 from typing import Any
 
 from absl import flags
 
-from valle_jax import api, config_check, io_check, synthesize
+from valle_jax import api, config_check, io_check, paths, synthesize
 from valle_jax.errors import UserError
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Training workdir (or a checkpoint "
@@ -90,6 +91,8 @@ def main(argv):
                                  codebooks=_CODEBOOKS.value)
   import soundfile as sf  # pylint: disable=g-import-not-at-top
   for request, wav in zip(requests, wavs):
-    os.makedirs(os.path.dirname(os.path.abspath(request.out)), exist_ok=True)
-    sf.write(request.out, wav, tts.sample_rate)
+    paths.path(os.path.dirname(paths.absolute(request.out))).mkdir(parents=True, exist_ok=True)
+    encoded = io.BytesIO()     # then written whole, locally or to gs://
+    sf.write(encoded, wav, tts.sample_rate, format=os.path.splitext(request.out)[1][1:] or "WAV")
+    paths.path(request.out).write_bytes(encoded.getvalue())
     print(f"{request.out}: {len(wav) / tts.sample_rate:.2f} s")

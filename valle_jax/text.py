@@ -35,6 +35,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from valle_jax import paths
 from valle_jax.errors import UserError
 
 PAD, BOS, EOS, UNK, WORD = "<pad>", "<bos>", "<eos>", "<unk>", "<wb>"
@@ -186,7 +187,7 @@ class SymbolTable:
   @classmethod
   def load(cls, path: str | os.PathLike) -> "SymbolTable":
     try:
-      with open(path, encoding="utf-8") as f:
+      with paths.path(path).open(encoding="utf-8") as f:
         data = json.load(f)
     except FileNotFoundError:
       raise UserError(f"symbol table {os.fspath(path)!r} does not exist; point to the "

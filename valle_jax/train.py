@@ -53,7 +53,7 @@ from valle_jax import codec as codec_lib
 from valle_jax import data as data_lib
 from valle_jax import recipe as recipe_lib
 from valle_jax import text as text_lib
-from valle_jax import config_check, io_check, models, run_guard, sharding
+from valle_jax import config_check, io_check, models, paths, run_guard, sharding
 from valle_jax.errors import StorageError, UserError, os_reason
 
 
@@ -323,7 +323,7 @@ class MetricLogger:
       with _storage_errors(f"writing {self.path} and {tb}"):
         _truncate_jsonl(self.path, start_step)       # drop steps a killed run logged past it
         from tensorboardX.event_file_writer import EventsWriter  # pylint: disable=g-import-not-at-top
-        os.makedirs(tb, exist_ok=True)
+        paths.path(tb).mkdir(parents=True, exist_ok=True)
         self.events = EventsWriter(os.path.join(tb, "events"))
     self.start_time, self.start_step = time.time(), start_step
 
@@ -331,8 +331,7 @@ class MetricLogger:
     if not self.active:
       return
     with _storage_errors(f"writing {self.path}"):
-      with open(self.path, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"step": step, "split": prefix, **values}) + "\n")
+      paths.append_text(self.path, json.dumps({"step": step, "split": prefix, **values}) + "\n")
     from tensorboardX import summary  # pylint: disable=g-import-not-at-top
     from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
     with _storage_errors(f"writing TensorBoard events to {os.path.dirname(self.path)}/tb"):
@@ -370,16 +369,16 @@ def _storage_errors(what: str):
 def _truncate_jsonl(path: str, last_step: int):
   """Drops the rows after `last_step`; the file is replaced whole (a full disk leaves the old
   one as it was)."""
-  if not os.path.isfile(path):
+  if not paths.path(path).is_file():
     return
-  with open(path, encoding="utf-8") as f:
+  with paths.path(path).open(encoding="utf-8") as f:
     lines = f.readlines()
   kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= last_step]
   if len(kept) == len(lines):
     return
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
+  with paths.path(path + ".tmp").open("w", encoding="utf-8") as f:
     f.writelines(kept)
-  os.replace(path + ".tmp", path)
+  paths.replace(path + ".tmp", path)
 
 
 # ------------------------------------------------------------------------- the loop
@@ -422,11 +421,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str,
   workdir = io_check.output_dir(workdir, "--workdir")
   lead = jax.process_index() == 0
   with _storage_errors(f"creating {workdir}"):
-    os.makedirs(workdir, exist_ok=True)
+    paths.path(workdir).mkdir(parents=True, exist_ok=True)
   lock = run_guard.WorkdirLock(workdir).acquire() if lead else None
   try:
     checkpoint_dir = os.path.join(workdir, "checkpoints")
-    if os.path.isdir(checkpoint_dir):
+    if paths.path(checkpoint_dir).is_dir():
       reader = ckpt_lib.RunCheckpoints(checkpoint_dir, every=1, keep=1, read_only=True)
       latest = reader.latest_step()
       if latest is not None:

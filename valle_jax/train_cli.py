@@ -24,7 +24,7 @@ import jax
 from absl import flags
 from ml_collections import config_flags
 
-from valle_jax import run_guard, train
+from valle_jax import paths, run_guard, train
 from valle_jax.errors import StorageError, UserError
 
 EXIT_STOPPED = 75   # EX_TEMPFAIL: saved and stopped on SIGTERM/SIGINT; requeue to resume
@@ -57,14 +57,14 @@ def main(argv):
   except StorageError as e:
     _exit_watchdog(e.exit_code)
     raise
-  workdir = os.path.abspath(_WORKDIR.value)
+  checkpoints = paths.path(paths.absolute(_WORKDIR.value)) / "checkpoints"
   if summary["stopped"]:
     _exit_watchdog(EXIT_STOPPED)
     if jax.process_index() == 0:
       print(f"[train] stopped at step {summary['step']} of {_CONFIG.value.train.steps} "
             f"({summary['stopped']}): requeue to resume; checkpoints in "
-            f"{os.path.join(workdir, 'checkpoints')}", file=sys.stderr)
+            f"{checkpoints}", file=sys.stderr)
     sys.exit(EXIT_STOPPED)
   if jax.process_index() == 0:
     print(f"[train] done at step {summary['step']}; checkpoints in "
-          f"{os.path.join(workdir, 'checkpoints')}", file=sys.stderr)
+          f"{checkpoints}", file=sys.stderr)
