@@ -14,8 +14,8 @@ import pytest
 
 from configs import tiny
 from valle_jax import checkpoint as ckpt_lib
-from valle_jax import sharding, train, train_cli
-from valle_jax.errors import UserError
+from valle_jax import sharding, train
+from valle_jax.errors import EXIT_STOPPED, UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -277,7 +277,7 @@ def test_sigterm_saves_and_stops(tiny_dataset, tmp_path):
     time.sleep(0.2)
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=300)
-  assert proc.returncode == train_cli.EXIT_STOPPED == 75, err[-3000:]
+  assert proc.returncode == EXIT_STOPPED == 75, err[-3000:]
   assert "SIGTERM received" in out
   assert "stopped at step" in err and "requeue to resume" in err
   saved = int(sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-1])

@@ -4,10 +4,13 @@ Raise `UserError("what is wrong; what to do")` for anything a user can fix (bad 
 file, wrong codec, empty text). The CLI prints its message as one line and exits with its
 `exit_code` (2), without a traceback. `StorageError` is a failed write (a full disk, a
 read-only folder) in the middle of the work: exit code 74 (EX_IOERR). Programming errors
-stay ordinary exceptions with tracebacks.
+stay ordinary exceptions with tracebacks. A run stopped by a signal after saving exits with
+`EXIT_STOPPED` (75, EX_TEMPFAIL: requeue to resume).
 """
 import errno
 import os
+
+EXIT_STOPPED = 75   # EX_TEMPFAIL (sysexits.h): saved and stopped on SIGTERM/SIGINT; requeue to resume
 
 
 class UserError(Exception):

@@ -25,9 +25,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from valle_jax import paths, run_guard, train
-from valle_jax.errors import StorageError, UserError
+from valle_jax.errors import EXIT_STOPPED, StorageError, UserError
 
-EXIT_STOPPED = 75   # EX_TEMPFAIL: saved and stopped on SIGTERM/SIGINT; requeue to resume
 EXIT_WATCHDOG_S = 60.0
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Experiment config file.")
