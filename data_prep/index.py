@@ -1,7 +1,7 @@
 """`valle-jax index`: writes the index of a dataset prepared without one (by a valle-jax
 from before indexes):
 
-    valle-jax index --dataset=/data/valle_folder/1.0.0
+    valle-jax index /data/valle_folder/1.0.0
 
 Reads every record once, writes `index-<split>.npz` beside each split's shards (what training
 then reads at start-up instead of the records) and prints the lengths summary `valle-jax
@@ -12,23 +12,16 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from absl import flags
-
 from data_prep import pipeline
 from valle_jax import data
 from valle_jax.errors import UserError
 
-_DATASET = flags.DEFINE_string("dataset", None, "The <builder>/<version> directory "
-                               "`valle-jax prepare` wrote.")
-
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise UserError(f"unexpected arguments {list(argv[1:])}; pass the dataset as --dataset=DIR.")
-  if not _DATASET.value:
-    raise UserError("--dataset is required: the <builder>/<version> directory `valle-jax "
-                    "prepare` wrote.")
-  dataset = data.open_dataset(_DATASET.value)
+  if len(argv) != 2:
+    raise UserError("usage: valle-jax index DATASET_DIR (the <builder>/<version> directory "
+                    "`valle-jax prepare` wrote).")
+  dataset = data.open_dataset(argv[1])
   indexes = pipeline.index_dataset(dataset)
   print(f"[index] wrote {', '.join(f'index-{s}.npz' for s in indexes)} in {dataset.path}",
         file=sys.stderr)

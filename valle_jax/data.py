@@ -170,7 +170,7 @@ def scan_lengths(source, cache_path: str | None = None, progress: bool = True) -
     print(f"[data] {source.dataset_info.data_dir} has no index of its {source.split!r} "
           "split (prepared by an older valle-jax): reading every record for its lengths; "
           "write the index once with `valle-jax index "
-          f"--dataset={source.dataset_info.data_dir}`, or re-run `valle-jax prepare`.", flush=True)
+          f"{source.dataset_info.data_dir}`, or re-run `valle-jax prepare`.", flush=True)
   frames, phonemes, speakers = [], [], []
   for i in tqdm(range(len(source)), desc="scanning lengths", disable=not progress,
                 unit="rec", mininterval=2.0):
@@ -277,7 +277,7 @@ def load_index(path, shard_lengths: Sequence[int]) -> Lengths:
   records per shard; a `UserError` when it is damaged or is another dataset's. Reads only
   the fields batching needs."""
   path = epath.Path(path)
-  redo = (f"write it again with `valle-jax index --dataset={path.parent}` (or delete it: "
+  redo = (f"write it again with `valle-jax index {path.parent}` (or delete it: "
           "training then reads every record for the lengths).")
   try:
     with path.open("rb") as f, np.load(f, allow_pickle=False) as z:
