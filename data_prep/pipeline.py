@@ -51,6 +51,25 @@ from valle_jax.errors import UserError
 
 VERSION = "1.0.0"
 STAGES = ("phonemize", "load", "encode")
+MAX_PADDING = 0.25   # a codec call's padded samples may exceed its real ones by this fraction
+
+
+def length_groups(lengths: Sequence[int], max_padding: float = MAX_PADDING) -> list[list[int]]:
+  """Indices of `lengths` in groups of similar length, one codec call each: sorted by length,
+  a group takes the next (longer) clip while every clip padded to it stays within
+  `1 + max_padding` times the group's real samples. A batch pads to its longest clip, so a
+  Beam batch of mixed lengths would otherwise spend most of its codec time on padding."""
+  order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+  groups: list[list[int]] = []
+  real = 0
+  for i in order:
+    if groups and (len(groups[-1]) + 1) * lengths[i] <= (1 + max_padding) * (real + lengths[i]):
+      groups[-1].append(i)
+      real += lengths[i]
+    else:
+      groups.append([i])
+      real = lengths[i]
+  return groups
 
 
 # --- per-item work (no Beam: the benchmark and tests call this directly) -----------------------
@@ -62,8 +81,10 @@ class ItemProcessor:
   """
 
   def __init__(self, table: text_lib.SymbolTable, codec: Codec, min_duration_s: float,
-               max_duration_s: float, bounds: dict[str, tuple[float, float]] | None = None):
+               max_duration_s: float, bounds: dict[str, tuple[float, float]] | None = None,
+               max_padding: float = MAX_PADDING):
     self.table = table
+    self.max_padding = max_padding   # of a codec call (`length_groups`)
     self.codec = codec
     self.min_duration_s = min_duration_s
     self.max_duration_s = max_duration_s
@@ -149,17 +170,22 @@ class ItemProcessor:
     return records, skips
 
   def _encode(self, wavs: list[np.ndarray]) -> list[np.ndarray | Exception]:
-    """Batch encode; if the batch fails, one by one so only the bad clip is lost."""
+    """Encodes clips of similar length together (`length_groups`); a group that fails is
+    encoded one by one, so only the bad clip is lost. Codes come back in `wavs`' order."""
     t0 = time.perf_counter()
-    try:
-      out: list = list(self.codec.encode_batch(wavs, self.codec.sample_rate))
-    except Exception:  # pylint: disable=broad-except
-      out = []
-      for w in wavs:
-        try:
-          out.append(self.codec.encode(w, self.codec.sample_rate))
-        except Exception as e:  # pylint: disable=broad-except
-          out.append(e)
+    out: list = [None] * len(wavs)
+    for group in length_groups([w.size for w in wavs], self.max_padding):
+      try:
+        codes = self.codec.encode_batch([wavs[i] for i in group], self.codec.sample_rate)
+      except Exception:  # pylint: disable=broad-except
+        codes = []
+        for i in group:
+          try:
+            codes.append(self.codec.encode(wavs[i], self.codec.sample_rate))
+          except Exception as e:  # pylint: disable=broad-except
+            codes.append(e)
+      for i, c in zip(group, codes):
+        out[i] = c
     self.stage_seconds["encode"] += time.perf_counter() - t0
     return out
 

@@ -118,7 +118,19 @@ def test_long_material_counts_examples_longer_than_the_paper_buckets():
   assert "\n" not in line
 
 
+def test_codec_calls_group_clips_of_similar_length():
+  lengths = [100, 1000, 110, 1050, 105, 5000]
+  groups = pipeline.length_groups(lengths, max_padding=0.25)
+  assert groups == [[0, 4, 2], [1, 3], [5]]
+  for group in groups:       # padded to its longest clip, within 1.25 x its real samples
+    assert len(group) * max(lengths[i] for i in group) <= 1.25 * sum(lengths[i] for i in group)
+  assert pipeline.length_groups([]) == []
+  assert pipeline.length_groups([7] * 5) == [[0, 1, 2, 3, 4]]
+
+
 def test_records_exact(built, corpus):
+  """Every record as its clip encoded alone: the Beam batches of 4 mix lengths (a 1 s tone,
+  speech), which the codec calls regroup by length (`length_groups`) and put back in order."""
   out, _ = built
   dataset = out / "valle_folder" / "1.0.0"
   table = text.SymbolTable.load(dataset / "symbols.json")

@@ -1,6 +1,6 @@
 """Benchmarks (not tests): `python -m valle_jax.bench <command> [options]`.
 
-    python -m valle_jax.bench prepare [--clips 24] [--seconds 4] [--batch 8] [--codec-weights random]
+    python -m valle_jax.bench prepare [--clips 24] [--batch 8] [--lengths varied] [--max-padding inf]
     python -m valle_jax.bench index [--records 1000000] [--scan-records 20000]
     python -m valle_jax.bench sample [--configs tiny,paper] [--batches 1,16] [--steps 50]
     python -m valle_jax.bench train [--config configs/paper.py] [--dtype bfloat16] [--peak-tflops 989]
@@ -28,7 +28,8 @@ is not the model's (it gave 1.7 TFLOP for a bf16 step of 11.9 analytic TFLOP).
 22.05 kHz like most corpora), through `data_prep.pipeline.ItemProcessor` as the Beam workers
 use it, and prints seconds of audio processed per second of wall time for each stage
 (phonemize, load + resample, encode) and overall. Weights do not change the codec's cost, so
-random EnCodec weights give the real encode rate.
+random EnCodec weights give the real encode rate. `--lengths varied --max-padding inf` against
+the default shows what grouping a batch's clips by length (`pipeline.length_groups`) saves.
 """
 from __future__ import annotations
 
@@ -63,6 +64,11 @@ def _prepare_args(p: argparse.ArgumentParser) -> None:
                  help="sentence repeats per clip (about 3 s of speech each)")
   p.add_argument("--batch", type=int, default=8, help="clips per codec call")
   p.add_argument("--codec-weights", default="random", choices=("random", "pretrained"))
+  p.add_argument("--lengths", default="same", choices=("same", "varied"),
+                 help="varied: clip i repeats 1 + i %% (2 x repeat - 1) sentences (same mean)")
+  p.add_argument("--max-padding", type=float, default=None,
+                 help="a codec call's padding over its real samples (default: prepare's; "
+                 "inf: one call per batch, however mixed its lengths)")
 
 
 def bench_prepare(args: argparse.Namespace) -> None:
@@ -71,11 +77,14 @@ def bench_prepare(args: argparse.Namespace) -> None:
   from valle_jax.codec import get_codec  # pylint: disable=g-import-not-at-top
 
   codec = get_codec({"name": "encodec", "weights": args.codec_weights})
-  proc = pipeline.ItemProcessor(text.SymbolTable.default(), codec, 0.0, 1e9)
+  max_padding = pipeline.MAX_PADDING if args.max_padding is None else args.max_padding
+  proc = pipeline.ItemProcessor(text.SymbolTable.default(), codec, 0.0, 1e9,
+                                max_padding=max_padding)
   with tempfile.TemporaryDirectory() as d:
     items = []
     for i in range(args.clips):
-      sentence = " ".join(SENTENCES[(i + k) % len(SENTENCES)] for k in range(args.repeat))
+      repeat = args.repeat if args.lengths == "same" else 1 + i % (2 * args.repeat - 1)
+      sentence = " ".join(SENTENCES[(i + k) % len(SENTENCES)] for k in range(repeat))
       path = os.path.join(d, f"{i}.wav")
       subprocess.run(["espeak-ng", "-w", path, sentence], check=True)
       items.append(corpora.Item(str(i), "train", path, "spk", "en-us", text=sentence))
@@ -87,7 +96,8 @@ def bench_prepare(args: argparse.Namespace) -> None:
     total = time.perf_counter() - t0
   audio_s = proc.audio_seconds
   print(f"data prep on {os.cpu_count()} cores: {len(items)} clips, {audio_s:.1f} s of audio, "
-        f"batch {args.batch}, EnCodec 24 kHz 6 kbps ({args.codec_weights} weights)")
+        f"batch {args.batch} ({args.lengths} lengths, codec calls padded <= {max_padding:g} "
+        f"over real), EnCodec 24 kHz 6 kbps ({args.codec_weights} weights)")
   print(f"{'stage':<12}{'wall s':>10}{'audio s / s':>14}")
   for stage, secs in proc.stage_seconds.items():
     print(f"{stage:<12}{secs:>10.2f}{audio_s / secs:>14.1f}")
