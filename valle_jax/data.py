@@ -74,6 +74,7 @@ import dataclasses
 import io
 import json
 import os
+import queue
 import threading
 import uuid
 import zipfile
@@ -726,3 +727,85 @@ def batch_iterator(loader: BatchLoader, num_batches: int, *, num_threads: int = 
   dataset = grain.MapDataset.range(num_batches).map(loader)
   return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                                         prefetch_buffer_size=prefetch)))
+
+
+class Prefetcher:
+  """Wraps a checkpointable batch iterator (`batch_iterator`): a background thread takes
+  its next batches and applies `transform` to each (training puts them on the devices,
+  `sharding.shard_batch`) while the caller works on the current one, keeping up to `depth`
+  ready in a bounded queue; `depth` 0 does both on the caller's thread when asked.
+
+  `get_state()` is the state after the batches the caller has *taken*, not after those
+  read ahead, so a checkpoint of it resumes exactly at the next batch the caller would have
+  taken; `set_state` only before the first `next`. An exception the iterator or `transform`
+  raises is raised again, itself, by the `next` that would have returned that batch.
+  `close()` (or leaving a `with`) stops the thread."""
+
+  _END = object()
+
+  def __init__(self, iterator, transform=lambda batch: batch, depth: int = 2):
+    self._iterator, self._transform, self.depth = iterator, transform, depth
+    self._state = None         # after the batches taken; None: the iterator's own
+    self._queue: queue.Queue = queue.Queue(maxsize=max(depth, 1))
+    self._stop = threading.Event()
+    self._thread: threading.Thread | None = None
+
+  def __iter__(self):
+    return self
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+  def get_state(self) -> dict[str, Any]:
+    return self._iterator.get_state() if self._state is None else self._state
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    if self._thread is not None:
+      raise RuntimeError("Prefetcher.set_state after reading ahead began")
+    self._iterator.set_state(state)
+    self._state = None
+
+  def __next__(self):
+    if self.depth == 0:
+      batch = self._transform(next(self._iterator))
+      self._state = self._iterator.get_state()
+      return batch
+    if self._thread is None:
+      self._thread = threading.Thread(target=self._produce, name="prefetch", daemon=True)
+      self._thread.start()
+    item, state = self._queue.get()
+    if item is self._END:
+      self._queue.put((item, state))   # every later `next` ends too
+      raise StopIteration
+    if isinstance(item, BaseException):
+      self._queue.put((item, state))
+      raise item
+    self._state = state
+    return item
+
+  def _produce(self) -> None:
+    while not self._stop.is_set():
+      try:
+        item = self._transform(next(self._iterator))
+        state = self._iterator.get_state()
+      except StopIteration:
+        item, state = self._END, None
+      except BaseException as e:  # pylint: disable=broad-except  # the consumer raises it
+        item, state = e, None
+      while not self._stop.is_set():
+        try:
+          self._queue.put((item, state), timeout=0.1)
+          break
+        except queue.Full:
+          continue
+      if item is self._END or isinstance(item, BaseException):
+        return
+
+  def close(self) -> None:
+    """Stops reading ahead (batches read ahead are dropped); idempotent."""
+    self._stop.set()
+    if self._thread is not None:
+      self._thread.join()

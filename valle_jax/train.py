@@ -478,8 +478,10 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                kind=cfg.train.model, num_codebooks=cfg.model.num_codebooks,
                                frame_rate=frame_rate, process_index=jax.process_index(),
                                process_count=jax.process_count(), symbols=table)
-  data_iter = data_lib.batch_iterator(loader, cfg.train.steps, num_threads=cfg.data.num_threads,
-                                      prefetch=cfg.data.prefetch)
+  data_iter = data_lib.Prefetcher(
+      data_lib.batch_iterator(loader, cfg.train.steps, num_threads=cfg.data.num_threads,
+                              prefetch=cfg.data.prefetch),
+      functools.partial(_on_devices, mesh=mesh), depth=cfg.data.device_prefetch)
 
   checkpoints = ckpt_lib.RunCheckpoints(os.path.join(workdir, "checkpoints"),
                                       every=cfg.checkpoint.every, keep=cfg.checkpoint.keep,
@@ -529,7 +531,6 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     while step < cfg.train.steps:
       batch = next(data_iter)
       examples = batch.pop("index")
-      batch = sharding.shard_batch(batch, mesh)
       state, metrics = trainer.train_step(state, batch)
       step += 1
       checkpoints.check()        # a background save that failed stops the run here
@@ -566,6 +567,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   finally:
     if not stop.received:   # after a signal the next one exits at once (_StopSignal)
       stop.restore()
+    data_iter.close()
     if storage_failed:      # don't wait on writes that may never finish; keep the error
       checkpoints.close(wait=False)
       with contextlib.suppress(StorageError):
@@ -574,6 +576,14 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       checkpoints.close()
       logger.close()
   return {"step": step, "metrics": last, "state": state, "stopped": stop.received}
+
+
+def _on_devices(batch: dict[str, Any], mesh) -> dict[str, Any]:
+  """A loaded batch with its arrays on the mesh (`sharding.shard_batch`), its example
+  indices (`index`) left on the host."""
+  batch = dict(batch)
+  index = batch.pop("index")
+  return {**sharding.shard_batch(batch, mesh), "index": index}
 
 
 def _save(checkpoints, step, state, data_iter, *, cfg, symbols, codec, batch_multiple,
