@@ -536,3 +536,19 @@ def test_prefetcher_close_stops_a_blocked_producer():
   it.close()                     # the producer waits on a full queue: close must end it
   assert not it._thread.is_alive()
   assert it.get_state() == {"i": 1}
+
+
+def test_worker_processes_load_the_same_batches_and_resume_exactly(records, lengths):
+  """data.workers: batches loaded in 2 Grain worker processes come in the order one
+  process loads them, and a worker iterator's state resumes at the next batch."""
+  plan = data.BatchPlan(lengths, _cfg(), seed=0)
+  loader = data.BatchLoader(records, plan, _cfg(), kind="ar", num_codebooks=8, frame_rate=75.0)
+  expected = [b["index"] for b in data.batch_iterator(loader, 9)]
+  with data.Prefetcher(data.batch_iterator(loader, 9, workers=2)) as it:
+    taken = [next(it)["index"] for _ in range(4)]
+    state = it.get_state()
+  with data.Prefetcher(data.batch_iterator(loader, 9, workers=2)) as resumed:
+    resumed.set_state(state)
+    rest = [b["index"] for b in resumed]
+  for got, want in zip(taken + rest, expected, strict=True):
+    np.testing.assert_array_equal(got, want)

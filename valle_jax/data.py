@@ -420,6 +420,12 @@ class BatchPlan:
     self._epoch_starts = [0]            # global index of each epoch's first batch, computed lazily
     self._epoch_cache: dict[int, list[tuple[Bucket, np.ndarray]]] = {}
 
+  def __getstate__(self):   # Grain's worker processes get the plan pickled, less its lock
+    return {**self.__dict__, "_lock": None}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state, _lock=threading.RLock())
+
   def _bucket_of(self, frames: np.ndarray, phonemes: np.ndarray) -> np.ndarray:
     """Flat index (frame bucket * #phoneme buckets + phoneme bucket) per example; -1: too
     long, or 0 frames (an example that cannot be cropped)."""
@@ -721,12 +727,29 @@ def _pad_codes(codes: Sequence[np.ndarray], width: int, q: int, name: str, lens_
 
 
 def batch_iterator(loader: BatchLoader, num_batches: int, *, num_threads: int = 2,
-                   prefetch: int = 4) -> Iterator[dict[str, Any]]:
-  """A Grain iterator over global batches [0, num_batches); checkpoint it with
-  `get_state()` / `set_state()`."""
-  dataset = grain.MapDataset.range(num_batches).map(loader)
-  return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                                        prefetch_buffer_size=prefetch)))
+                   prefetch: int = 4, workers: int = 0) -> Iterator[dict[str, Any]]:
+  """A Grain iterator over global batches [0, num_batches), in this order; checkpoint it
+  with `get_state()` / `set_state()`. `workers` > 0 loads batches in that many worker
+  processes (Grain's `mp_prefetch`: batch i in worker i % workers, each with `num_threads`
+  reader threads), for when one process cannot load as fast as the devices train; their
+  state is per worker, so a run resumes with the same `workers`. Workers are spawned: they
+  import the main module again (its work belongs under `if __name__ == "__main__":`) and
+  get the loader pickled."""
+  dataset = grain.MapDataset.range(num_batches).map(loader).to_iter_dataset(
+      grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
+  if workers:
+    _parse_absl_flags()
+    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  return iter(dataset)
+
+
+def _parse_absl_flags() -> None:
+  """Grain's multiprocessing reads its absl flags (`--grain_*`), which raise until parsed:
+  a program that parsed none (an argparse CLI, a notebook, a test) parses them with their
+  defaults."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
 
 
 class Prefetcher:
@@ -805,7 +828,10 @@ class Prefetcher:
         return
 
   def close(self) -> None:
-    """Stops reading ahead (batches read ahead are dropped); idempotent."""
+    """Stops reading ahead (batches read ahead are dropped) and closes the iterator (its
+    worker processes); idempotent."""
     self._stop.set()
     if self._thread is not None:
       self._thread.join()
+    if hasattr(self._iterator, "close"):
+      self._iterator.close()
