@@ -49,6 +49,11 @@ Batching (deterministic from the seed):
   their own lengths, so an epoch's batch count depends on e.
 - Multi-host: every process computes the same plan and loads only its own rows of each
   global batch (rows [p * B / P, (p + 1) * B / P)).
+- Feeding the devices: `batch_iterator` loads batches with Grain reader threads, or in
+  worker processes (`data.workers`); training wraps it in a `Prefetcher`, which puts the
+  next `data.device_prefetch` batches on the devices on a background thread while a step
+  runs, and checkpoints the state of the batches taken. `python -m valle_jax.bench input`
+  measures how fast a dataset loads.
 
 NAR batches add an acoustic prompt per example, chosen by `nar_prompt`:
 - "prefix": a random prefix of about `prompt_seconds` (at most half the utterance) is the
