@@ -82,6 +82,13 @@ def base() -> ml_collections.ConfigDict:
   c.data.nar_stage_weights = ()     # NAR stage sampling, one weight per codebook 2..Q; () = uniform
   c.data.num_threads = 2            # Grain reader threads
   c.data.prefetch = 4               # batches prepared ahead
+  # Grain worker processes loading batches (0 = in this process, with num_threads readers);
+  # a run resumes with the same count. `python -m valle_jax.bench input` says how many a
+  # device needs.
+  c.data.workers = 0
+  # Batches put on the devices ahead of the step, by a background thread while the step runs
+  # (0 = on the main thread, when the step asks for it).
+  c.data.device_prefetch = 2
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 800_000

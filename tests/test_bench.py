@@ -120,3 +120,21 @@ def test_accelerator_quick_runs_and_imports_nothing_it_does_not_need():
     assert what in table, what
   assert table.count("AR decode step, KV cache") == 2           # batch 1 and 4
   assert "MFU" in table and "XLA's count" in table
+
+
+def test_input_reports_batches_and_frames_per_second(tiny_dataset, capsys):
+  """`bench input` loads batches from a prepared dataset onto the devices and prints their
+  rate and real frames per second beside the real frames one training step consumes."""
+  bench.main(["input", f"--dataset={tiny_dataset}", "--config=configs/tiny.py",
+              "--workers=0", "--batches=6"])
+  out = capsys.readouterr().out
+  per_step = float(out.split("consumes one global batch: ")[1].split(" real frames")[0]
+                   .replace(",", ""))
+  row = out.split("data.workers=0 ")[1]
+  batches_per_s = float(row.split(": ")[1].split(" batches/s")[0])
+  frames_per_s = float(row.split("batches/s, ")[1].split(" real frames/s")[0].replace(",", ""))
+  assert per_step > 0 and batches_per_s > 0
+  # Frames per batch loaded agree with the plan's mean (batches differ in length).
+  assert 0.5 * per_step < frames_per_s / batches_per_s < 2 * per_step
+  with pytest.raises(SystemExit):
+    bench.main(["input", f"--dataset={tiny_dataset}", "--workers=two"])

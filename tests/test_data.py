@@ -1,6 +1,7 @@
 """Input pipeline: buckets, token budget, determinism, resumable iterator, NAR prompts, the
 index."""
 import shutil
+import time
 
 from array_record.python import array_record_module
 import ml_collections
@@ -479,3 +480,75 @@ def test_nar_stage_weights(records, lengths):
     with pytest.raises(UserError, match="nar_stage_weights"):
       data.BatchLoader(records, plan, _cfg(nar_stage_weights=bad), kind="nar",
                        num_codebooks=8, frame_rate=75.0)
+
+
+def test_prefetcher_keeps_order_and_resumes_at_the_batches_taken(records, lengths):
+  plan = data.BatchPlan(lengths, _cfg(), seed=0)
+  loader = data.BatchLoader(records, plan, _cfg(), kind="ar", num_codebooks=8, frame_rate=75.0)
+  expected = [b["index"] for b in data.batch_iterator(loader, 10)]
+  with data.Prefetcher(data.batch_iterator(loader, 10), depth=3) as it:
+    taken = [next(it)["index"] for _ in range(4)]
+    while it._queue.qsize() < 3:   # it has read ahead, past what was taken
+      time.sleep(0.01)
+    state = it.get_state()
+  resumed = data.Prefetcher(data.batch_iterator(loader, 10), depth=3)
+  resumed.set_state(state)
+  rest = [b["index"] for b in resumed]
+  resumed.close()
+  for got, want in zip(taken + rest, expected, strict=True):
+    np.testing.assert_array_equal(got, want)
+
+
+class _Counting:
+  """A checkpointable iterator over 0, 1, ... that fails at `fail_at`."""
+
+  def __init__(self, stop: int, fail_at: int = -1):
+    self.i, self.stop, self.fail_at = 0, stop, fail_at
+
+  def __next__(self):
+    if self.i == self.fail_at:
+      raise UserError(f"record {self.i} is damaged")
+    if self.i == self.stop:
+      raise StopIteration
+    self.i += 1
+    return self.i - 1
+
+  def get_state(self):
+    return {"i": self.i}
+
+  def set_state(self, state):
+    self.i = state["i"]
+
+
+@pytest.mark.parametrize("depth", [0, 2])
+def test_prefetcher_raises_the_producers_error_at_its_batch(depth):
+  it = data.Prefetcher(_Counting(10, fail_at=3), transform=lambda x: x * 10, depth=depth)
+  assert [next(it) for _ in range(3)] == [0, 10, 20]
+  with pytest.raises(UserError, match="record 3 is damaged"):
+    next(it)
+  assert it.get_state() == {"i": 3}
+  it.close()
+
+
+def test_prefetcher_close_stops_a_blocked_producer():
+  it = data.Prefetcher(_Counting(10 ** 9), depth=2)
+  assert next(it) == 0
+  it.close()                     # the producer waits on a full queue: close must end it
+  assert not it._thread.is_alive()
+  assert it.get_state() == {"i": 1}
+
+
+def test_worker_processes_load_the_same_batches_and_resume_exactly(records, lengths):
+  """data.workers: batches loaded in 2 Grain worker processes come in the order one
+  process loads them, and a worker iterator's state resumes at the next batch."""
+  plan = data.BatchPlan(lengths, _cfg(), seed=0)
+  loader = data.BatchLoader(records, plan, _cfg(), kind="ar", num_codebooks=8, frame_rate=75.0)
+  expected = [b["index"] for b in data.batch_iterator(loader, 9)]
+  with data.Prefetcher(data.batch_iterator(loader, 9, workers=2)) as it:
+    taken = [next(it)["index"] for _ in range(4)]
+    state = it.get_state()
+  with data.Prefetcher(data.batch_iterator(loader, 9, workers=2)) as resumed:
+    resumed.set_state(state)
+    rest = [b["index"] for b in resumed]
+  for got, want in zip(taken + rest, expected, strict=True):
+    np.testing.assert_array_equal(got, want)

@@ -5,6 +5,7 @@
     python -m valle_jax.bench sample [--configs tiny,paper] [--batches 1,16] [--steps 50]
     python -m valle_jax.bench train [--config configs/paper.py] [--dtype bfloat16] [--peak-tflops 989]
     python -m valle_jax.bench accelerator [--quick] [--config configs/paper.py] [--peak-tflops 989]
+    python -m valle_jax.bench input --dataset DIR [--config configs/paper.py] [--workers 0,2]
 
 Each command is a function registered in `COMMANDS` with the argparse options it adds.
 Every import beyond the standard library and numpy is inside the command that needs it, so
@@ -24,6 +25,12 @@ real tokens, attention over the keys each mask lets a query see) / step time / (
 devices). XLA's `cost_analysis()` count is printed beside it, labelled as XLA's: on GPU it
 is not the model's (it gave 1.7 TFLOP for a bf16 step of 11.9 analytic TFLOP).
 
+`input` loads training batches from a prepared dataset as training does (Grain, with
+`--workers` worker processes, and the device prefetch thread putting them on the devices)
+and prints batches/s and real frames/s for each setting beside the real frames one training
+step consumes: the slowest train step that setting keeps fed. A device whose step is
+faster needs more workers (or hosts).
+
 `prepare` measures the data prep stages on clips it makes (espeak-ng speech, resampled from
 22.05 kHz like most corpora), through `data_prep.pipeline.ItemProcessor` as the Beam workers
 use it, and prints seconds of audio processed per second of wall time for each stage
@@ -42,7 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -608,6 +615,115 @@ def bench_train(args: argparse.Namespace) -> None:
         f"XLA's count {_flop_text(r.xla_flops)}/step")
 
 
+def _input_args(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--dataset", required=True,
+                 help="a prepared dataset (the <builder>/<version> folder `prepare` printed)")
+  p.add_argument("--config", default="configs/paper.py",
+                 help="experiment config file: its buckets, token budget, model and loader")
+  p.add_argument("--workers", default="0,2",
+                 help="comma-separated data.workers settings to measure (0 = in-process)")
+  p.add_argument("--threads", type=int, default=-1,
+                 help="Grain reader threads per process (default: the config's num_threads)")
+  p.add_argument("--device-prefetch", type=int, default=-1,
+                 help="batches put on the devices ahead (default: the config's)")
+  p.add_argument("--batches", type=int, default=40, help="timed batches (after the first)")
+
+
+def _real_frames(batch: dict[str, Any], nar_prompt: str) -> int:
+  """The utterance frames a loaded batch holds (what the token budget counts): the AR's
+  codes, else the NAR's targets (and their prefixes, when the prefix is the prompt)."""
+  if "ar" in batch:
+    return int(batch["ar"]["code_lens"].sum())
+  frames = int(batch["nar"]["code_lens"].sum())
+  return frames + (int(batch["nar"]["prompt_lens"].sum()) if nar_prompt == "prefix" else 0)
+
+
+def measure_input(loader, cfg, mesh, *, workers: int, threads: int, device_prefetch: int,
+                  batches: int) -> dict[str, float]:
+  """Loads batches as training does (`data.batch_iterator` in a `data.Prefetcher` that puts
+  them on `mesh`): seconds to the first batch (start-up, worker processes included), then,
+  after as many more as the buffers hold (read ahead while the first loaded), batches/s
+  and real frames/s over `batches` more."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from valle_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from valle_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+
+  def transform(batch):
+    return _real_frames(batch, cfg.data.nar_prompt), train_lib.batch_on_devices(batch, mesh)
+  buffered = cfg.data.prefetch + device_prefetch + workers
+  start = time.perf_counter()
+  with data_lib.Prefetcher(
+      data_lib.batch_iterator(loader, 1 + buffered + batches, num_threads=threads,
+                              prefetch=cfg.data.prefetch, workers=workers),
+      transform, depth=device_prefetch) as it:
+    jax.block_until_ready(next(it)[1])
+    first = time.perf_counter()
+    for _ in range(buffered):
+      jax.block_until_ready(next(it)[1])
+    timed = time.perf_counter()
+    frames = 0
+    for real, batch in it:
+      jax.block_until_ready(batch)
+      frames += real
+    seconds = time.perf_counter() - timed
+  return {"startup_s": first - start, "batches_per_s": batches / seconds,
+          "frames_per_s": frames / seconds}
+
+
+def bench_input(args: argparse.Namespace) -> None:
+  """Input pipeline throughput from a prepared dataset on this machine, for each
+  `--workers` setting: batches/s and real frames/s delivered on the devices, beside what
+  one training step consumes (the plan's real frames per batch), so that a step time from
+  `bench train` or `bench accelerator` says how many loading processes a device needs."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from valle_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from valle_jax import recipe as recipe_lib  # pylint: disable=g-import-not-at-top
+  from valle_jax import sharding  # pylint: disable=g-import-not-at-top
+  from valle_jax import text as text_lib  # pylint: disable=g-import-not-at-top
+
+  cfg = load_config(args.config)
+  try:
+    settings = [int(w) for w in args.workers.split(",")]
+  except ValueError:
+    settings = []
+  if not settings or min(settings) < 0 or args.batches < 1:
+    raise UserError(f"--workers takes comma-separated counts >= 0 (got {args.workers!r}) "
+                    f"and --batches a count >= 1 (got {args.batches}).")
+  threads = cfg.data.num_threads if args.threads < 0 else args.threads
+  device_prefetch = (cfg.data.device_prefetch if args.device_prefetch < 0
+                     else args.device_prefetch)
+  dataset = data_lib.open_dataset(args.dataset)
+  source = dataset.split(cfg.data.train_split)
+  mesh = sharding.make_mesh(cfg.mesh)
+  multiple = mesh.shape["data"] * mesh.shape["fsdp"] * cfg.train.grad_accum_steps
+  recipe = recipe_lib.of_config(cfg)
+  plan = data_lib.BatchPlan(data_lib.scan_lengths(source), cfg.data, seed=cfg.seed,
+                            batch_multiple=multiple, crop_long=recipe.crop_long)
+  loader = recipe.batch_loader(
+      cfg, dataset, cfg.data.train_split, source, plan, kind=cfg.train.model,
+      num_codebooks=cfg.model.num_codebooks,
+      frame_rate=float(dataset.codec_description.get("frame_rate", 75.0)),
+      symbols=text_lib.SymbolTable.load(dataset.symbols_path))
+  stats = plan.stats()
+  per_step = stats["real_frames_per_batch"]
+  print(f"{dataset.path} ({cfg.data.train_split}: {stats['examples']} examples), config "
+        f"{args.config}, train.model={cfg.train.model}, {jax.device_count()} x "
+        f"{jax.devices()[0].device_kind}, {os.cpu_count()} CPU cores")
+  print(f"one training step consumes one global batch: {per_step:,.0f} real frames on average "
+        f"(budget data.max_tokens={cfg.data.max_tokens}), {stats['batches_per_epoch']} "
+        f"batches an epoch")
+  for workers in settings:
+    r = measure_input(loader, cfg, mesh, workers=workers, threads=threads,
+                      device_prefetch=device_prefetch, batches=args.batches)
+    print(f"  data.workers={workers} num_threads={threads} device_prefetch={device_prefetch}: "
+          f"{r['batches_per_s']:.2f} batches/s, {r['frames_per_s']:,.0f} real frames/s "
+          f"(start-up {r['startup_s']:.1f} s) -> keeps up with train steps of "
+          f">= {1e3 / r['batches_per_s']:.0f} ms")
+  print("A step faster than that needs more input: more data.workers (each a process with "
+        "num_threads readers) until batches/s x step time >= 1; on a multi-host run each "
+        "process loads only its 1/process_count of every batch.")
+
+
 @dataclasses.dataclass(frozen=True)
 class AcceleratorPlan:
   """The sizes of `accelerator`'s measurements."""
@@ -733,6 +849,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None],
                "AR sampler: frames/s and real-time factor, with and without the KV cache"),
     "train": (bench_train, _train_args,
               "train step: step time, tokens/s, analytic FLOPs and MFU, XLA's FLOP count"),
+    "input": (bench_input, _input_args,
+              "input pipeline: batches/s and real frames/s from a prepared dataset"),
     "accelerator": (bench_accelerator, _accelerator_args,
                     "every accelerator measurement (issue 28's table) as one table"),
 }

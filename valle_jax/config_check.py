@@ -285,6 +285,8 @@ def data(cfg) -> list[str]:
     s.bad("nar_stage_weights", "must be () or non-negative numbers, not all 0")
   s.integer("num_threads", 0)
   s.integer("prefetch", 0)
+  s.integer("device_prefetch", 0)
+  s.integer("workers", 0)
   if s.has("train_split") and not s.value("train_split"):
     s.bad("train_split", "must name a split of the dataset")
   return s.problems

@@ -49,6 +49,11 @@ Batching (deterministic from the seed):
   their own lengths, so an epoch's batch count depends on e.
 - Multi-host: every process computes the same plan and loads only its own rows of each
   global batch (rows [p * B / P, (p + 1) * B / P)).
+- Feeding the devices: `batch_iterator` loads batches with Grain reader threads, or in
+  worker processes (`data.workers`); training wraps it in a `Prefetcher`, which puts the
+  next `data.device_prefetch` batches on the devices on a background thread while a step
+  runs, and checkpoints the state of the batches taken. `python -m valle_jax.bench input`
+  measures how fast a dataset loads.
 
 NAR batches add an acoustic prompt per example, chosen by `nar_prompt`:
 - "prefix": a random prefix of about `prompt_seconds` (at most half the utterance) is the
@@ -74,6 +79,7 @@ import dataclasses
 import io
 import json
 import os
+import queue
 import threading
 import uuid
 import zipfile
@@ -419,6 +425,12 @@ class BatchPlan:
     self._epoch_starts = [0]            # global index of each epoch's first batch, computed lazily
     self._epoch_cache: dict[int, list[tuple[Bucket, np.ndarray]]] = {}
 
+  def __getstate__(self):   # Grain's worker processes get the plan pickled, less its lock
+    return {**self.__dict__, "_lock": None}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state, _lock=threading.RLock())
+
   def _bucket_of(self, frames: np.ndarray, phonemes: np.ndarray) -> np.ndarray:
     """Flat index (frame bucket * #phoneme buckets + phoneme bucket) per example; -1: too
     long, or 0 frames (an example that cannot be cropped)."""
@@ -720,9 +732,111 @@ def _pad_codes(codes: Sequence[np.ndarray], width: int, q: int, name: str, lens_
 
 
 def batch_iterator(loader: BatchLoader, num_batches: int, *, num_threads: int = 2,
-                   prefetch: int = 4) -> Iterator[dict[str, Any]]:
-  """A Grain iterator over global batches [0, num_batches); checkpoint it with
-  `get_state()` / `set_state()`."""
-  dataset = grain.MapDataset.range(num_batches).map(loader)
-  return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                                        prefetch_buffer_size=prefetch)))
+                   prefetch: int = 4, workers: int = 0) -> Iterator[dict[str, Any]]:
+  """A Grain iterator over global batches [0, num_batches), in this order; checkpoint it
+  with `get_state()` / `set_state()`. `workers` > 0 loads batches in that many worker
+  processes (Grain's `mp_prefetch`: batch i in worker i % workers, each with `num_threads`
+  reader threads), for when one process cannot load as fast as the devices train; their
+  state is per worker, so a run resumes with the same `workers`. Workers are spawned: they
+  import the main module again (its work belongs under `if __name__ == "__main__":`) and
+  get the loader pickled."""
+  dataset = grain.MapDataset.range(num_batches).map(loader).to_iter_dataset(
+      grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
+  if workers:
+    _parse_absl_flags()
+    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  return iter(dataset)
+
+
+def _parse_absl_flags() -> None:
+  """Grain's multiprocessing reads its absl flags (`--grain_*`), which raise until parsed:
+  a program that parsed none (an argparse CLI, a notebook, a test) parses them with their
+  defaults."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+class Prefetcher:
+  """Wraps a checkpointable batch iterator (`batch_iterator`): a background thread takes
+  its next batches and applies `transform` to each (training puts them on the devices,
+  `sharding.shard_batch`) while the caller works on the current one, keeping up to `depth`
+  ready in a bounded queue; `depth` 0 does both on the caller's thread when asked.
+
+  `get_state()` is the state after the batches the caller has *taken*, not after those
+  read ahead, so a checkpoint of it resumes exactly at the next batch the caller would have
+  taken; `set_state` only before the first `next`. An exception the iterator or `transform`
+  raises is raised again, itself, by the `next` that would have returned that batch.
+  `close()` (or leaving a `with`) stops the thread."""
+
+  _END = object()
+
+  def __init__(self, iterator, transform=lambda batch: batch, depth: int = 2):
+    self._iterator, self._transform, self.depth = iterator, transform, depth
+    self._state = None         # after the batches taken; None: the iterator's own
+    self._queue: queue.Queue = queue.Queue(maxsize=max(depth, 1))
+    self._stop = threading.Event()
+    self._thread: threading.Thread | None = None
+
+  def __iter__(self):
+    return self
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+  def get_state(self) -> dict[str, Any]:
+    return self._iterator.get_state() if self._state is None else self._state
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    if self._thread is not None:
+      raise RuntimeError("Prefetcher.set_state after reading ahead began")
+    self._iterator.set_state(state)
+    self._state = None
+
+  def __next__(self):
+    if self.depth == 0:
+      batch = self._transform(next(self._iterator))
+      self._state = self._iterator.get_state()
+      return batch
+    if self._thread is None:
+      self._thread = threading.Thread(target=self._produce, name="prefetch", daemon=True)
+      self._thread.start()
+    item, state = self._queue.get()
+    if item is self._END:
+      self._queue.put((item, state))   # every later `next` ends too
+      raise StopIteration
+    if isinstance(item, BaseException):
+      self._queue.put((item, state))
+      raise item
+    self._state = state
+    return item
+
+  def _produce(self) -> None:
+    while not self._stop.is_set():
+      try:
+        item = self._transform(next(self._iterator))
+        state = self._iterator.get_state()
+      except StopIteration:
+        item, state = self._END, None
+      except BaseException as e:  # pylint: disable=broad-except  # the consumer raises it
+        item, state = e, None
+      while not self._stop.is_set():
+        try:
+          self._queue.put((item, state), timeout=0.1)
+          break
+        except queue.Full:
+          continue
+      if item is self._END or isinstance(item, BaseException):
+        return
+
+  def close(self) -> None:
+    """Stops reading ahead (batches read ahead are dropped) and closes the iterator (its
+    worker processes); idempotent."""
+    self._stop.set()
+    if self._thread is not None:
+      self._thread.join()
+    if hasattr(self._iterator, "close"):
+      self._iterator.close()

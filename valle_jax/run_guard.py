@@ -32,8 +32,8 @@ LOCK_FILE = "train.lock"
 RESUMABLE_BY_DEFAULT = (
     "train.steps", "train.log_every", "train.eval_every", "train.eval_batches",
     "train.nan_max_consecutive", "checkpoint", "data.dataset", "data.eval_split",
-    "data.num_threads", "data.prefetch", "mesh", "distributed", "debug", "model.attention",
-    "model.remat")
+    "data.num_threads", "data.prefetch", "data.device_prefetch", "mesh", "distributed", "debug",
+    "model.attention", "model.remat")
 # Fields no resumed run may change: the saved parameters' shapes depend on them (the
 # variant's recipe gives the model classes).
 NEVER_ON_RESUME = ("variant", "model", "train.model")

@@ -478,8 +478,10 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                kind=cfg.train.model, num_codebooks=cfg.model.num_codebooks,
                                frame_rate=frame_rate, process_index=jax.process_index(),
                                process_count=jax.process_count(), symbols=table)
-  data_iter = data_lib.batch_iterator(loader, cfg.train.steps, num_threads=cfg.data.num_threads,
-                                      prefetch=cfg.data.prefetch)
+  data_iter = data_lib.Prefetcher(
+      data_lib.batch_iterator(loader, cfg.train.steps, num_threads=cfg.data.num_threads,
+                              prefetch=cfg.data.prefetch, workers=cfg.data.workers),
+      functools.partial(batch_on_devices, mesh=mesh), depth=cfg.data.device_prefetch)
 
   checkpoints = ckpt_lib.RunCheckpoints(os.path.join(workdir, "checkpoints"),
                                       every=cfg.checkpoint.every, keep=cfg.checkpoint.keep,
@@ -501,6 +503,11 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           f"the run in {workdir} laid out its batches for data x fsdp x grad_accum_steps = "
           f"{saved_multiple}; this mesh gives {multiple}, which would change which examples "
           f"each later step reads. Resume with a mesh of that size, or use a new --workdir.")
+    saved_workers = data_state.pop("workers", 0)
+    if saved_workers != cfg.data.workers:   # Grain's state is per worker process
+      raise UserError(
+          f"the run in {workdir} loaded its batches with data.workers={saved_workers}; "
+          f"resume it with that (not {cfg.data.workers}), or use a new --workdir.")
     data_iter.set_state(data_state)
     start = latest
   else:
@@ -522,14 +529,13 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     logger.write(0, plan.stats(), console=False, prefix="plan")
   stop = _StopSignal()
   save = functools.partial(_save, checkpoints, cfg=cfg, symbols=symbols, codec=codec,
-                           batch_multiple=multiple)
+                           batch_multiple=multiple, workers=cfg.data.workers)
   step, window, window_start, last = start, [], time.time(), {}
   storage_failed = False
   try:
     while step < cfg.train.steps:
       batch = next(data_iter)
       examples = batch.pop("index")
-      batch = sharding.shard_batch(batch, mesh)
       state, metrics = trainer.train_step(state, batch)
       step += 1
       checkpoints.check()        # a background save that failed stops the run here
@@ -566,6 +572,7 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   finally:
     if not stop.received:   # after a signal the next one exits at once (_StopSignal)
       stop.restore()
+    data_iter.close()
     if storage_failed:      # don't wait on writes that may never finish; keep the error
       checkpoints.close(wait=False)
       with contextlib.suppress(StorageError):
@@ -576,13 +583,23 @@ def _train(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   return {"step": step, "metrics": last, "state": state, "stopped": stop.received}
 
 
+def batch_on_devices(batch: dict[str, Any], mesh) -> dict[str, Any]:
+  """A loaded batch with its arrays on the mesh (`sharding.shard_batch`), its example
+  indices (`index`) left on the host."""
+  batch = dict(batch)
+  index = batch.pop("index")
+  return {**sharding.shard_batch(batch, mesh), "index": index}
+
+
 def _save(checkpoints, step, state, data_iter, *, cfg, symbols, codec, batch_multiple,
-          force=False):
-  """Saves `step`; the data state also records the batch layout's multiple (`train`)."""
+          workers, force=False):
+  """Saves `step`; the data state also records the batch layout's multiple and the loader's
+  worker processes (`train`)."""
   if checkpoints.latest_step() == step:
     return
   checkpoints.save(step, params=state["params"], optimizer=state["optimizer"],
-                   data={**data_iter.get_state(), "batch_multiple": batch_multiple},
+                   data={**data_iter.get_state(), "batch_multiple": batch_multiple,
+                         "workers": workers},
                    config=cfg, symbols=symbols, codec=codec, force=force)
 
 
