@@ -362,3 +362,27 @@ def test_nar_decoding_is_greedy_stage_by_stage(given):
   with pytest.raises(ValueError, match="codebooks must be in"):
     sampling.decode_nar(*nnx.split(nar), batch.phonemes, batch.phoneme_lens, batch.prompt,
                         batch.prompt_lens, first, target_lens, codebooks=9)
+
+
+def test_decoding_runs_the_nar_over_the_ar_output_not_its_room():
+  """`Decoding` gives the NAR the AR's longest output rounded up to a `NAR_FRAME_BUCKETS`
+  size, not all `max_steps` frames the AR had room for: the same codes as decoding the
+  whole room, padded back to its shape."""
+  ar = _model(1, 6.5)
+  nar = models.NARModel(tiny.get_config().model, rngs=nnx.Rngs(5))
+  phonemes, prompts = _inputs()
+  batch = sampling.prepare_batch(phonemes, prompts, 1, SAMPLED, **BUCKETS)
+  key = jax.random.key(2)
+  codes, lengths, _ = sampling.Decoding()(*nnx.split(ar), *nnx.split(nar), batch, key, SAMPLED)
+  out = sampling.sample_ar(*nnx.split(ar), batch.phonemes, batch.phoneme_lens,
+                           batch.prompt[..., 0], batch.prompt_lens, key, options=SAMPLED,
+                           max_steps=batch.max_steps)
+  room = batch.max_steps
+  assert sampling.nar_frames(int(np.max(out.lengths)), room) < room     # the NAR ran shorter
+  whole = sampling.decode_nar(*nnx.split(nar), batch.phonemes, batch.phoneme_lens,
+                              batch.prompt, batch.prompt_lens, out.codes, out.lengths)
+  assert codes.shape == whole.shape == (3, room, 8)
+  np.testing.assert_array_equal(lengths, out.lengths)
+  np.testing.assert_array_equal(codes, whole)
+  assert (sampling.nar_frames(70, 300), sampling.nar_frames(70, 80),
+          sampling.nar_frames(64, 300)) == (96, 80, 64)

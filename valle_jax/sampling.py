@@ -64,6 +64,9 @@ Array = jax.Array
 # Phonemes per example (prompt transcript + target text) and prompt frames (75 = 1 s).
 PHONEME_BUCKETS = (64, 128, 256, 512)
 PROMPT_BUCKETS = (128, 256, 512, 1024)
+# Frames the NAR runs over: the AR's longest output rounded up to one of these (two a
+# doubling), not the `max_steps` it made room for. Each size is one NAR compilation.
+NAR_FRAME_BUCKETS = (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144)
 
 
 # SampleOptions' float fields: leaves of its pytree, traced by `sample_ar`'s jit (a new
@@ -473,9 +476,18 @@ class Decoding:
                     max_steps=batch.max_steps)
     phonemes, phoneme_lens = (text_after_prompt(batch) if nar_text_only
                               else (batch.phonemes, batch.phoneme_lens))
+    made = out.codes.shape[1]
+    frames = nar_frames(int(jnp.max(out.lengths)), made)
     codes = decode_nar(nar_def, nar_state, phonemes, phoneme_lens, batch.prompt,
-                       batch.prompt_lens, out.codes, out.lengths, codebooks)
+                       batch.prompt_lens, out.codes[:, :frames], out.lengths, codebooks)
+    codes = jnp.pad(codes, ((0, 0), (0, made - frames), (0, 0)))     # [B, max_steps * G, K]
     return codes, out.lengths, out.hit_limit
+
+
+def nar_frames(longest: int, room: int) -> int:
+  """The frames the NAR runs over for a batch whose longest AR output is `longest` of the
+  `room` it was given: the smallest `NAR_FRAME_BUCKETS` size that holds it, at most `room`."""
+  return min([b for b in NAR_FRAME_BUCKETS if b >= longest] + [room])
 
 
 def text_after_prompt(batch: "Batch") -> tuple[np.ndarray, np.ndarray]:
