@@ -476,3 +476,14 @@ def test_folder_scan_reports_what_it_leaves_out(tmp_path):
   assert [i.id for i in listing.items] == ["spk0/utt0", "spk1/utt1"]
   assert [(s.id, s.reason) for s in listing.skips] == [
       ("spk0/notes.md", "unexpected_extension"), ("spk1/gone", "missing_audio")]
+
+
+def test_config_check_choices_are_the_librarys():
+  """config_check keeps its own copies of the library's choice lists (it must not import jax
+  to check a config): they may not drift from the ones the models and loader accept."""
+  from valle_jax import config_check, data  # pylint: disable=g-import-not-at-top
+  from valle_jax.models import layers  # pylint: disable=g-import-not-at-top
+  assert config_check.ATTENTION == layers.ATTENTION
+  assert config_check.REMAT == tuple(layers.REMAT)
+  assert config_check.MLP_ACTIVATIONS == tuple(layers.ACTIVATIONS)
+  assert config_check.NAR_PROMPTS == data.NAR_PROMPTS
