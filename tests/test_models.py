@@ -7,6 +7,7 @@ from flax import nnx
 
 from configs import paper, tiny
 from valle_jax import models
+from valle_jax.models import layers
 
 B, L, T, P, Q = 3, 7, 12, 5, 8
 PHONEME_LENS = np.array([7, 5, 3])
@@ -194,6 +195,12 @@ def _reference_attention(attn, x, mask, cache=None, layer=0, write_slot=0, *,
   return out + attn.out_bias[...].astype(dtype), cache
 
 
+def _block(model, layer: int) -> layers.Block:
+  """Block `layer` of a model's transformer, unstacked from the scanned parameters."""
+  graphdef, stacked = nnx.split(model.transformer.blocks)
+  return nnx.merge(graphdef, jax.tree.map(lambda x: x[layer], stacked))
+
+
 def _prefix_lm_inputs(model, batch, ar_io, dtype=jnp.float32):
   """The AR's embedded sequence [B, L + Ta, D] and its prefix-LM mask with ragged padding."""
   inputs, _, lens = ar_io
@@ -206,7 +213,7 @@ def test_attention_equals_the_reference_formula(ar_model, batch, ar_io):
   prefix-LM mask over ragged phonemes and audio, and the KV-cache path (a prefill into a
   cache with spare slots, then one decode step; the reference writes by per-example scatter,
   the layer by one dynamic_update_slice)."""
-  attn = ar_model.transformer.blocks[0].attn
+  attn = _block(ar_model, 0).attn
   x, mask = _prefix_lm_inputs(ar_model, batch, ar_io)              # [B, S, D], [B, 1, S, S]
   np.testing.assert_allclose(attn(x, mask)[0], _reference_attention(attn, x, mask)[0],
                              atol=1e-6, rtol=1e-6)
@@ -234,7 +241,7 @@ def test_attention_softmax_is_float32_for_bfloat16_inputs(ar_model, batch, ar_io
   """With bfloat16 inputs the logits are QK^T accumulated in float32 and the softmax is
   float32: the layer equals the reference with float32 logits to bfloat16 rounding of its
   output, and is no further from the float32 layer than that reference."""
-  attn = ar_model.transformer.blocks[0].attn
+  attn = _block(ar_model, 0).attn
   x, mask = _prefix_lm_inputs(ar_model, batch, ar_io, jnp.bfloat16)
   ours = attn(x, mask)[0]
   assert ours.dtype == jnp.bfloat16
@@ -274,6 +281,21 @@ def test_remat_keeps_the_parameters_and_the_gradients(cfg, batch, remat):
     assert "remat" not in str(plain_jaxpr) and "remat" in str(jaxpr)
     for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
       np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+
+
+def test_blocks_are_one_loop_except_in_a_decoding_step(ar_model, batch, ar_io):
+  """The forward and the prefill compile one block inside a loop over the stacked layers;
+  a decoding step (one query, a cache) is straight-line code over every layer."""
+  inputs, _, lens = ar_io
+  args = (batch["phonemes"], batch["phoneme_lens"], inputs, lens)
+  cache = ar_model.init_cache(inputs.shape[0], inputs.shape[1] + batch["phonemes"].shape[1] + 4)
+  _, filled = ar_model.prefill(*args, cache)
+  tokens = jnp.zeros((inputs.shape[0], ar_model.group_size), jnp.int32)
+  loops = lambda f, *a: jax.jit(f).lower(*a).as_text().count("stablehlo.while")  # noqa: E731
+  assert ar_model.num_layers > 1
+  assert loops(lambda: ar_model(*args)) == 1
+  assert loops(lambda c: ar_model.prefill(*args, c), cache) == 1
+  assert loops(lambda c: ar_model.decode_step(tokens, c), filled) == 0
 
 
 def test_reverse_valid_keeps_padding():

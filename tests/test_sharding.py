@@ -62,12 +62,13 @@ def test_sharded_forward_equals_unsharded(setup, kind):
 
   # Parameters carry the expected PartitionSpecs and live on all 8 devices.
   params = nnx.state(sharded, nnx.Param)
-  q_kernel = params["transformer"]["blocks"][0]["attn"]["q_kernel"]
-  assert q_kernel.get_value().sharding.spec == P("fsdp", "tensor", None)
-  mlp_in = params["transformer"]["blocks"][0]["mlp"]["in_kernel"]
-  assert mlp_in.get_value().sharding.spec == P("fsdp", "tensor")
-  mlp_out = params["transformer"]["blocks"][1]["mlp"]["out_kernel"]
-  assert mlp_out.get_value().sharding.spec == P("tensor", "fsdp")
+  # Blocks are stacked on a leading layer axis, which is never split.
+  q_kernel = params["transformer"]["blocks"]["attn"]["q_kernel"]
+  assert q_kernel.get_value().sharding.spec == P(None, "fsdp", "tensor", None)
+  mlp_in = params["transformer"]["blocks"]["mlp"]["in_kernel"]
+  assert mlp_in.get_value().sharding.spec == P(None, "fsdp", "tensor")
+  mlp_out = params["transformer"]["blocks"]["mlp"]["out_kernel"]
+  assert mlp_out.get_value().sharding.spec == P(None, "tensor", "fsdp")
   assert params["phoneme_embed"].get_value().sharding.spec == P(None, "fsdp")
   assert len(q_kernel.get_value().sharding.device_set) == 8
   # Initialised under jit with output shardings: the same values as eager init (to float

@@ -11,10 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from configs import tiny
 from valle_jax import checkpoint as ckpt_lib
-from valle_jax import sharding, train
+from valle_jax import sharding, text, train
 from valle_jax.errors import EXIT_STOPPED, UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -137,12 +138,54 @@ def test_restore_onto_another_mesh(tiny_dataset, tmp_path):
   restored = ckpt.restore(3, abstract_params=abstract["params"],
                           abstract_optimizer=abstract["optimizer"])
   ckpt.close()
-  q = restored["params"]["ar"]["transformer"]["blocks"][0]["attn"]["q_kernel"]
-  assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
+  q = restored["params"]["ar"]["transformer"]["blocks"]["attn"]["q_kernel"]
+  assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(
       {"params": restored["params"], "optimizer": restored["optimizer"]})):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert restored["data"] == {"next_index": 3}
+
+
+def test_checkpoint_with_per_layer_blocks_restores_stacked(tiny_dataset, tmp_path):
+  """A checkpoint written before the transformer scanned its blocks (parameters and
+  optimiser moments under blocks/0, blocks/1, ...) restores into the stacked layout, onto
+  another mesh, for training and for synthesis."""
+  cfg = _cfg(tiny_dataset)
+  cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 8, 1, 1
+  state = train.Trainer(cfg, sharding.make_mesh(cfg.mesh)).init_state()
+  state = jax.tree.map(lambda x: x + jax.random.normal(jax.random.key(x.size), x.shape, x.dtype)
+                       if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
+
+  def per_layer(x):
+    if not (isinstance(x, dict) and "blocks" in x):
+      return x
+    layers = range(cfg.model.num_layers)
+    return {**x, "blocks": {i: jax.tree.map(lambda y, i=i: y[i], x["blocks"]) for i in layers}}
+  old = jax.tree.map(per_layer, state, is_leaf=lambda x: isinstance(x, dict) and "blocks" in x)
+  assert set(old["params"]["ar"]["transformer"]["blocks"]) == {0, 1}
+  ckpt = ckpt_lib.RunCheckpoints(str(tmp_path / "checkpoints"), every=1, keep=1)
+  ckpt.save(3, params=old["params"], optimizer=old["optimizer"], data={"next_index": 3},
+            config=cfg, symbols={"symbols": text.SymbolTable.default().symbols},
+            codec={"name": "x"})
+  ckpt.wait()
+  assert ckpt_lib.per_layer_blocks(str(tmp_path / "checkpoints" / "3" / "params")) == 2
+  other = cfg.copy_and_resolve_references()
+  other.mesh.data, other.mesh.fsdp, other.mesh.tensor = 2, 2, 2
+  abstract = train.Trainer(other, sharding.make_mesh(other.mesh)).abstract_for_restore()
+  restored = ckpt.restore(3, abstract_params=abstract["params"],
+                          abstract_optimizer=abstract["optimizer"])
+  ckpt.close()
+  assert jax.tree.structure(restored["optimizer"]) == jax.tree.structure(state["optimizer"])
+  q = restored["params"]["ar"]["transformer"]["blocks"]["attn"]["q_kernel"]
+  assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(
+      {"params": restored["params"], "optimizer": restored["optimizer"]})):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  bundle = ckpt_lib.load_inference_bundle(str(tmp_path))
+  for name, model in (("ar", bundle.ar), ("nar", bundle.nar)):
+    for a, b in zip(jax.tree.leaves(state["params"][name]),
+                    jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param)))):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 class _PoisonableTrainer(train.Trainer):
@@ -309,8 +352,7 @@ def test_weight_decay_only_on_matmul_kernels(changes):
             "nar": nnx.to_pure_dict(nnx.state(models.NARModel(cfg.model, rngs=nnx.Rngs(1)),
                                               nnx.Param))}
   mask = _leaves(train.weight_decay_mask(params))
-  kernels = {f"{m}/transformer/blocks/{i}/{k}" for m in ("ar", "nar")
-             for i in range(cfg.model.num_layers)
+  kernels = {f"{m}/transformer/blocks/{k}" for m in ("ar", "nar")
              for k in ("attn/q_kernel", "attn/k_kernel", "attn/v_kernel", "attn/out_kernel",
                        "mlp/in_kernel", "mlp/out_kernel")}
   kernels |= {"ar/head_kernel"} | ({"ar/group_proj"} if cfg.model.ar_group_size > 1 else set())

@@ -15,6 +15,11 @@ by `check`, which the training loop calls after every step; a checkpoint that ca
 back is a `UserError` naming the previous readable one. Nothing is deleted on the way. Restoring takes abstract arrays with target shardings, so a
 checkpoint saved on one mesh restores onto another. `load_inference_bundle` restores only
 the parameters, for synthesis.
+
+Checkpoints written before the transformer scanned its blocks hold each block's
+parameters (and their optimiser moments) under `blocks/0`, `blocks/1`, ...; they are read
+in that layout and stacked on the layer axis (`per_layer_blocks`, `stack_blocks`), so old
+runs resume and synthesise unchanged.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ import logging
 import os
 import shutil
 import sys
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import ml_collections
@@ -180,11 +185,16 @@ class RunCheckpoints:
     return {name: restored[name] for name in ITEMS}
 
   def _restore_all(self, step, abstract_params, abstract_optimizer):
-    return self.manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract_params),
-        optimizer=ocp.args.StandardRestore(abstract_optimizer),
+    per_layer = per_layer_blocks(os.path.join(self.directory, str(step), "params"))
+    restored = dict(self.manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(_unstacked(abstract_params, per_layer)),
+        optimizer=ocp.args.StandardRestore(_unstacked(abstract_optimizer, per_layer)),
         data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore(),
-        symbols=ocp.args.JsonRestore(), codec=ocp.args.JsonRestore()))
+        symbols=ocp.args.JsonRestore(), codec=ocp.args.JsonRestore())))
+    if per_layer:
+      restored["params"] = stack_blocks(restored["params"], abstract_params)
+      restored["optimizer"] = stack_blocks(restored["optimizer"], abstract_optimizer)
+    return restored
 
   def _unreadable(self, step: int, e: BaseException, abstract_params=None,
                   abstract_optimizer=None) -> UserError:
@@ -266,6 +276,58 @@ def _free_bytes(path: str) -> int | None:
     return None
 
 
+def _has_blocks(x) -> bool:
+  return isinstance(x, dict) and "blocks" in x
+
+
+def per_layer_blocks(params_dir: str) -> int:
+  """How many per-layer blocks (`blocks/0`, `blocks/1`, ...) the params item in
+  `params_dir` holds: 0 for a checkpoint with stacked blocks (or none)."""
+  def count(node) -> int:
+    if not isinstance(node, Mapping):
+      return 0
+    blocks = node.get("blocks")
+    if isinstance(blocks, Mapping) and "0" in blocks:
+      return len(blocks)
+    return max((count(child) for child in node.values()), default=0)
+  metadata = ocp.StandardCheckpointer().metadata(paths.path(params_dir)).item_metadata
+  return count(metadata.tree)
+
+
+def _unstacked(abstract: Any, num_layers: int) -> Any:
+  """The per-layer form of an abstract tree (stacked blocks -> blocks/0 .. num_layers-1):
+  the layout an old checkpoint is read in, each layer with the stacked target's sharding
+  less its (never split) layer axis."""
+  if not num_layers:
+    return abstract
+
+  def layer(x):
+    sharding = getattr(x, "sharding", None)
+    if isinstance(sharding, jax.sharding.NamedSharding):
+      sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(
+          *tuple(sharding.spec)[1:]))
+    return jax.ShapeDtypeStruct(x.shape[1:], x.dtype, sharding=sharding)
+
+  def split(x):
+    if not _has_blocks(x):
+      return x
+    return {**x, "blocks": {i: jax.tree.map(layer, x["blocks"]) for i in range(num_layers)}}
+  return jax.tree.map(split, abstract, is_leaf=_has_blocks)
+
+
+def stack_blocks(tree: Any, abstract: Any) -> Any:
+  """A tree read in the per-layer layout -> the stacked layout, placed as `abstract`
+  (ShapeDtypeStructs with shardings) says."""
+  def stack(x):
+    if not _has_blocks(x):
+      return x
+    layers = [x["blocks"][i] for i in sorted(x["blocks"], key=int)]
+    return {**x, "blocks": jax.tree.map(lambda *ys: jax.numpy.stack(ys), *layers)}
+  shardings = jax.tree.map(lambda a: getattr(a, "sharding", None), abstract)
+  return jax.jit(lambda t: jax.tree.map(stack, t, is_leaf=_has_blocks),
+                 out_shardings=shardings)(tree)
+
+
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
   """ShapeDtypeStructs carrying target shardings (what restore onto a mesh needs)."""
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -335,7 +397,10 @@ def load_inference_bundle(path: str, recipe=None) -> InferenceBundle:
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                           abstract)
-  params = read(params=ocp.args.StandardRestore(abstract))["params"]
+  per_layer = per_layer_blocks(os.path.join(directory, str(step), "params"))
+  params = read(params=ocp.args.StandardRestore(_unstacked(abstract, per_layer)))["params"]
+  if per_layer:
+    params = stack_blocks(params, abstract)
   manager.close()
   for name, model in built.items():
     nnx.update(model, params[name])

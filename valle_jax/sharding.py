@@ -30,6 +30,7 @@ LOGICAL_RULES: dict[str, str | tuple[str, ...] | None] = {
     "vocab": None,
     "length": None,
     "codebooks": None,
+    "layers": None,     # the transformer's stacked blocks (scanned over, never split)
 }
 
 BATCH_SPEC = P(("data", "fsdp"))  # leading (batch) dimension over data x fsdp

@@ -266,17 +266,24 @@ def _block(state, prefix: str, perm: np.ndarray, num_heads: int) -> dict:
   return {"attn": attn, "mlp": mlp}
 
 
+def _stacked(layers: list[dict]) -> dict:
+  """Per-layer parameter trees -> one tree, each leaf stacked on a leading layer axis (the
+  layout `layers.Transformer` scans over)."""
+  if isinstance(layers[0], dict):
+    return {key: _stacked([layer[key] for layer in layers]) for key in layers[0]}
+  return np.stack(layers)
+
+
 def _convert_ar(state, arch, num_heads: int, text_rows: np.ndarray) -> dict:
   perm = width_permutation(arch["width"])
 
   def norm(prefix):
     return {"scale": state[f"{prefix}.weight"][perm], "bias": state[f"{prefix}.bias"][perm]}
 
-  blocks = {}
-  for i in range(arch["num_layers"]):
-    prefix = f"ar_decoder.layers.{i}"
-    blocks[i] = {**_block(state, prefix, perm, num_heads),
-                 "attn_norm": norm(f"{prefix}.norm1"), "mlp_norm": norm(f"{prefix}.norm2")}
+  blocks = _stacked([
+      {**_block(state, prefix, perm, num_heads),
+       "attn_norm": norm(f"{prefix}.norm1"), "mlp_norm": norm(f"{prefix}.norm2")}
+      for prefix in (f"ar_decoder.layers.{i}" for i in range(arch["num_layers"]))])
   return {
       "phoneme_embed": _table(state["ar_text_embedding.word_embeddings.weight"], perm,
                               text_rows),
@@ -310,12 +317,11 @@ def _adaptive_norm(state, prefix: str, perm: np.ndarray, num_codebooks: int,
 def _convert_nar(state, arch, num_heads: int, text_rows: np.ndarray, tied: bool) -> dict:
   d, q, v = arch["width"], arch["num_codebooks"], arch["codebook_size"]
   perm = width_permutation(d)
-  blocks = {}
-  for i in range(arch["num_layers"]):
-    prefix = f"nar_decoder.layers.{i}"
-    blocks[i] = {**_block(state, prefix, perm, num_heads),
-                 "attn_norm": _adaptive_norm(state, f"{prefix}.norm1", perm, q),
-                 "mlp_norm": _adaptive_norm(state, f"{prefix}.norm2", perm, q)}
+  blocks = _stacked([
+      {**_block(state, prefix, perm, num_heads),
+       "attn_norm": _adaptive_norm(state, f"{prefix}.norm1", perm, q),
+       "mlp_norm": _adaptive_norm(state, f"{prefix}.norm2", perm, q)}
+      for prefix in (f"nar_decoder.layers.{i}" for i in range(arch["num_layers"]))])
   # A tied stage reads a table divided by sqrt(D): its final norm makes up for it.
   output_scale = np.where((np.arange(q) < q - 1) & tied, np.sqrt(d), 1.0)
   params = {

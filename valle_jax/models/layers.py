@@ -252,23 +252,37 @@ def check_remat(name: str) -> str:
   return name
 
 
-def _run_block(block: Block, x, mask, condition, cache, write_slot, dropout_rng, layer):
-  return block(x, mask, condition=condition, cache=cache, layer=layer,
-               write_slot=write_slot, dropout_rng=dropout_rng)
+def stack_blocks(blocks: list[Block]) -> Block:
+  """One `Block` whose parameters hold `blocks`' parameters stacked on a leading axis
+  (logical axis "layers"): the form `Transformer` scans over."""
+  splits = [nnx.split(block) for block in blocks]
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(state for _, state in splits))
+  for _, variable in nnx.to_flat_state(stacked):
+    axes = variable.get_metadata()["logical_axes"]
+    variable.set_metadata("logical_axes", ("layers", *axes))
+  return nnx.merge(splits[0][0], stacked)
 
 
 class Transformer(nnx.Module):
   """A stack of pre-LN blocks followed by a final norm.
 
-  `cache`, when given, is {"k", "v"}: [num_layers, B, S, N, H]; the updated cache is returned.
-  `remat` (a key of REMAT) wraps each block in `nnx.remat` with that policy; the parameters
-  stay where they are (`blocks[i]`), so checkpoints and converters do not see it.
+  The blocks' parameters are stacked on a leading layer axis (`blocks.attn.q_kernel` is
+  [num_layers, D, N, H]; logical axis "layers") and the forward is one `lax.scan` over
+  them, so a shape compiles one block, not `num_layers`. A decoding step (one query per
+  sequence, with a cache) unrolls the scan instead: its block is small, and a loop over
+  layers would cost a loop iteration's round trip per layer on a GPU.
+
+  `cache`, when given, is {"k", "v"}: [num_layers, B, S, N, H] (the layer axis leads, as in
+  the blocks' parameters); the updated cache is returned.
+  `remat` (a key of REMAT) rematerialises each block in the backward pass with that policy
+  (`jax.checkpoint` around the scanned block); the parameters do not change.
   """
 
   def __init__(self, *, num_layers: int, width: int, num_heads: int, mlp_dim: int,
                dropout_rate: float, num_conditions: int = 0, activation: str = "gelu",
                attention: str = "xla", remat: str = "none", rngs: nnx.Rngs):
-    self.blocks = nnx.List([
+    self.num_layers = num_layers
+    self.blocks = stack_blocks([
         Block(width, num_heads, mlp_dim, dropout_rate, num_conditions=num_conditions,
               activation=activation, attention=attention, rngs=rngs)
         for _ in range(num_layers)])
@@ -278,12 +292,23 @@ class Transformer(nnx.Module):
   def __call__(self, x: Array, mask: Array, *, condition: Array | None = None,
                cache: dict[str, Array] | None = None, write_slot: Array | int = 0,
                dropout_rng: Array | None = None) -> tuple[Array, Any]:
-    run_block = _run_block
+    graphdef, stacked = nnx.split(self.blocks)
+
+    def run_block(carry, layer_and_params):
+      x, cache = carry
+      layer, params = layer_and_params
+      layer_rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, layer)
+      x, cache = nnx.merge(graphdef, params)(
+          x, mask, condition=condition, cache=cache, layer=layer, write_slot=write_slot,
+          dropout_rng=layer_rng)
+      return (x, cache), None
+
     if self.remat != "none":
-      run_block = nnx.remat(_run_block, policy=REMAT[self.remat], static_argnums=(7,))
-    for i, block in enumerate(self.blocks):
-      layer_rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
-      x, cache = run_block(block, x, mask, condition, cache, write_slot, layer_rng, i)
+      run_block = jax.checkpoint(run_block, policy=REMAT[self.remat], prevent_cse=False)
+    decoding = cache is not None and x.shape[1] == 1
+    (x, cache), _ = jax.lax.scan(
+        run_block, (x, cache), (jnp.arange(self.num_layers), stacked),
+        unroll=self.num_layers if decoding else 1)
     return self.final_norm(x, condition), cache
 
 
