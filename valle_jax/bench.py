@@ -23,7 +23,8 @@ runs the same code on configs/tiny.py at CPU sizes (about a minute).
 MFU = analytic model FLOPs (`train_step_flops`: 3 x the forward's matmul FLOPs over the
 real tokens, attention over the keys each mask lets a query see) / step time / (peak x
 devices). XLA's `cost_analysis()` count is printed beside it, labelled as XLA's: on GPU it
-is not the model's (it gave 1.7 TFLOP for a bf16 step of 11.9 analytic TFLOP).
+is not the model's (it gave 1.7 TFLOP for a bf16 step of 11.9 analytic TFLOP), and it
+counts the scanned layer loop's body once, not once per layer.
 
 `input` loads training batches from a prepared dataset as training does (Grain, with
 `--workers` worker processes, and the device prefetch thread putting them on the devices)
