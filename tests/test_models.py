@@ -182,9 +182,10 @@ def _reference_attention(attn, x, mask, cache=None, layer=0, write_slot=0, *,
   if cache is not None:
     rows = jnp.arange(x.shape[0])[:, None]                          # a scatter per example
     slots = write_slot + jnp.arange(x.shape[1])[None, :]
-    cache = {name: cache[name].at[layer, rows, slots].set(new.astype(cache[name].dtype))
-             for name, new in (("k", k), ("v", v))}
+    cache = {name: cache[name].at[layer, rows, :, slots].set(new.astype(cache[name].dtype))
+             for name, new in (("k", k), ("v", v))}                  # [L, B, N, S, H]
     k, v = cache["k"][layer].astype(dtype), cache["v"][layer].astype(dtype)
+    k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)             # [B, S, N, H]
   logits = jnp.einsum("btnh,bsnh->bnts", q, k,
                       preferred_element_type=jnp.float32 if float32_logits else None)
   logits = logits.astype(jnp.float32) * (attn.head_dim ** -0.5)
@@ -219,7 +220,7 @@ def test_attention_equals_the_reference_formula(ar_model, batch, ar_io):
                              atol=1e-6, rtol=1e-6)
   b, s = x.shape[:2]
   num_slots = s + 3
-  shape = (2, b, num_slots, attn.out_kernel.shape[0], attn.head_dim)
+  shape = (2, b, attn.out_kernel.shape[0], num_slots, attn.head_dim)
   cache = {"k": jnp.zeros(shape), "v": jnp.zeros(shape)}
   prefill_mask = jnp.pad(mask, [(0, 0), (0, 0), (0, 0), (0, 3)])   # [B, 1, S, S + 3]
   ours = attn(x, prefill_mask, cache=cache, layer=1, write_slot=0)

@@ -19,7 +19,7 @@ Token ids: codes are 0..V-1 (V = codebook_size), EOS = V, BOS = V + 1 (input onl
 group, with a bias unless `ar_head_bias = False`.
 
 KV cache (for the sampler): a dict of arrays
-    k, v       [num_layers, B, S, N, H]  keys/values by slot (S = cache slots)
+    k, v       [num_layers, B, N, S, H]  keys/values by head and slot (S = cache slots)
     valid      [B, S] bool               slots that hold a real phoneme or audio token
     next_slot  [] int32                  where the next audio group is written (every example)
     audio_pos  [B] int32                 its position within each example's audio segment
@@ -184,7 +184,7 @@ class ARModel(nnx.Module):
 
   def init_cache(self, batch_size: int, num_slots: int, dtype=None) -> dict[str, Array]:
     """An empty cache with `num_slots` slots (>= phoneme slots + all audio groups)."""
-    shape = (self.num_layers, batch_size, num_slots, self.num_heads,
+    shape = (self.num_layers, batch_size, self.num_heads, num_slots,
              self.width // self.num_heads)
     dtype = self.dtype if dtype is None else dtype
     return {

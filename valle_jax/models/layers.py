@@ -129,11 +129,14 @@ class Attention(nnx.Module):
   """Multi-head attention with an optional key/value cache.
 
   Without a cache, keys and values come from `x` itself and `mask` is [B, 1, T, T].
-  With a cache ({"k", "v"}: [num_layers, B, S, N, H], shared by all layers), this layer's
+  With a cache ({"k", "v"}: [num_layers, B, N, S, H], shared by all layers), this layer's
   new keys/values are written into row `layer` at slots [write_slot, write_slot + T), the
   same for every example (one `dynamic_update_slice`), and the queries attend over all S
   slots with `mask` [B, 1, T, S]; the updated cache is returned. Writing into the stacked
-  cache in place keeps decoding free of copies.
+  cache in place keeps decoding free of copies, and heads before slots make each head's
+  keys and values one contiguous [S, H] matrix, which the attention's batched matmuls read
+  as they are (with [B, S, N, H] XLA transposed every layer's cache at every decoding
+  step: 215-229 -> 132-144 ms a paper-size step at batch 8 on 2 CPU cores).
 
   The attention itself is `jax.nn.dot_product_attention` with `implementation` ("xla" or
   "cudnn"). XLA's accumulates QK^T in float32 and takes the softmax in float32 for bfloat16
@@ -172,11 +175,12 @@ class Attention(nnx.Module):
     k = project(self.k_kernel, self.k_bias)
     v = project(self.v_kernel, self.v_bias)
     if cache is not None:
-      start = (layer, 0, write_slot, 0, 0)
-      cache = {name: jax.lax.dynamic_update_slice(cache[name], new[None].astype(
-                   cache[name].dtype), start) for name, new in (("k", k), ("v", v))}
-      k = cache["k"][layer].astype(dtype)                       # [B, S, N, H]
-      v = cache["v"][layer].astype(dtype)
+      start = (layer, 0, 0, write_slot, 0)
+      cache = {name: jax.lax.dynamic_update_slice(
+                   cache[name], jnp.swapaxes(new, 1, 2)[None].astype(cache[name].dtype), start)
+               for name, new in (("k", k), ("v", v))}                # [L, B, N, S, H]
+      k = jnp.swapaxes(cache["k"][layer], 1, 2).astype(dtype)   # [B, S, N, H]
+      v = jnp.swapaxes(cache["v"][layer], 1, 2).astype(dtype)
     out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=self.head_dim ** -0.5,
                                        implementation=self.implementation)  # [B, T, N, H]
     out = jnp.einsum("btnh,nhd->btd", out, self.out_kernel[...].astype(dtype))
@@ -272,7 +276,7 @@ class Transformer(nnx.Module):
   sequence, with a cache) unrolls the scan instead: its block is small, and a loop over
   layers would cost a loop iteration's round trip per layer on a GPU.
 
-  `cache`, when given, is {"k", "v"}: [num_layers, B, S, N, H] (the layer axis leads, as in
+  `cache`, when given, is {"k", "v"}: [num_layers, B, N, S, H] (the layer axis leads, as in
   the blocks' parameters); the updated cache is returned.
   `remat` (a key of REMAT) rematerialises each block in the backward pass with that policy
   (`jax.checkpoint` around the scanned block); the parameters do not change.
