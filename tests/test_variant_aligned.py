@@ -6,9 +6,11 @@ import functools
 import json
 import math
 import os
+import pickle
 import shutil
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -596,6 +598,37 @@ def test_synthesis_makes_codebook1_with_the_nar_on_the_pointers_timing(prompt_wa
 
 
 # ------------------------------------------------------------------ a run of the variant
+
+
+def test_alignments_are_mapped_not_read(tmp_path):
+  """A split's alignments are memory-mapped from alignments.npz (equal to np.load's
+  arrays), pickle to a worker process as where they are mapped from, and a compressed
+  file still reads."""
+  rng = np.random.default_rng(0)
+  lens = rng.integers(1, 50, size=300)
+  arrays = {"train/frames": rng.integers(0, 99, size=int(lens.sum()), dtype=np.int32),
+            "train/offsets": np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)}
+  path = str(tmp_path / aligned_data.ALIGNMENTS_FILE)
+  np.savez(path, **arrays)
+  dataset = types.SimpleNamespace(path=str(tmp_path), split=lambda split: range(300))
+  alignments = aligned_data.load_alignments(dataset, "train")
+  assert isinstance(alignments.frames, np.memmap) and isinstance(alignments.offsets, np.memmap)
+  np.testing.assert_array_equal(alignments.frames, arrays["train/frames"])
+  np.testing.assert_array_equal(alignments.offsets, arrays["train/offsets"])
+  pickled = pickle.dumps(alignments)
+  assert len(pickled) < 1000
+  again = pickle.loads(pickled)
+  assert isinstance(again.frames, np.memmap)
+  for i in (0, 150, 299):
+    np.testing.assert_array_equal(again[i], alignments[i])
+  (tmp_path / "compressed").mkdir()
+  np.savez_compressed(tmp_path / "compressed" / aligned_data.ALIGNMENTS_FILE, **arrays)
+  compressed = aligned_data.load_alignments(
+      types.SimpleNamespace(path=str(tmp_path / "compressed"), split=dataset.split), "train")
+  assert not isinstance(compressed.frames, np.memmap)
+  np.testing.assert_array_equal(compressed[299], alignments[299])
+  with pytest.raises(UserError, match="no alignments of split 'test'"):
+    aligned_data.load_alignments(dataset, "test")
 
 
 def test_align_train_checkpoint_and_synthesize_through_the_recipe(tiny_dataset, tmp_path,

@@ -1,7 +1,8 @@
 """The aligned variant's data: forced alignments and the batches that carry them.
 
-`valle-jax align` (align.py) writes `<dataset>/alignments.npz`; `load_alignments` reads a
-split's. `AlignedBatchLoader` adds to VALL-E's batches (valle_jax/data.py): AR batches carry
+`valle-jax align` (align.py) writes `<dataset>/alignments.npz`; `load_alignments` maps a
+split's arrays from it without reading them (np.savez stores them uncompressed), so a
+LibriLight-size file (~65 GB) costs each loader only the pages of the records it reads. `AlignedBatchLoader` adds to VALL-E's batches (valle_jax/data.py): AR batches carry
 `phoneme_of_frame` and `target_start`, the pointer's inputs; NAR batches learn codebook 1 too
 (stages [0, Q), `data.nar_stage_weights` one weight per codebook 1..Q) and carry
 `frame_phonemes`, each target frame's phoneme.
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import struct
+import zipfile
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -32,6 +35,23 @@ class Alignments:
   def __getitem__(self, index: int) -> np.ndarray:
     return self.frames[self.offsets[index]:self.offsets[index + 1]]
 
+  def __reduce__(self):
+    """Mapped arrays pickle (to Grain's worker processes) as where they are mapped from,
+    not as their contents."""
+    if isinstance(self.frames, np.memmap) and isinstance(self.offsets, np.memmap):
+      return (_map_alignments, (self.frames.filename, _mapping(self.frames),
+                                _mapping(self.offsets)))
+    return (Alignments, (np.asarray(self.frames), np.asarray(self.offsets)))
+
+
+def _mapping(array: np.memmap) -> tuple[int, str, tuple[int, ...]]:
+  return array.offset, array.dtype.str, array.shape
+
+
+def _map_alignments(path: str, frames, offsets) -> Alignments:
+  return Alignments(*(np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+                      for offset, dtype, shape in (frames, offsets)))
+
 
 def load_alignments(dataset: data.Dataset, split: str) -> Alignments:
   """The phoneme-to-frame alignments of a split (written by `valle-jax align`)."""
@@ -40,15 +60,37 @@ def load_alignments(dataset: data.Dataset, split: str) -> Alignments:
     raise UserError(f"{dataset.path} has no alignments ({ALIGNMENTS_FILE}), which the "
                     "aligned variant trains on; run `valle-jax align "
                     f"--dataset={dataset.path}` first.")
-  with np.load(path) as z:
-    if f"{split}/offsets" not in z:
+  with zipfile.ZipFile(path) as z:
+    if f"{split}/offsets.npy" not in z.namelist():
       raise UserError(f"{path} has no alignments of split {split!r}; run `valle-jax align "
                       f"--dataset={dataset.path}` again.")
-    alignments = Alignments(z[f"{split}/frames"], z[f"{split}/offsets"])
+  alignments = Alignments(_mapped(path, f"{split}/frames"), _mapped(path, f"{split}/offsets"))
   if len(alignments) != len(dataset.split(split)):
     raise UserError(f"{path} aligns {len(alignments)} records of split {split!r}, the "
                     f"dataset has {len(dataset.split(split))}; run `valle-jax align` again.")
   return alignments
+
+
+def _mapped(path: str, name: str) -> np.ndarray:
+  """Array `name` of the .npz at `path`, memory-mapped (read whole if it is compressed)."""
+  with zipfile.ZipFile(path) as z:
+    info = z.getinfo(name + ".npy")
+  if info.compress_type != zipfile.ZIP_STORED:
+    with np.load(path) as z:
+      return z[name]
+  with open(path, "rb") as f:
+    f.seek(info.header_offset)
+    header = f.read(30)                    # the member's local header, then its name and extra
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    f.seek(info.header_offset + 30 + name_len + extra_len)
+    version = np.lib.format.read_magic(f)
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    shape, fortran_order, dtype = read_header(f)
+    offset = f.tell()
+  if fortran_order and len(shape) > 1:
+    raise UserError(f"{path}: {name} is not in the layout `valle-jax align` writes; run it again.")
+  return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
 
 
 def even_split(num_frames: int, num_phonemes: int) -> np.ndarray:
