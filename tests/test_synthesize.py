@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from configs import tiny
-from valle_jax import models, sampling, synthesize, text
+from valle_jax import models, sampling, sharding, synthesize, text
 from valle_jax.codec import get_codec
 from valle_jax.errors import UserError
 
@@ -128,11 +129,10 @@ def _kv_cache_rows(hlo: str, ar) -> set[int]:
   return rows
 
 
-def test_sharded_synthesis_makes_the_single_device_codes(kit, wavs):
-  """Five ragged requests on the default mesh, 8 simulated devices on the data axis: the
-  batch is padded to 8 rows and split 1 a device (its arrays, the AR's output, and the KV
-  cache inside the compiled sampler), and the padding dropped: the same codes as the five
-  made together on one device."""
+def _sharded_and_one_device_codes(kit, wavs, mesh):
+  """Five ragged requests (texts and prompts of different lengths) made together on `mesh`
+  and on one device: the codes decoded from each (after checking they are equal), and the
+  sharded call's (AR graphdef, AR state, batch, decoding output)."""
   wav, rate = sf.read(wavs["mono"], dtype="float32")
   prompts = [(wav[:int(1.1 * rate)], rate), wavs["stereo"], (wav[:int(1.3 * rate)], rate),
              wavs["mono"], wavs["stereo"]]
@@ -140,15 +140,24 @@ def test_sharded_synthesis_makes_the_single_device_codes(kit, wavs):
            "Yes.", "We walk to the river."]
   requests = [synthesize.Request(t, p, "A quiet tone.") for t, p in zip(texts, prompts)]
   one_device = _decoded_codes(kit, requests, batch_size=5)
-  mesh = synthesize.synthesis_mesh()
-  assert dict(mesh.shape) == {"data": 8, "fsdp": 1, "tensor": 1}
   decoding = _RecordedDecoding()
   sharded = _decoded_codes(kit, requests, batch_size=5, mesh=mesh, decoding=decoding)
   assert len(one_device) == len(sharded) == 5
   assert len({len(c) for c in one_device}) == 5                      # ragged outputs
   for single, split in zip(one_device, sharded):
     np.testing.assert_array_equal(split, single)
-  ((ar_def, ar_state, batch, (codes, lengths, _)),) = decoding.calls
+  (call,) = decoding.calls
+  return call
+
+
+def test_sharded_synthesis_makes_the_single_device_codes(kit, wavs):
+  """Five ragged requests on the default mesh, 8 simulated devices on the data axis: the
+  batch is padded to 8 rows and split 1 a device (its arrays, the AR's output, and the KV
+  cache inside the compiled sampler), and the padding dropped: the same codes as the five
+  made together on one device."""
+  mesh = synthesize.synthesis_mesh()
+  assert dict(mesh.shape) == {"data": 8, "fsdp": 1, "tensor": 1}
+  ar_def, ar_state, batch, (codes, lengths, _) = _sharded_and_one_device_codes(kit, wavs, mesh)
   for array in (batch.phonemes, batch.prompt, batch.prompt_lens, codes, lengths):
     assert len(array.sharding.device_set) == 8 and array.shape[0] == 8
     assert array.sharding.shard_shape(array.shape)[0] == 1
@@ -160,6 +169,20 @@ def test_sharded_synthesis_makes_the_single_device_codes(kit, wavs):
   assert _kv_cache_rows(compiled_sampler(ar_state, batch), kit["ar"]) == {1}
   # The check sees a cache that is not split: the same batch on one device.
   assert _kv_cache_rows(compiled_sampler(*jax.device_get((ar_state, batch))), kit["ar"]) == {8}
+
+
+def test_synthesis_on_a_data_fsdp_tensor_mesh_makes_the_single_device_codes(kit, wavs):
+  """On a 2 x 2 x 2 mesh the rows split over data x fsdp (2 a device) and the parameters
+  as training shards them, by their logical axes (the attention heads over tensor, the
+  width over fsdp): the same codes as on one device."""
+  mesh = synthesize.synthesis_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  _, ar_state, batch, (codes, _, _) = _sharded_and_one_device_codes(kit, wavs, mesh)
+  for array in (batch.phonemes, codes):
+    assert array.shape[0] == 8 and array.sharding.shard_shape(array.shape)[0] == 2
+  placed = [leaf.sharding.spec for leaf in jax.tree.leaves(ar_state)]
+  assert placed == jax.tree.leaves(sharding.state_specs(ar_state, mesh),
+                                   is_leaf=lambda x: isinstance(x, P))
+  assert sharding.logical_to_spec(("embed", "heads", "kv")) in placed
 
 
 @pytest.mark.parametrize("sizes, message", [
