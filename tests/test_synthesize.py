@@ -1,16 +1,20 @@
 """`synthesize`: zero-shot and continual end to end with tiny models, a random-weight
-EnCodec and the default symbol table; batch TSV input; one-sentence errors for bad input."""
+EnCodec and the default symbol table; sharded over 8 simulated devices as on one; batch TSV
+input; one-sentence errors for bad input."""
 import os
+import re
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 import soundfile as sf
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from configs import tiny
-from valle_jax import models, sampling, synthesize, text
+from valle_jax import models, sampling, sharding, synthesize, text
 from valle_jax.codec import get_codec
 from valle_jax.errors import UserError
 
@@ -99,6 +103,107 @@ def test_zero_shot_and_continual(kit, wavs):
       np.testing.assert_array_equal(l, f[:, :2])
 
 
+class _RecordedDecoding(sampling.Decoding):
+  """VALL-E's decoding, keeping what each call was given and what it returned."""
+
+  def __init__(self):
+    self.calls = []
+
+  def __call__(self, ar_def, ar_state, nar_def, nar_state, batch, *args, **kwargs):
+    made = super().__call__(ar_def, ar_state, nar_def, nar_state, batch, *args, **kwargs)
+    self.calls.append((ar_def, ar_state, batch, made))
+    return made
+
+
+def _kv_cache_rows(hlo: str, ar) -> set[int]:
+  """The batch sizes of the AR's KV-cache buffers (keys and values: those with dimensions
+  besides batch and slots) in a compiled module's text: the rows a device holds when it is
+  sharded. The layout is read from `init_cache` with a batch of 97 and 89 slots, sizes no
+  other dimension has."""
+  rows = set()
+  for leaf in jax.tree.leaves(jax.eval_shape(lambda: ar.init_cache(97, 89))):
+    if 97 in leaf.shape and 89 in leaf.shape and leaf.ndim > 2:
+      dims = ",".join(r"(\d+)" if d == 97 else r"\d+" if d == 89 else str(d)
+                      for d in leaf.shape)
+      rows |= {int(n) for n in re.findall(rf"\b[a-z]+\d*\[{dims}\]", hlo)}
+  return rows
+
+
+def _sharded_and_one_device_codes(kit, wavs, mesh):
+  """Five ragged requests (texts and prompts of different lengths) made together on `mesh`
+  and on one device: the codes decoded from each (after checking they are equal), and the
+  sharded call's (AR graphdef, AR state, batch, decoding output)."""
+  wav, rate = sf.read(wavs["mono"], dtype="float32")
+  prompts = [(wav[:int(1.1 * rate)], rate), wavs["stereo"], (wav[:int(1.3 * rate)], rate),
+             wavs["mono"], wavs["stereo"]]
+  texts = ["Hello there, my friend.", "Good morning.", "The cat sat on the mat today.",
+           "Yes.", "We walk to the river."]
+  requests = [synthesize.Request(t, p, "A quiet tone.") for t, p in zip(texts, prompts)]
+  one_device = _decoded_codes(kit, requests, batch_size=5)
+  decoding = _RecordedDecoding()
+  sharded = _decoded_codes(kit, requests, batch_size=5, mesh=mesh, decoding=decoding)
+  assert len(one_device) == len(sharded) == 5
+  assert len({len(c) for c in one_device}) == 5                      # ragged outputs
+  for single, split in zip(one_device, sharded):
+    np.testing.assert_array_equal(split, single)
+  (call,) = decoding.calls
+  return call
+
+
+def test_sharded_synthesis_makes_the_single_device_codes(kit, wavs):
+  """Five ragged requests on the default mesh, 8 simulated devices on the data axis: the
+  batch is padded to 8 rows and split 1 a device (its arrays, the AR's output, and the KV
+  cache inside the compiled sampler), and the padding dropped: the same codes as the five
+  made together on one device."""
+  mesh = synthesize.synthesis_mesh()
+  assert dict(mesh.shape) == {"data": 8, "fsdp": 1, "tensor": 1}
+  ar_def, ar_state, batch, (codes, lengths, _) = _sharded_and_one_device_codes(kit, wavs, mesh)
+  for array in (batch.phonemes, batch.prompt, batch.prompt_lens, codes, lengths):
+    assert len(array.sharding.device_set) == 8 and array.shape[0] == 8
+    assert array.sharding.shard_shape(array.shape)[0] == 1
+
+  def compiled_sampler(state, b) -> str:
+    return sampling.sample_ar.lower(
+        ar_def, state, b.phonemes, b.phoneme_lens, b.prompt[..., 0], b.prompt_lens,
+        jax.random.key(0), options=OPTIONS, max_steps=b.max_steps).compile().as_text()
+  assert _kv_cache_rows(compiled_sampler(ar_state, batch), kit["ar"]) == {1}
+  # The check sees a cache that is not split: the same batch on one device.
+  assert _kv_cache_rows(compiled_sampler(*jax.device_get((ar_state, batch))), kit["ar"]) == {8}
+
+
+def test_synthesis_on_a_data_fsdp_tensor_mesh_makes_the_single_device_codes(kit, wavs):
+  """On a 2 x 2 x 2 mesh the rows split over data x fsdp (2 a device) and the parameters
+  as training shards them, by their logical axes (the attention heads over tensor, the
+  width over fsdp): the same codes as on one device."""
+  mesh = synthesize.synthesis_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  _, ar_state, batch, (codes, _, _) = _sharded_and_one_device_codes(kit, wavs, mesh)
+  for array in (batch.phonemes, codes):
+    assert array.shape[0] == 8 and array.sharding.shard_shape(array.shape)[0] == 2
+  placed = [leaf.sharding.spec for leaf in jax.tree.leaves(ar_state)]
+  assert placed == jax.tree.leaves(sharding.state_specs(ar_state, mesh),
+                                   is_leaf=lambda x: isinstance(x, P))
+  assert sharding.logical_to_spec(("embed", "heads", "kv")) in placed
+
+
+@pytest.mark.parametrize("sizes, message", [
+    ({"data": 16}, r"mesh \{'data': 16, 'fsdp': 1, 'tensor': 1\} needs 16 devices, but 8"),
+    ({"tensor": 3}, "8 devices cannot be split"),
+    ({"data": 0}, "mesh.data = 0: must be an integer >= 1 or -1"),
+    ({"fsdp": -1}, "at most one axis may be -1"),
+    ({"batch": 2}, "unknown mesh axes"),
+])
+def test_bad_mesh_is_one_sentence(sizes, message):
+  with pytest.raises(UserError, match=message) as e:
+    synthesize.synthesis_mesh(sizes)
+  assert "\n" not in str(e.value)
+
+
+def test_a_mesh_without_a_rest_takes_its_first_devices():
+  mesh = synthesize.synthesis_mesh({"data": 2, "tensor": 2})
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 1, "tensor": 2}
+  assert list(mesh.devices.flat) == jax.local_devices()[:4]
+
+
 def test_codebooks_out_of_range_is_refused(kit, wavs):
   request = synthesize.Request("Hello.", wavs["mono"], "A tone.")
   for bad in (-1, 9):
@@ -134,15 +239,19 @@ def test_read_tsv(tmp_path):
     synthesize.read_tsv(str(tmp_path / "bad.tsv"))
 
 
-def test_cli_errors_are_one_line(tmp_path):
+@pytest.mark.parametrize("flags, message", [
+    ([], "no checkpoint at"),
+    (["--mesh_tensor=0"], "--mesh_tensor=0: must be >= 1 or -1"),
+    (["--mesh_data=2"], "needs 2 devices, but 1 are available")])
+def test_cli_errors_are_one_line(tmp_path, flags, message):
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   result = subprocess.run(
       [sys.executable, "-m", "valle_jax.cli", "synthesize", f"--checkpoint={tmp_path}/none",
-       "--text=Hello.", f"--prompt={tmp_path}/p.wav"],
+       "--text=Hello.", f"--prompt={tmp_path}/p.wav", *flags],
       capture_output=True, text=True, env=env, timeout=120)
   assert result.returncode == 2, result.stderr
   lines = [l for l in result.stderr.splitlines() if "error" in l]
-  assert len(lines) == 1 and "no checkpoint at" in lines[0], result.stderr
+  assert len(lines) == 1 and message in lines[0], result.stderr
 
 
 def test_cli_with_a_trained_checkpoint(trained_run, wavs, tmp_path):

@@ -552,6 +552,32 @@ def test_nar_makes_codebook1_on_the_given_timing_and_copies_the_voice_code():
     decode((0,), 2)
 
 
+def test_decoding_runs_the_nar_over_the_ar_output_not_its_room():
+  """`AlignedDecoding` gives the NAR the AR's longest output rounded up to a
+  `sampling.NAR_FRAME_BUCKETS` size, as VALL-E's `Decoding` does, not all `max_steps` frames
+  the AR had room for: the same codes as decoding the whole room, padded back to its
+  shape."""
+  ar = _pointer_ar(0.0)
+  nar = aligned_models.TimedNARModel(tiny.get_config().model, rngs=nnx.Rngs(5))
+  options = sampling.SampleOptions(top_k=20)
+  controller = aligned_sampling.PointerController(max_dwell=2.0)
+  batch = sampling.prepare_batch(*_sample_inputs(), 1, options, prompt_phoneme_lens=HEARD,
+                                 **BUCKETS)
+  key = jax.random.key(3)
+  decoding = aligned_sampling.AlignedDecoding(controller, copied_codebooks=(1,))
+  codes, lengths, _ = decoding(*nnx.split(ar), *nnx.split(nar), batch, key, options)
+  out = _sample_pointer(ar, options, controller, key=3)
+  room = batch.max_steps
+  assert len(set(np.asarray(out.lengths).tolist())) > 1                 # ragged outputs
+  assert sampling.nar_frames(int(np.max(out.lengths)), room) < room     # the NAR ran shorter
+  whole = aligned_sampling.decode_nar(*nnx.split(nar), batch.phonemes, batch.phoneme_lens,
+                                      batch.prompt, batch.prompt_lens, out.lengths,
+                                      out.controlled, (1,))
+  assert codes.shape == whole.shape == (3, room, 8)
+  np.testing.assert_array_equal(lengths, out.lengths)
+  np.testing.assert_array_equal(codes, whole)
+
+
 # ------------------------------------------------------------------------- synthesis
 
 

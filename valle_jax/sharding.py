@@ -99,6 +99,12 @@ def state_shardings(state: Any, mesh: Mesh) -> Any:
                       is_leaf=lambda x: isinstance(x, P))
 
 
+def place_state(state: Any, mesh: Mesh) -> Any:
+  """An nnx.State (e.g. a loaded model's) moved onto `mesh` in its logical axes' layout (a
+  no-op for arrays already there)."""
+  return jax.device_put(state, state_shardings(state, mesh))
+
+
 def create_sharded_model(make_model: Callable[[], nnx.Module], mesh: Mesh) -> nnx.Module:
   """Builds a model directly into its sharded layout (no full copy on one device).
 
@@ -118,6 +124,12 @@ def create_sharded_model(make_model: Callable[[], nnx.Module], mesh: Mesh) -> nn
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, BATCH_SPEC)
+
+
+def batch_parallelism(mesh: Mesh) -> int:
+  """How many ways `BATCH_SPEC` splits a batch (data x fsdp): a batch's size must be a
+  multiple of it."""
+  return math.prod(mesh.shape[axis] for axis in BATCH_SPEC[0])
 
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
@@ -141,6 +153,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-__all__ = ["BATCH_SPEC", "LOGICAL_RULES", "MESH_AXES", "batch_sharding", "create_sharded_model",
-           "logical_to_spec", "make_mesh", "param_count", "replicated", "shard_batch",
-           "state_shardings", "state_specs"]
+__all__ = ["BATCH_SPEC", "LOGICAL_RULES", "MESH_AXES", "batch_parallelism", "batch_sharding",
+           "create_sharded_model", "logical_to_spec", "make_mesh", "param_count", "place_state",
+           "replicated", "shard_batch", "state_shardings", "state_specs"]

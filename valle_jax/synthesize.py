@@ -13,24 +13,34 @@ recompiles) and the run's `sampling.Decoding` (VALL-E's: `sampling.sample_ar`, t
 `sampling.decode_nar`; a variant's recipe may give its own). Every user mistake (empty or
 unpronounceable text, a missing, silent, too short or too long prompt, a checkpoint without
 the models) is a `UserError` with one sentence saying what to do.
+
+**Devices**: given a `mesh` (`synthesis_mesh`; the CLI and the API default to all local
+devices on the data axis), each batch runs sharded over it as training does
+(valle_jax/sharding.py): its rows over the data x fsdp axes, a batch padded to a multiple of
+that size (the padding dropped), the parameters placed by their logical axes; the KV cache
+inside the sampler follows the rows (the compiler propagates the batch sharding into it).
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 import os
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
+import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
 
-from valle_jax import audio, io_check, sampling, text
+from valle_jax import audio, config_check, io_check, sampling, sharding, text
 from valle_jax.errors import UserError
 
 MIN_PROMPT_SECONDS = 1.0
 SILENCE_RMS = 1e-3           # a prompt quieter than this (full scale = 1) is called silent
+# The synthesis mesh's (data, fsdp, tensor) sizes when not given: all local devices on data.
+MESH = {"data": -1, "fsdp": 1, "tensor": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,12 +121,33 @@ def _prompt_codes(prompt: str | tuple[np.ndarray, int], codec, seconds: float | 
   return np.asarray(codec.encode(wav, codec.sample_rate), np.int32)
 
 
+def synthesis_mesh(sizes: Mapping[str, int] | None = None) -> jax.sharding.Mesh:
+  """The mesh synthesis runs on: this process's devices as `sizes` of the (data, fsdp,
+  tensor) axes (-1: the rest), `MESH`'s where not given (all local devices on the data
+  axis). Without a -1, the first data x fsdp x tensor devices; a `UserError` for sizes the
+  devices cannot make."""
+  unknown = sorted(set(sizes or {}) - set(sharding.MESH_AXES))
+  if unknown:
+    raise UserError(f"unknown mesh axes {unknown}; the axes are {list(sharding.MESH_AXES)}.")
+  sizes = {**MESH, **(sizes or {})}
+  config_check.check(config_check.mesh(ml_collections.ConfigDict({"mesh": sizes})),
+                     "synthesis mesh")
+  devices = jax.local_devices()
+  if -1 not in sizes.values():
+    needed = math.prod(sizes.values())
+    if needed > len(devices):
+      raise UserError(f"the synthesis mesh {sizes} needs {needed} devices, but "
+                      f"{len(devices)} are available.")
+    devices = devices[:needed]
+  return sharding.make_mesh(sizes, devices)
+
+
 def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Request],
                options: sampling.SampleOptions, *, continual: bool = False,
                continual_seconds: float = 3.0, lang: str = "en-us", seed: int = 0,
                batch_size: int = 1, codebooks: int = 0,
-               decoding: sampling.Decoding | None = None, nar_prompt: str = "prefix"
-               ) -> list[np.ndarray]:
+               decoding: sampling.Decoding | None = None, nar_prompt: str = "prefix",
+               mesh: jax.sharding.Mesh | None = None) -> list[np.ndarray]:
   """Makes each request's speech.
 
   Args:
@@ -127,7 +158,8 @@ def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Req
     options: AR sampling options.
     continual: continual mode (see the module docstring) instead of zero-shot.
     seed: the AR's sampling seed (the same seed gives the same speech).
-    batch_size: requests per compiled call (the last batch is padded to it).
+    batch_size: requests per compiled call (the last batch is padded to it), with a `mesh`
+      rounded up to a multiple of its data x fsdp size.
     codebooks: make and decode only the codec's first K codebooks (a lower bandwidth, K - 1
       NAR passes); 0: all.
     decoding: how the models make the codes (default VALL-E's `sampling.Decoding`; a
@@ -137,6 +169,8 @@ def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Req
       so zero-shot it reads the text without the prompt's transcript (lifeiteng/vall-e's
       prefix_mode 2 inference); a "prefix" NAR reads both, prompt and target being one
       utterance in training.
+    mesh: run each batch sharded over this mesh (see the module docstring; `synthesis_mesh`
+      makes one); None: on the default device.
   Returns:
     float32 waveforms at `codec.sample_rate`, one per request (empty when the AR ended at
     once). Logs a warning for each that stopped at the length limit instead of EOS.
@@ -155,6 +189,11 @@ def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Req
     examples.append((words, prompt, heard))
   ar_def, ar_state = nnx.split(ar)
   nar_def, nar_state = nnx.split(nar)
+  if mesh is not None:
+    ar_state = sharding.place_state(ar_state, mesh)
+    nar_state = sharding.place_state(nar_state, mesh)
+    split = sharding.batch_parallelism(mesh)
+    batch_size = -(-batch_size // split) * split
   key = jax.random.key(seed)
   wavs = []
   for start in range(0, len(examples), batch_size):
@@ -162,7 +201,12 @@ def synthesize(ar, nar, symbols: text.SymbolTable, codec, requests: Sequence[Req
     batch = sampling.prepare_batch([w for w, _, _ in chunk], [p for _, p, _ in chunk], g,
                                    options, batch_size=batch_size,
                                    prompt_phoneme_lens=[h for _, _, h in chunk])
-    made = decoding(ar_def, ar_state, nar_def, nar_state, batch,
+    on_devices = batch
+    if mesh is not None:       # the rows over data x fsdp (max_steps is static, not an array)
+      on_devices = batch._replace(**sharding.shard_batch(
+          {name: value for name, value in batch._asdict().items() if name != "max_steps"},
+          mesh))
+    made = decoding(ar_def, ar_state, nar_def, nar_state, on_devices,
                     jax.random.fold_in(key, start), options, codebooks,
                     nar_text_only=nar_prompt != "prefix")
     codes, lengths, hit_limit = jax.device_get(made)

@@ -15,6 +15,12 @@ text<TAB>out.wav` (zero-shot) or `text<TAB>prompt.wav<TAB><TAB>out.wav` (continu
 relative paths are relative to the TSV, and `out.wav` defaults to `<line number>.wav` in
 `--out_dir`.
 
+The requests run sharded over this machine's devices (valle_jax/sharding.py): by default all
+of them on the data axis, each device making its share of a batch's rows (`--batch_size` is
+rounded up to a multiple of the data x fsdp size); `--mesh_data`, `--mesh_fsdp` and
+`--mesh_tensor` set the (data, fsdp, tensor) sizes as training's `--config.mesh.*` do (-1:
+the devices left), e.g. `--mesh_data=1` for one device.
+
 The synthesis itself is valle_jax/synthesize.py's, through the Python API (`valle_jax.load`).
 """
 from __future__ import annotations
@@ -53,6 +59,9 @@ _TEMPERATURE = flags.DEFINE_float("temperature", None, "AR sampling temperature.
 _TOP_K = flags.DEFINE_integer("top_k", None, "AR top-k (0: off).")
 _TOP_P = flags.DEFINE_float("top_p", None, "AR top-p (1: off).")
 _RAS = flags.DEFINE_bool("ras", None, "Repetition-aware sampling (VALL-E 2).")
+_MESH = {axis: flags.DEFINE_integer(f"mesh_{axis}", size, f"Device mesh: the {axis} axis's "
+                                    "size (-1: the devices left).")
+         for axis, size in synthesize.MESH.items()}
 
 
 def sample_flags() -> dict[str, Any]:
@@ -74,7 +83,9 @@ def main(argv):
       ("batch_size", _BATCH.value, _BATCH.value >= 1, "must be >= 1"),
       ("codebooks", _CODEBOOKS.value, _CODEBOOKS.value >= 0, "must be >= 0 (0: all)"),
       ("continual_seconds", _CONTINUAL_SECONDS.value, _CONTINUAL_SECONDS.value > 0,
-       "must be > 0")]), "flags")
+       "must be > 0")] + [
+      (f"mesh_{axis}", flag.value, flag.value >= 1 or flag.value == -1,
+       "must be >= 1 or -1 (the devices left)") for axis, flag in _MESH.items()]), "flags")
   if _TSV.value:
     requests = [dataclasses.replace(r, out=os.path.join(_OUT_DIR.value, r.out))
                 for r in synthesize.read_tsv(_TSV.value)]
@@ -84,7 +95,8 @@ def main(argv):
     requests = [synthesize.Request(_TEXT.value, _PROMPT.value, _PROMPT_TEXT.value, _OUT.value)]
   for request in requests:     # before the models load and the synthesis, not after
     io_check.output_file(request.out, "--tsv output" if _TSV.value else "--out")
-  tts = api.load(_CHECKPOINT.value, _NAR_CHECKPOINT.value)
+  mesh = synthesize.synthesis_mesh({axis: flag.value for axis, flag in _MESH.items()})
+  tts = api.load(_CHECKPOINT.value, _NAR_CHECKPOINT.value, mesh)
   wavs = tts.synthesize_requests(requests, **sample_flags(), continual=_CONTINUAL.value,
                                  continual_seconds=_CONTINUAL_SECONDS.value, lang=_LANG.value,
                                  seed=_SEED.value, batch_size=_BATCH.value,

@@ -6,7 +6,9 @@ extension point): the pointer starts at the target text's first phoneme and each
 on with the model's probability; EOS is masked until the pointer is on the last phoneme.
 `AlignedDecoding` runs it, then `sampling.decode_nar` with the NAR's stage 0 (codebook 1)
 first, told each frame's phoneme, and the codec's once-per-utterance codebooks (the voice
-code) copied from the prompt.
+code) copied from the prompt; like VALL-E's `Decoding`, the NAR runs over the AR's longest
+output rounded up to a `sampling.NAR_FRAME_BUCKETS` size (`sampling.nar_frames`), not the
+whole `max_steps` room.
 """
 from __future__ import annotations
 
@@ -136,7 +138,10 @@ class AlignedDecoding(sampling.Decoding):
                              batch.prompt[..., 0], batch.prompt_lens, rng, options=options,
                              max_steps=batch.max_steps, controller=self.controller,
                              controller_inputs=batch.prompt_phoneme_lens)
-    phonemes, phoneme_lens, frame_phonemes = batch.phonemes, batch.phoneme_lens, out.controlled
+    made = out.controlled.shape[1]             # the NAR runs over the AR's output, bucketed
+    frames = sampling.nar_frames(int(jnp.max(out.lengths)), made)
+    phonemes, phoneme_lens = batch.phonemes, batch.phoneme_lens
+    frame_phonemes = out.controlled[:, :frames]                       # [B, frames]
     if nar_text_only:    # the pointer's phonemes counted from the text's first
       phonemes, phoneme_lens = sampling.text_after_prompt(batch)
       frame_phonemes = jnp.maximum(
@@ -144,6 +149,7 @@ class AlignedDecoding(sampling.Decoding):
     codes = decode_nar(nar_def, nar_state, phonemes, phoneme_lens, batch.prompt,
                        batch.prompt_lens, out.lengths, frame_phonemes, self.copied_codebooks,
                        codebooks)
+    codes = jnp.pad(codes, ((0, 0), (0, made - frames), (0, 0)))     # [B, max_steps, K]
     return codes, out.lengths, out.hit_limit
 
 
