@@ -182,7 +182,7 @@ def test_synthesis_on_a_data_fsdp_tensor_mesh_makes_the_single_device_codes(kit,
   placed = [leaf.sharding.spec for leaf in jax.tree.leaves(ar_state)]
   assert placed == jax.tree.leaves(sharding.state_specs(ar_state, mesh),
                                    is_leaf=lambda x: isinstance(x, P))
-  assert sharding.logical_to_spec(("embed", "heads", "kv")) in placed
+  assert sharding.logical_to_spec(("layers", "embed", "heads", "kv")) in placed
 
 
 @pytest.mark.parametrize("sizes, message", [
