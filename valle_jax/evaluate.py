@@ -147,16 +147,17 @@ def _write_wav(path: str, wav: np.ndarray, sr: int) -> None:
 def synthesize_samples(ar, nar, symbols, codec, pairs: Sequence[Pair], options, out_dir: str,
                        *, continual: bool = False, prompt_seconds: float = 3.0,
                        lang: str = "en-us", seed: int = 0, batch_size: int = 1,
-                       codebooks: int = 0, decoding=None, nar_prompt: str = "prefix"
-                       ) -> list[dict[str, Any]]:
+                       codebooks: int = 0, decoding=None, nar_prompt: str = "prefix",
+                       mesh=None) -> list[dict[str, Any]]:
   """Every system's audio for each (target, prompt) pair, in `out_dir`.
 
   Writes `<id>_resynthesis.wav` (the codec's encode + decode of the target, every codebook)
   and `<id>_valle.wav` (`synthesize.synthesize` with `options`, `codebooks`, `decoding`,
   the run's `sampling.Decoding` (None: VALL-E's), and `nar_prompt`: zero-shot from the
   prompt, or `continual` from the target's first `prompt_seconds`, then also
-  `<id>_prompt.wav`, that excerpt). Batch k (pairs k*batch_size...) is sampled with seed
-  `seed + k*batch_size`; a batch whose files all exist is reused, so a re-run, or one after
+  `<id>_prompt.wav`, that excerpt); with a `mesh`, each batch runs sharded over it.
+  Batch k (pairs k*batch_size...) is sampled with seed `seed + k*batch_size`; a batch
+  whose files all exist is reused, so a re-run, or one after
   an interruption, redoes nothing and gives the same files. Returns the samples, also written to
   `out_dir/samples.json`: {id, speaker, text, prompt_id, prompt_text, prompt_seconds,
   valle_seconds, audio: {prompt, ground_truth, resynthesis, valle: wav path}}.
@@ -179,7 +180,7 @@ def synthesize_samples(ar, nar, symbols, codec, pairs: Sequence[Pair], options, 
                                     continual=continual, continual_seconds=prompt_seconds,
                                     lang=lang, seed=seed + start, batch_size=batch_size,
                                     codebooks=codebooks, decoding=decoding,
-                                    nar_prompt=nar_prompt)
+                                    nar_prompt=nar_prompt, mesh=mesh)
         for f, wav in zip(files, wavs):
           _write_wav(f["valle"], wav, sr)
       for (target, prompt), f in zip(chunk, files):

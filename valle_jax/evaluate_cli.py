@@ -92,10 +92,11 @@ def run(checkpoint: str, out_dir: str, *, test_list: str | None = None,
         asr: str = "pocketsphinx", asr_model: str | None = None,
         speaker: str = "resemblyzer", speaker_model: str | None = None,
         nar_checkpoint: str | None = None, sample: dict[str, Any] | None = None,
-        seed: int = 0, batch_size: int = 1, lang: str = "en-us", codebooks: int = 0
-        ) -> dict[str, Any]:
+        seed: int = 0, batch_size: int = 1, lang: str = "en-us", codebooks: int = 0,
+        mesh=None) -> dict[str, Any]:
   """Synthesises and scores a test set (see the module docstring; `sample`: overrides of
-  the run's `SampleOptions`). Returns {"table", "rows", "csv", "json", "samples"}."""
+  the run's `SampleOptions`; `mesh`: synthesise each batch sharded over it, as
+  `synthesize.synthesize` does). Returns {"table", "rows", "csv", "json", "samples"}."""
   if mode not in MODES:
     raise UserError(f"--mode must be one of {', '.join(MODES)}, not {mode!r}.")
   rows, (lo, hi) = _test_set(test_list, librispeech, split)
@@ -137,14 +138,15 @@ def run(checkpoint: str, out_dir: str, *, test_list: str | None = None,
               "sample_options": dataclasses.asdict(options),
               "seed": seed,
               "batch_size": batch_size, "lang": lang,
-              **({"codebooks": codebooks} if codebooks else {})}   # older folders: none
+              **({"codebooks": codebooks} if codebooks else {}),   # older folders: none
+              **({"mesh": dict(mesh.shape)} if mesh is not None and mesh.size > 1 else {})}
   evaluate.check_settings(os.path.join(out_dir, "settings.json"), settings, "samples",
                           "--out_dir")
   samples = evaluate.synthesize_samples(
       bundle.ar, nar_bundle.nar, symbols, codec, pairs, options,
       os.path.join(out_dir, "samples"), continual=mode == "continual",
       prompt_seconds=prompt_seconds, lang=lang, seed=seed, batch_size=batch_size,
-      codebooks=codebooks,
+      codebooks=codebooks, mesh=mesh,
       decoding=bundle.recipe.decoding(bundle.config, bundle.codec_description),
       nar_prompt=synthesize.trained_nar_prompt(nar_bundle.config))
   scores = evaluate.score_samples(samples, asr_scorer, speaker_scorer)
@@ -181,7 +183,8 @@ def main(argv):
                asr=_ASR.value, asr_model=_ASR_MODEL.value, speaker=_SPEAKER.value,
                speaker_model=_SPEAKER_MODEL.value, nar_checkpoint=FLAGS.nar_checkpoint,
                sample=synthesize_cli.sample_flags(), seed=FLAGS.seed,
-               batch_size=FLAGS.batch_size, lang=FLAGS.lang, codebooks=FLAGS.codebooks)
+               batch_size=FLAGS.batch_size, lang=FLAGS.lang, codebooks=FLAGS.codebooks,
+               mesh=synthesize_cli.mesh_flags())
   from valle_jax import report  # pylint: disable=g-import-not-at-top
   print("\n" + report.results_table(result["table"]))
   print(f"\n[evaluate] per utterance: {result['csv']}\n[evaluate] table and settings: "

@@ -72,6 +72,15 @@ def sample_flags() -> dict[str, Any]:
       if flag.value is not None}
 
 
+def mesh_flags():
+  """The mesh --mesh_data/--mesh_fsdp/--mesh_tensor ask for (checked; a `UserError` if
+  they are bad)."""
+  config_check.check(config_check.flag_problems([
+      (f"mesh_{axis}", flag.value, flag.value >= 1 or flag.value == -1,
+       "must be >= 1 or -1 (the devices left)") for axis, flag in _MESH.items()]), "flags")
+  return synthesize.synthesis_mesh({axis: flag.value for axis, flag in _MESH.items()})
+
+
 def main(argv):
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}; pass everything as --flags.")
@@ -83,9 +92,7 @@ def main(argv):
       ("batch_size", _BATCH.value, _BATCH.value >= 1, "must be >= 1"),
       ("codebooks", _CODEBOOKS.value, _CODEBOOKS.value >= 0, "must be >= 0 (0: all)"),
       ("continual_seconds", _CONTINUAL_SECONDS.value, _CONTINUAL_SECONDS.value > 0,
-       "must be > 0")] + [
-      (f"mesh_{axis}", flag.value, flag.value >= 1 or flag.value == -1,
-       "must be >= 1 or -1 (the devices left)") for axis, flag in _MESH.items()]), "flags")
+       "must be > 0")]), "flags")
   if _TSV.value:
     requests = [dataclasses.replace(r, out=os.path.join(_OUT_DIR.value, r.out))
                 for r in synthesize.read_tsv(_TSV.value)]
@@ -95,7 +102,7 @@ def main(argv):
     requests = [synthesize.Request(_TEXT.value, _PROMPT.value, _PROMPT_TEXT.value, _OUT.value)]
   for request in requests:     # before the models load and the synthesis, not after
     io_check.output_file(request.out, "--tsv output" if _TSV.value else "--out")
-  mesh = synthesize.synthesis_mesh({axis: flag.value for axis, flag in _MESH.items()})
+  mesh = mesh_flags()
   tts = api.load(_CHECKPOINT.value, _NAR_CHECKPOINT.value, mesh)
   wavs = tts.synthesize_requests(requests, **sample_flags(), continual=_CONTINUAL.value,
                                  continual_seconds=_CONTINUAL_SECONDS.value, lang=_LANG.value,
