@@ -60,6 +60,25 @@ def test_kernel_equals_xla_with_ragged_padding(prefix):
                              np.asarray(xla(*bf16), np.float32)[rows], atol=2 ** -6)
 
 
+def test_kernel_under_a_mesh_runs_per_device():
+  """Under an ambient (data 2, fsdp 2, tensor 2) mesh of the 8 simulated devices the kernel
+  runs in a shard_map (batch over data x fsdp, heads over tensor) and gives the unsharded
+  outputs and gradients."""
+  b, t, n, h = 4, 150, 2, 8
+  q, k, v = (jax.random.normal(jax.random.key(i), (b, t, n, h)) for i in range(3))
+  mask = splash.Mask(jnp.arange(t)[None] < jnp.array([[150], [100], [70], [20]]), prefix=61)
+  value = lambda q, k, v: jnp.sum(splash.attention(q, k, v, mask, scale=0.3) ** 2)  # noqa: E731
+  run = jax.jit(jax.value_and_grad(value, argnums=(0, 1, 2)))
+  expected = run(q, k, v)
+  mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  with jax.set_mesh(mesh):
+    assert "shard_map" in str(jax.make_jaxpr(run)(q, k, v))
+    got = run(q, k, v)
+  for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
 def _with(cfg, **changes):
   new = cfg.copy_and_resolve_references()
   for key, value in changes.items():

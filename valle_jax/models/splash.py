@@ -22,21 +22,27 @@ Pallas's interpret mode (`interpret=None` chooses it when `jax.default_backend()
 that is what the CPU tests compare with XLA's attention.
 Training refuses "splash" off a TPU (`backend_problems`). The KV-cache paths (the AR's prefill
 and its T=1 decode steps) keep XLA's attention: the layers pass them a dense mask.
-XLA cannot partition a Mosaic call: on a TPU mesh of more than one device the call must run
-inside a `shard_map`, not written yet: training refuses "splash" on more than one device.
+XLA cannot partition a Mosaic call, so under an ambient mesh (`jax.set_mesh`) with data, fsdp
+or tensor axes of size > 1 the kernel runs in a `shard_map`: the batch split over data x fsdp,
+the heads over tensor (`sharding.LOGICAL_RULES`), one call per device. The training steps
+are not traced under their mesh yet, so training refuses "splash" on more than one device.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental.pallas.ops.tpu import splash_attention as splash_lib
+from jax.sharding import PartitionSpec as P
 
 Array = jax.Array
 BLOCK = 128   # the kernel's query and key block (BlockSizes.get_default); sequences pad to it
+BATCH_AXES = ("data", "fsdp")   # sharding.LOGICAL_RULES["batch"]
+HEADS_AXIS = "tensor"           # sharding.LOGICAL_RULES["heads"]
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["valid"],
@@ -83,12 +89,37 @@ def attention(q: Array, k: Array, v: Array, mask: Mask, *, scale: float,
   def heads_first(x):                                               # [B, T, N, H] -> [B, N, Tp, H]
     return jnp.pad(x, [(0, 0), (0, padded - t), (0, 0), (0, 0)]).transpose(0, 2, 1, 3)
   segment = jnp.pad(mask.valid, [(0, 0), (0, padded - t)]).astype(jnp.int32)   # [B, Tp]
-  kernel = _kernel(padded, mask.prefix, n, interpret)
+  mesh = jax.sharding.get_abstract_mesh()
+  batch_axes, heads_axis = _mesh_axes(mesh, b, n)
+  kernel = _kernel(padded, mask.prefix, n // _size(mesh, heads_axis), interpret)
   def one_example(q, k, v, segment):
     return kernel(q, k, v, segment_ids=splash_lib.SegmentIds(q=segment, kv=segment))
-  out = jax.vmap(one_example)(heads_first(q * jnp.asarray(scale, q.dtype)), heads_first(k),
-                              heads_first(v), segment)            # [B, N, Tp, H]
+  attend = jax.vmap(one_example)
+  if batch_axes or heads_axis:  # XLA cannot partition the kernel: one call per device
+    spec = P(batch_axes, heads_axis)                                # [B, N, Tp, H]
+    attend = jax.shard_map(attend, in_specs=(spec, spec, spec, P(batch_axes)), out_specs=spec,
+                           check_vma=False)
+  out = attend(heads_first(q * jnp.asarray(scale, q.dtype)), heads_first(k), heads_first(v),
+               segment)                                             # [B, N, Tp, H]
   return out.transpose(0, 2, 1, 3)[:, :t]
+
+
+def _size(mesh, axes) -> int:
+  names = () if axes is None else (axes,) if isinstance(axes, str) else axes
+  return math.prod(mesh.shape[name] for name in names)
+
+
+def _mesh_axes(mesh, batch: int, heads: int):
+  """The ambient mesh's axes that split the batch and the heads (`sharding.LOGICAL_RULES`:
+  "batch" -> data x fsdp, "heads" -> tensor), each None when the mesh has none of them of
+  size > 1 or they do not divide the dimension (then it is replicated)."""
+  batch_axes = tuple(a for a in BATCH_AXES if mesh.shape.get(a, 1) > 1) or None
+  heads_axis = HEADS_AXIS if mesh.shape.get(HEADS_AXIS, 1) > 1 else None
+  if batch % _size(mesh, batch_axes):
+    batch_axes = None
+  if heads % _size(mesh, heads_axis):
+    heads_axis = None
+  return batch_axes, heads_axis
 
 
 def backend_problems(attention_name: str) -> list[str]:
@@ -99,6 +130,6 @@ def backend_problems(attention_name: str) -> list[str]:
     return [f"model.attention = 'splash' is a TPU kernel and this JAX backend is "
             f"{jax.default_backend()!r}; use 'xla' (or 'cudnn' on an NVIDIA GPU)"]
   if jax.device_count() > 1:
-    return [f"model.attention = 'splash' runs on one TPU chip so far ({jax.device_count()} "
-            "devices here: XLA cannot partition the kernel without a shard_map); use 'xla'"]
+    return [f"model.attention = 'splash' trains on one TPU chip so far and this run has "
+            f"{jax.device_count()} devices; use 'xla'"]
   return []
