@@ -26,7 +26,7 @@ import ml_collections
 from valle_jax.errors import UserError
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
-ATTENTION = ("xla", "cudnn")                # models/layers.py ATTENTION
+ATTENTION = ("xla", "cudnn", "splash")      # models/layers.py ATTENTION
 REMAT = ("none", "full", "dots_saveable")   # models/layers.py REMAT
 TRAIN_MODELS = ("ar", "nar", "both")
 NAR_STAGE_CONDITIONING = ("adaln", "token")

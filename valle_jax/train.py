@@ -54,6 +54,7 @@ from valle_jax import data as data_lib
 from valle_jax import recipe as recipe_lib
 from valle_jax import text as text_lib
 from valle_jax import config_check, io_check, models, paths, run_guard, sharding
+from valle_jax.models import splash
 from valle_jax.errors import StorageError, UserError, os_reason
 
 
@@ -418,6 +419,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str,
   """
   config_check.check(config_check.experiment(cfg), "config")
   maybe_initialize_distributed(cfg)
+  config_check.check(splash.backend_problems(cfg.model.get("attention", "xla")), "config")
   workdir = io_check.output_dir(workdir, "--workdir")
   lead = jax.process_index() == 0
   with _storage_errors(f"creating {workdir}"):

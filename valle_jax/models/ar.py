@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from valle_jax.models import layers
+from valle_jax.models import layers, splash
 
 Array = jax.Array
 _ones = jax.nn.initializers.ones
@@ -68,6 +68,7 @@ class ARModel(nnx.Module):
     self.bos = bool(cfg.get("ar_bos", True))
     self.head_has_bias = bool(cfg.get("ar_head_bias", True))
     self.position_scale = bool(cfg.get("ar_position_scale", False))
+    self.attention = cfg.get("attention", "xla")
     embed = layers.embed_init(d)
     self.phoneme_embed = layers.make_param(rngs, embed, (cfg.phoneme_vocab_size, d),
                                            ("vocab", "embed"))
@@ -159,6 +160,10 @@ class ARModel(nnx.Module):
     self._check_tokens(audio_tokens)
     x, mask = self._inputs_and_mask(phonemes, phoneme_lens, audio_tokens, audio_lens,
                                     audio_extra)
+    if self.attention == "splash":  # the same mask in the kernel's form (models/splash.py)
+      num_phon, num_audio = phonemes.shape[1], audio_tokens.shape[1]
+      mask = splash.Mask(_segment_valid(phoneme_lens, num_phon, audio_lens, num_audio),
+                         prefix=num_phon)
     embed_rng, layers_rng = _split_or_none(dropout_rng)
     x = layers.dropout(x, self.dropout_rate, embed_rng)
     h, _ = self.transformer(x, mask, dropout_rng=layers_rng)

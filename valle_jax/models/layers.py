@@ -23,10 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from valle_jax.models import splash
+
 Array = jax.Array
 # `jax.nn.dot_product_attention`'s implementations: XLA's (any device) and cuDNN's fused
-# flash attention (NVIDIA GPUs, bfloat16 or float16 inputs).
-ATTENTION = ("xla", "cudnn")
+# flash attention (NVIDIA GPUs, bfloat16 or float16 inputs); and Pallas's TPU splash kernel
+# (models/splash.py), for the masks the models build as `splash.Mask`.
+ATTENTION = ("xla", "cudnn", "splash")
 
 _dense_init = jax.nn.initializers.lecun_normal()
 _zeros = jax.nn.initializers.zeros
@@ -181,8 +184,12 @@ class Attention(nnx.Module):
                for name, new in (("k", k), ("v", v))}                # [L, B, N, S, H]
       k = jnp.swapaxes(cache["k"][layer], 1, 2).astype(dtype)   # [B, S, N, H]
       v = jnp.swapaxes(cache["v"][layer], 1, 2).astype(dtype)
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=self.head_dim ** -0.5,
-                                       implementation=self.implementation)  # [B, T, N, H]
+    if isinstance(mask, splash.Mask):  # "splash" without a cache (models/splash.py)
+      out = splash.attention(q, k, v, mask, scale=self.head_dim ** -0.5)    # [B, T, N, H]
+    else:  # "splash" passes dense masks (the KV-cache paths) to XLA's
+      implementation = "xla" if self.implementation == "splash" else self.implementation
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=self.head_dim ** -0.5,
+                                         implementation=implementation)  # [B, T, N, H]
     out = jnp.einsum("btnh,nhd->btd", out, self.out_kernel[...].astype(dtype))
     return out + self.out_bias[...].astype(dtype), cache
 

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from valle_jax.models import layers
+from valle_jax.models import layers, splash
 
 Array = jax.Array
 
@@ -55,6 +55,7 @@ class NARModel(nnx.Module):
                        f"{self.tie_offset}.")
     self.dtype = layers.compute_dtype(cfg.compute_dtype)
     self.dropout_rate = cfg.dropout
+    self.attention = cfg.get("attention", "xla")
     embed = layers.embed_init(d)
     self.phoneme_embed = layers.make_param(rngs, embed, (cfg.phoneme_vocab_size, d),
                                            ("vocab", "embed"))
@@ -127,6 +128,8 @@ class NARModel(nnx.Module):
     x = jnp.concatenate(segments, axis=1).astype(self.dtype)            # [B, S, D]
     valid = jnp.concatenate(valid, axis=1)                              # [B, S]
     mask = valid[:, None, None, :]                                      # [B, 1, 1, S]
+    if self.attention == "splash":  # the same mask in the kernel's form (models/splash.py)
+      mask = splash.Mask(valid, prefix=valid.shape[1])
 
     embed_rng, layers_rng = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
     x = layers.dropout(x, self.dropout_rate, embed_rng)
