@@ -131,6 +131,23 @@ def make_optimizer(cfg) -> optax.GradientTransformation:
                   mask=weight_decay_mask))
 
 
+class _UnderMesh:
+  """A jitted function called (and lowered) with `mesh` as the ambient mesh
+  (`jax.set_mesh`), which a kernel XLA cannot partition reads to split itself
+  (models/splash.py)."""
+
+  def __init__(self, jitted, mesh):
+    self.jitted, self.mesh = jitted, mesh
+
+  def __call__(self, *args):
+    with jax.set_mesh(self.mesh):
+      return self.jitted(*args)
+
+  def lower(self, *args):
+    with jax.set_mesh(self.mesh):
+      return self.jitted.lower(*args)
+
+
 class Trainer:
   """Holds the mesh, model definitions, optimiser and the compiled step functions.
 
@@ -172,9 +189,10 @@ class Trainer:
                       "skipped": jax.ShapeDtypeStruct((), jnp.int32)}}
     # The compiled entry points: (state, batch) -> (state, metrics), state donated; and
     # (params, batch) -> metrics without dropout.
-    self.train_step = jax.jit(self._step, out_shardings=(self.state_shardings, replicated),
-                              donate_argnums=(0,))
-    self.eval_step = jax.jit(self._eval, out_shardings=replicated)
+    self.train_step = _UnderMesh(jax.jit(
+        self._step, out_shardings=(self.state_shardings, replicated), donate_argnums=(0,)),
+        mesh)
+    self.eval_step = _UnderMesh(jax.jit(self._eval, out_shardings=replicated), mesh)
 
   # -- state -----------------------------------------------------------------------
 

@@ -24,8 +24,8 @@ Training refuses "splash" off a TPU (`backend_problems`). The KV-cache paths (th
 and its T=1 decode steps) keep XLA's attention: the layers pass them a dense mask.
 XLA cannot partition a Mosaic call, so under an ambient mesh (`jax.set_mesh`) with data, fsdp
 or tensor axes of size > 1 the kernel runs in a `shard_map`: the batch split over data x fsdp,
-the heads over tensor (`sharding.LOGICAL_RULES`), one call per device. The training steps
-are not traced under their mesh yet, so training refuses "splash" on more than one device.
+the heads over tensor (`sharding.LOGICAL_RULES`), one call per device; the train and eval
+steps are called under their run's mesh (`train._UnderMesh`).
 """
 from __future__ import annotations
 
@@ -129,7 +129,4 @@ def backend_problems(attention_name: str) -> list[str]:
   if jax.default_backend() != "tpu":
     return [f"model.attention = 'splash' is a TPU kernel and this JAX backend is "
             f"{jax.default_backend()!r}; use 'xla' (or 'cudnn' on an NVIDIA GPU)"]
-  if jax.device_count() > 1:
-    return [f"model.attention = 'splash' trains on one TPU chip so far and this run has "
-            f"{jax.device_count()} devices; use 'xla'"]
   return []
