@@ -2,11 +2,13 @@
 
     listing (corpora.py, launcher) ─▶ manifests/<split>.jsonl
       ─▶ Beam per split: read ─▶ reshuffle ─▶ batch ─▶ ItemProcessor ─┬▶ records ─▶ TFDS writer
-                                                                      └▶ skips ─▶ skipped/*.jsonl
+                                                                      └▶ skips ─▶ skipped/<split>.jsonl
+         TFDS writer: per shard, ShardWriter writes the shard and its index rows
       ─▶ symbols.json, codec.json, prepare_report.json, skipped.jsonl beside the shards
-      ─▶ index-<split>.npz: each record's lengths, speaker and place (read back once), what
-         training reads at start-up instead of the records (`valle-jax index`
-         writes it for a dataset prepared without one)
+      ─▶ index-<split>.npz: each record's lengths, speaker and place, gathered from the rows
+         of the shards' writers (`gather_index`; no record is read back), what training
+         reads at start-up instead of the records (`valle-jax index` writes it for a
+         dataset prepared without one, by reading its shards)
 
 The builders are TFDS `GeneratorBasedBuilder`s whose `_generate_examples` returns a Beam
 transform, written with `file_format="array_record"` (TensorFlow is not needed for that).
@@ -20,8 +22,11 @@ Every bad item is skipped with a reason (missing / empty / non-audio / truncated
 unreadable audio, missing / empty / non-UTF-8 transcript, unknown symbol, too short / long,
 ...), counted and listed; nothing about one item can stop the job.
 
-Distributed runners (Dataflow, Flink, Spark) need the corpus, `output` and the temporary
-directory below it on a file system every worker mounts (NFS, GCS FUSE, ...).
+`output` may be local or `gs://` (`valle_jax/paths.py`): on `gs://` each shard is written
+to a local temporary file and copied up once closed (`ShardWriter`), and the finished dataset
+is moved into place by copies in the bucket, `dataset_info.json` last. Distributed runners
+(Dataflow, Flink, Spark) need the corpus on a file system every worker mounts (NFS, GCS
+FUSE, ...), and `output` there or on `gs://`.
 """
 from __future__ import annotations
 
@@ -475,16 +480,22 @@ def _nothing_kept(cfg, job: Job, listing, work: str) -> UserError:
       f"{cfg.max_duration_s:g} s), the transcripts and config.source. Nothing was written.")
 
 
-def _move_dir(src: str, dst: str) -> None:
-  """Moves the folder `src` to `dst`: atomically when local; on `gs://` (no renames) by
-  copies in the bucket, `dataset_info.json` last, so that `dst` is a dataset
-  (`data.open_dataset`) only once every other file is there, then deletes."""
-  if paths.is_local(src):
-    os.replace(src, dst)
+def _install(built: str, final: str, trash: str) -> None:
+  """Moves the finished dataset `built` to `final` (a dataset there before goes to `trash`,
+  deleted with the work folder): atomically when local; on `gs://` (no renames) the old one
+  is deleted, then `built` copied in the bucket with `dataset_info.json` last, so `final` is
+  a dataset (`data.open_dataset`) only once every other file is there."""
+  if paths.is_local(final):
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    if os.path.exists(final):
+      os.replace(final, trash)
+    os.replace(built, final)
     return
   import fsspec  # pylint: disable=g-import-not-at-top
-  fs, src_root = fsspec.core.url_to_fs(src)
-  dst_root = fsspec.core.url_to_fs(dst)[1]
+  fs, src_root = fsspec.core.url_to_fs(built)
+  dst_root = fsspec.core.url_to_fs(final)[1]
+  if fs.exists(dst_root):
+    fs.rm(dst_root, recursive=True)
   files = fs.find(src_root)
   last = [f for f in files if os.path.basename(f) == "dataset_info.json"]
   for batch in ([f for f in files if f not in last], last):
@@ -582,10 +593,7 @@ def prepare(cfg, codec: Codec | None = None) -> dict[str, Any]:
     paths.path(os.path.join(built, "skipped.jsonl")).write_text("".join(
         json.dumps(s, ensure_ascii=False) + "\n" for s in skips), encoding="utf-8")
 
-    paths.path(os.path.dirname(final)).mkdir(parents=True, exist_ok=True)
-    if paths.path(final).exists():
-      _move_dir(final, os.path.join(work, "replaced"))
-    _move_dir(built, final)
+    _install(built, final, os.path.join(work, "replaced"))
   finally:
     if paths.is_local(work):
       shutil.rmtree(work, ignore_errors=True)

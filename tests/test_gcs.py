@@ -140,6 +140,22 @@ def _metrics(workdir, split="train"):
   return {r["step"]: r for r in rows if r["split"] == split}
 
 
+def test_prepare_replaces_a_dataset_in_the_bucket(bucket):
+  """`--config.overwrite=True` on `gs://`: the old dataset's files are gone, the new one's
+  all there (copied in the bucket; no renames there), its build folder removed."""
+  from data_prep import pipeline  # pylint: disable=g-import-not-at-top
+  built, final = epath.Path(f"{bucket}/swap/.tmp-x/built"), epath.Path(f"{bucket}/swap/ds/1.0.0")
+  for name in ("dataset_info.json", "old-shard", "sub/old"):
+    (final / name).write_text("old")
+  for name in ("dataset_info.json", "new-shard", "index-train.npz"):
+    (built / name).write_text(f"new {name}")
+  pipeline._install(os.fspath(built), os.fspath(final), f"{bucket}/swap/.tmp-x/replaced")  # pylint: disable=protected-access
+  assert sorted(p.name for p in final.iterdir()) == ["dataset_info.json", "index-train.npz",
+                                                    "new-shard"]
+  assert (final / "dataset_info.json").read_text() == "new dataset_info.json"
+  assert not built.exists()
+
+
 def test_train_kill_resume_synthesize_on_gcs(bucket, gcs_dataset, tmp_path):
   dataset = gcs_dataset
   workdir = f"{bucket}/runs/r1"
