@@ -318,7 +318,10 @@ class ShardWriter:
   def write(self, path, examples) -> None:
     from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
     target = os.fspath(path)
-    local = target if paths.is_local(target) else tempfile.mkstemp(suffix=".array_record")[1]
+    local = target
+    if not paths.is_local(target):
+      handle, local = tempfile.mkstemp(suffix=".array_record")
+      os.close(handle)
     rows = []
     try:
       writer = array_record_module.ArrayRecordWriter(local, "group_size:1")
