@@ -2,11 +2,13 @@
 
     listing (corpora.py, launcher) ─▶ manifests/<split>.jsonl
       ─▶ Beam per split: read ─▶ reshuffle ─▶ batch ─▶ ItemProcessor ─┬▶ records ─▶ TFDS writer
-                                                                      └▶ skips ─▶ skipped/*.jsonl
+                                                                      └▶ skips ─▶ skipped/<split>.jsonl
+         TFDS writer: per shard, ShardWriter writes the shard and its index rows
       ─▶ symbols.json, codec.json, prepare_report.json, skipped.jsonl beside the shards
-      ─▶ index-<split>.npz: each record's lengths, speaker and place (read back once), what
-         training reads at start-up instead of the records (`valle-jax index`
-         writes it for a dataset prepared without one)
+      ─▶ index-<split>.npz: each record's lengths, speaker and place, gathered from the rows
+         of the shards' writers (`gather_index`; no record is read back), what training
+         reads at start-up instead of the records (`valle-jax index` writes it for a
+         dataset prepared without one, by reading its shards)
 
 The builders are TFDS `GeneratorBasedBuilder`s whose `_generate_examples` returns a Beam
 transform, written with `file_format="array_record"` (TensorFlow is not needed for that).
@@ -20,21 +22,25 @@ Every bad item is skipped with a reason (missing / empty / non-audio / truncated
 unreadable audio, missing / empty / non-UTF-8 transcript, unknown symbol, too short / long,
 ...), counted and listed; nothing about one item can stop the job.
 
-Distributed runners (Dataflow, Flink, Spark) need the corpus, `output` and the temporary
-directory below it on a file system every worker mounts (NFS, GCS FUSE, ...).
+`output` may be local or `gs://` (`valle_jax/paths.py`): on `gs://` each shard is written
+to a local temporary file and copied up once closed (`ShardWriter`), and the finished dataset
+is moved into place by copies in the bucket, `dataset_info.json` last. Distributed runners
+(Dataflow, Flink, Spark) need the corpus on a file system every worker mounts (NFS, GCS
+FUSE, ...), and `output` there or on `gs://`.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
 import functools
-import glob
+import io
 import json
 import logging
 import os
 import shlex
 import shutil
 import sys
+import tempfile
 import time
 import types
 import uuid
@@ -45,6 +51,7 @@ import numpy as np
 from data_prep import corpora
 from valle_jax import audio as audio_lib
 from valle_jax import data as data_lib
+from valle_jax import paths
 from valle_jax import text as text_lib
 from valle_jax.codec import Codec, get_codec
 from valle_jax.errors import UserError
@@ -261,11 +268,17 @@ def _process_fn(job: Job, split: str):
   return ProcessItems()
 
 
+def _write_lines(lines: Sequence[str], path: str) -> None:
+  target = paths.path(path)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  target.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
 def _split_transform(job: Job, split: str):
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
 
   class EncodeSplit(beam.PTransform):
-    """PBegin -> PCollection[(id, record)]; skips go to <work_dir>/skipped/<split>-*."""
+    """PBegin -> PCollection[(id, record)]; skips go to <work_dir>/skipped/<split>.jsonl."""
 
     def expand(self, root):
       out = (root
@@ -274,11 +287,80 @@ def _split_transform(job: Job, split: str):
              | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=job.batch_size)
              | "Process" >> beam.ParDo(_process_fn(job, split)).with_outputs("skipped",
                                                                              main="records"))
-      _ = out.skipped | "WriteSkips" >> beam.io.WriteToText(
-          os.path.join(job.work_dir, "skipped", split), file_name_suffix=".jsonl")
+      # One file written whole (a retry rewrites it), through `paths`: Beam's own text sink
+      # renames its files with GCS batch requests, which the test's emulator does not serve.
+      _ = (out.skipped
+           | "CollectSkips" >> beam.combiners.ToList()
+           | "WriteSkips" >> beam.Map(_write_lines, os.path.join(job.work_dir, "skipped",
+                                                                  f"{split}.jsonl")))
       return out.records
 
   return EncodeSplit()
+
+
+class ShardWriter:
+  """Writes one ArrayRecord shard (TFDS's example writer, the builder's `_example_writer`),
+  and beside it `<shard>.rows.npz`: the index rows of its records in their order in the
+  shard (frames, phonemes, speaker; `data.index_row`), so the shard and offset of each come
+  with it and `gather_index` writes the split's index without reading the shards back.
+
+  TFDS calls `write` on a temporary name (`incomplete.<hex>.<shard>`) and renames every
+  file of that prefix once it returns, so the rows appear with their shard. The ArrayRecord
+  writer opens local files only: a shard bound elsewhere (`gs://`) is written to a local
+  temporary file, closed, copied to its place and the local file removed (as
+  `array_record.beam`'s GCS writer does), so no half-written shard is ever there.
+  """
+  ROWS = ".rows.npz"
+
+  def __init__(self, num_codebooks: int):
+    self.num_codebooks = num_codebooks
+
+  def write(self, path, examples) -> None:
+    from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+    target = os.fspath(path)
+    local = target
+    if not paths.is_local(target):
+      handle, local = tempfile.mkstemp(suffix=".array_record")
+      os.close(handle)
+    rows = []
+    try:
+      writer = array_record_module.ArrayRecordWriter(local, "group_size:1")
+      for _, serialized in examples:
+        writer.write(serialized)
+        rows.append(data_lib.index_row(serialized, self.num_codebooks))
+      writer.close()
+      if local != target:
+        with open(local, "rb") as src, paths.path(target).open("wb") as dst:
+          shutil.copyfileobj(src, dst, 16 << 20)
+    finally:
+      if local != target:
+        os.remove(local)
+    frames, phonemes, speakers = zip(*rows)
+    buffer = io.BytesIO()
+    np.savez(buffer, frames=np.asarray(frames, np.int32), phonemes=np.asarray(phonemes, np.int32),
+             speakers=np.asarray(speakers, dtype=str))
+    paths.path(target + self.ROWS).write_bytes(buffer.getvalue())
+
+
+def gather_index(split_info) -> dict[str, np.ndarray]:
+  """The index of a split just written (a TFDS `SplitInfo`: its shard files and lengths)
+  from the rows `ShardWriter` wrote beside each shard, shard by shard in order; the rows
+  files are then removed. Reads no record."""
+  frames, phonemes, speakers = [], [], []
+  rows_paths = [paths.path(os.fspath(shard) + ShardWriter.ROWS) for shard in split_info.filepaths]
+  for rows_path, count in zip(rows_paths, split_info.shard_lengths):
+    with rows_path.open("rb") as f, np.load(f, allow_pickle=False) as rows:
+      if len(rows["frames"]) != count:
+        raise RuntimeError(f"{rows_path} has {len(rows['frames'])} rows, its shard {count} "
+                           "records")
+      frames.append(rows["frames"])
+      phonemes.append(rows["phonemes"])
+      speakers.append(rows["speakers"])
+  index = data_lib.index_of(np.concatenate(frames), np.concatenate(phonemes),
+                            np.concatenate(speakers), split_info.shard_lengths)
+  for rows_path in rows_paths:
+    rows_path.unlink()
+  return index
 
 
 def features(num_codebooks: int):
@@ -315,6 +397,9 @@ def _builder_base():
 
     def _generate_examples(self, split):
       return _split_transform(self._job, split)
+
+    def _example_writer(self):
+      return ShardWriter(self._job.num_codebooks)
 
   return ValleBuilder
 
@@ -360,9 +445,10 @@ def _beam_options(beam_cfg):
 
 def _read_skips(work_dir: str) -> list[dict[str, str]]:
   out = []
-  for path in sorted(glob.glob(os.path.join(work_dir, "skipped", "*.jsonl"))):
-    with open(path, encoding="utf-8") as f:
-      out.extend(json.loads(line) for line in f if line.strip())
+  skipped = paths.path(os.path.join(work_dir, "skipped"))
+  for path in sorted(skipped.glob("*.jsonl")) if skipped.exists() else ():
+    out.extend(json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+               if line.strip())
   return out
 
 
@@ -397,9 +483,32 @@ def _nothing_kept(cfg, job: Job, listing, work: str) -> UserError:
       f"{cfg.max_duration_s:g} s), the transcripts and config.source. Nothing was written.")
 
 
+def _install(built: str, final: str, trash: str) -> None:
+  """Moves the finished dataset `built` to `final` (a dataset there before goes to `trash`,
+  deleted with the work folder): atomically when local; on `gs://` (no renames) the old one
+  is deleted, then `built` copied in the bucket with `dataset_info.json` last, so `final` is
+  a dataset (`data.open_dataset`) only once every other file is there."""
+  if paths.is_local(final):
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    if os.path.exists(final):
+      os.replace(final, trash)
+    os.replace(built, final)
+    return
+  import fsspec  # pylint: disable=g-import-not-at-top
+  fs, src_root = fsspec.core.url_to_fs(built)
+  dst_root = fsspec.core.url_to_fs(final)[1]
+  if fs.exists(dst_root):
+    fs.rm(dst_root, recursive=True)
+  files = fs.find(src_root)
+  last = [f for f in files if os.path.basename(f) == "dataset_info.json"]
+  for batch in ([f for f in files if f not in last], last):
+    if batch:
+      fs.copy(batch, [dst_root + f[len(src_root):] for f in batch])
+  fs.rm(src_root, recursive=True)
+
+
 def _write_json(path: str, obj: Any) -> None:
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=1, ensure_ascii=False)
+  paths.path(path).write_text(json.dumps(obj, indent=1, ensure_ascii=False), encoding="utf-8")
 
 
 def prepare(cfg, codec: Codec | None = None) -> dict[str, Any]:
@@ -412,8 +521,9 @@ def prepare(cfg, codec: Codec | None = None) -> dict[str, Any]:
   cls = builder_class(corpus)
   if not cfg.output:
     raise UserError("config.output is empty; set it to the directory to write datasets to.")
-  final = os.path.join(os.path.abspath(cfg.output), cls.name, VERSION)
-  if os.path.exists(final) and not cfg.overwrite:
+  output = paths.absolute(cfg.output)
+  final = os.path.join(output, cls.name, VERSION)
+  if paths.path(final).exists() and not cfg.overwrite:
     raise UserError(f"{final} already exists; pass --config.overwrite=True to rebuild it.")
   listing = CORPORA[corpus][1](cfg)
   if not listing.items:
@@ -425,8 +535,8 @@ def prepare(cfg, codec: Codec | None = None) -> dict[str, Any]:
   codec_obj = codec if codec is not None else _worker_codec(cfg.codec.to_dict())
   description = codec_obj.describe()
 
-  work = os.path.join(os.path.abspath(cfg.output), f".tmp-{cls.name}-{uuid.uuid4().hex[:8]}")
-  os.makedirs(os.path.join(work, "manifests"))
+  work = os.path.join(output, f".tmp-{cls.name}-{uuid.uuid4().hex[:8]}")
+  paths.path(os.path.join(work, "manifests")).mkdir(parents=True)
   try:
     by_split: dict[str, list[corpora.Item]] = collections.defaultdict(list)
     for item in listing.items:
@@ -434,8 +544,9 @@ def prepare(cfg, codec: Codec | None = None) -> dict[str, Any]:
     manifests = {}
     for split, items in sorted(by_split.items()):
       manifests[split] = os.path.join(work, "manifests", f"{split}.jsonl")
-      with open(manifests[split], "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(dataclasses.asdict(i), ensure_ascii=False) + "\n" for i in items)
+      paths.path(manifests[split]).write_text("".join(
+          json.dumps(dataclasses.asdict(i), ensure_ascii=False) + "\n" for i in items),
+          encoding="utf-8")
     job = Job(work_dir=work, manifests=manifests, counts={s: len(v) for s, v in by_split.items()},
               symbols=table.symbols,
               codec_config=None if codec is not None else cfg.codec.to_dict(),
@@ -474,19 +585,23 @@ def prepare(cfg, codec: Codec | None = None) -> dict[str, Any]:
                 s["reason"] for s in skips if s["split"] == split).items()))
             for split in sorted({s["split"] for s in skips})},
         "codec": description, "num_symbols": len(table)}
-    table.save(os.path.join(built, "symbols.json"))
+    paths.path(os.path.join(built, "symbols.json")).write_text(table.to_json(), encoding="utf-8")
     _write_json(os.path.join(built, "codec.json"), description)
-    report["lengths"] = long_material(index_dataset(data_lib.open_dataset(built)), description)
+    indexes = {}
+    for split in sorted(info.splits):     # from the rows each shard's writer made
+      indexes[split] = gather_index(info.splits[split])
+      data_lib.write_index(data_lib.index_path(built, split), indexes[split])
+    report["lengths"] = long_material(indexes, description)
     _write_json(os.path.join(built, "prepare_report.json"), report)
-    with open(os.path.join(built, "skipped.jsonl"), "w", encoding="utf-8") as f:
-      f.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in skips)
+    paths.path(os.path.join(built, "skipped.jsonl")).write_text("".join(
+        json.dumps(s, ensure_ascii=False) + "\n" for s in skips), encoding="utf-8")
 
-    os.makedirs(os.path.dirname(final), exist_ok=True)
-    if os.path.exists(final):
-      os.replace(final, os.path.join(work, "replaced"))
-    os.replace(built, final)
+    _install(built, final, os.path.join(work, "replaced"))
   finally:
-    shutil.rmtree(work, ignore_errors=True)
+    if paths.is_local(work):
+      shutil.rmtree(work, ignore_errors=True)
+    else:
+      paths.path(work).rmtree(missing_ok=True)
   print(format_report(report), file=sys.stderr, flush=True)
   return report
 

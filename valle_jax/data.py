@@ -216,28 +216,34 @@ def index_path(dataset_dir, split: str) -> epath.Path:
 
 
 def make_index(source, progress: bool = True) -> dict[str, np.ndarray]:
-  """The index of a prepared split (a `Dataset.split`): its shards read in order, and of
-  each record only the lengths and speaker parsed out of its tf.train.Example (a tenth of
-  the time of decoding the record as training does)."""
+  """The index of a prepared split (a `Dataset.split`) by reading its shards back in order
+  (`index_row` of each record): for a dataset prepared without one (`valle-jax index`);
+  `prepare` has the writer of each shard make its rows (data_prep/pipeline.py)."""
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-  from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
   split = source.dataset_info.splits[source.split]
   num_codebooks = source.dataset_info.features["codes"].shape[-1]
-  frames, phonemes, speakers = [], [], []
+  rows = []
   with tqdm(total=len(source), desc=f"indexing {source.split}", disable=not progress,
             unit="rec", mininterval=2.0) as bar:
     for path, count in zip(split.filepaths, split.shard_lengths):
       reader = array_record_module.ArrayRecordReader(os.fspath(path))
       for start in range(0, count, 1024):
         chunk = reader.read(start, min(start + 1024, count))
-        for serialized in chunk:
-          feature = tf_example_pb2.Example.FromString(serialized).features.feature
-          frames.append(len(feature["codes"].int64_list.value) // num_codebooks)
-          phonemes.append(len(feature["phonemes"].int64_list.value))
-          speakers.append(feature["speaker"].bytes_list.value[0].decode("utf-8"))
+        rows.extend(index_row(serialized, num_codebooks) for serialized in chunk)
         bar.update(len(chunk))
       reader.close()
+  frames, phonemes, speakers = zip(*rows) if rows else ((), (), ())
   return index_of(frames, phonemes, speakers, split.shard_lengths)
+
+
+def index_row(serialized: bytes, num_codebooks: int) -> tuple[int, int, str]:
+  """(frames, phonemes, speaker) of a serialized record: only these parsed out of its
+  tf.train.Example (a tenth of the time of decoding the record as training does)."""
+  from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
+  feature = tf_example_pb2.Example.FromString(serialized).features.feature
+  return (len(feature["codes"].int64_list.value) // num_codebooks,
+          len(feature["phonemes"].int64_list.value),
+          feature["speaker"].bytes_list.value[0].decode("utf-8"))
 
 
 def index_of(frames, phonemes, speakers, shard_lengths: Sequence[int]
