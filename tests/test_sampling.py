@@ -1,5 +1,6 @@
-"""The AR sampler and NAR decoding: exactness against full forwards, token choice (top-k,
-top-p, repetition-aware sampling), stopping, grouped codes, determinism, recompiles.
+"""The AR sampler and NAR decoding: exactness against full forwards, a growing KV cache
+against one of the whole room, token choice (top-k, top-p, repetition-aware sampling),
+stopping, grouped codes, determinism, recompiles.
 
 Compiles are the cost here (seconds each on CPU), so each compiled sampler is built once in
 a module-scoped fixture and shared by the tests that read it."""

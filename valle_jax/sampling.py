@@ -29,9 +29,10 @@ has finished (a `lax.cond`), the cache's k, v and valid are padded with empty sl
 S_i+1 and the next segment goes on. A step thus attends over at most ~1.7x the slots in
 use (1.5x between two buckets; a bucket within 1/8 of the one before or of the whole room
 is skipped), and each segment is one more (static) shape of the step to compile, all
-inside the one compiled `sample_ar`.
-Empty slots are masked out, so the output is that of one cache of the whole room
-(`cache_buckets=()`), up to float rounding in the attention's sums.
+inside the one compiled `sample_ar`. Empty slots are masked out, so the output is that of
+one cache of the whole room (`cache_buckets=()`), up to float rounding in the attention's
+sums. While the cache grows, the old and the new one are both in memory (up to 1.9x
+the whole room's cache, at the last growth).
 
 **Token choice** (`choose_tokens`): temperature, then top-k, then top-p (nucleus); with
 repetition-aware sampling (VALL-E 2 §3.4.1) the nucleus sample is kept unless the fraction
