@@ -276,9 +276,9 @@ def _assert_same_sampling(out, expected):
 
 def test_cache_segments():
   # Demo shapes: 128 phonemes + BOS + 256 prompt frames, room for 12 frames a phoneme.
-  assert sampling.cache_segments(385, 1536) == (512, 768, 1024, 1536, 1921)
-  # 512 adds under 1/8 to 500 slots and 1536 leaves under 1/8 for the whole 1600.
-  assert sampling.cache_segments(500, 1100) == (768, 1024, 1600)
+  assert sampling.cache_segments(385, 1536) == (512, 1024, 1921)
+  assert sampling.cache_segments(500, 1100) == (1024, 1600)   # 512 adds under 1/8 to 500
+  assert sampling.cache_segments(300, 800) == (512, 1100)     # 1024 leaves under 1/8
   assert sampling.cache_segments(25, 96, ()) == (121,)
   assert sampling.cache_segments(25, 96, SMALL_BUCKETS) == (32, 37, 43, 49, 56, 64, 74, 121)
 

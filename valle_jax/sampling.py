@@ -23,16 +23,17 @@ stopped; each prompt may have its own length.
 cache, so its cost follows the cache's size, not the frames made, and `max_steps` leaves
 room for far more frames than speech usually takes (12 a phoneme). So the loop runs in
 segments: segment i is a `lax.while_loop` over a cache of S_i slots, sizes from
-`CACHE_SLOT_BUCKETS` (two a doubling) between the prefill's slots and the whole room, that
+`CACHE_SLOT_BUCKETS` (one a doubling) between the prefill's slots and the whole room, that
 exits when every sequence has finished or its slots are full; then, unless every sequence
 has finished (a `lax.cond`), the cache's k, v and valid are padded with empty slots to
-S_i+1 and the next segment goes on. A step thus attends over at most ~1.7x the slots in
-use (1.5x between two buckets; a bucket within 1/8 of the one before or of the whole room
-is skipped), and each segment is one more (static) shape of the step to compile, all
-inside the one compiled `sample_ar`. Empty slots are masked out, so the output is that of
-one cache of the whole room (`cache_buckets=()`), up to float rounding in the attention's
-sums. While the cache grows, the old and the new one are both in memory (up to 1.9x
-the whole room's cache, at the last growth).
+S_i+1 and the next segment goes on. A step thus attends over at most ~2.25x the slots in
+use (2x between two buckets; a bucket within 1/8 of the one before or of the whole room is
+skipped), and each segment is one more copy of the loop's body to compile (another shape
+of the step), all inside the one compiled `sample_ar`. Empty slots are masked out, so the
+output is that of one cache of the whole room (`cache_buckets=()`), up to float rounding
+in the attention's sums. While the cache grows, the old and the new one are both in memory
+(up to 1.9x the whole room's cache, at the last growth). At demo shapes (128 phonemes, a 3
+s prompt, room for 1536 frames) the segments have 512, 1024 and 1921 slots.
 
 **Token choice** (`choose_tokens`): temperature, then top-k, then top-p (nucleus); with
 repetition-aware sampling (VALL-E 2 §3.4.1) the nucleus sample is kept unless the fraction
@@ -82,11 +83,12 @@ PROMPT_BUCKETS = (128, 256, 512, 1024)
 # Frames the NAR runs over: the AR's longest output rounded up to one of these (two a
 # doubling), not the `max_steps` it made room for. Each size is one NAR compilation.
 NAR_FRAME_BUCKETS = (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144)
-# KV-cache sizes (slots) the AR's decode loop grows through (`cache_segments`), two a
-# doubling: a step attends over at most ~1.7x the slots in use, for one more compiled
-# shape of the step per size it passes.
-CACHE_SLOT_BUCKETS = (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096,
-                      6144, 8192)
+# KV-cache sizes (slots) the AR's decode loop grows through (`cache_segments`), one a
+# doubling: a step attends over at most ~2.25x the slots in use. Each size it passes is
+# one more compiled copy of the loop's body (on CPU at demo size each added about half the
+# one-cache sampler's compile time), so two a doubling (~1.7x) cost twice the compile
+# time for ~1/8 less attention.
+CACHE_SLOT_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 
 # SampleOptions' float fields: leaves of its pytree, traced by `sample_ar`'s jit (a new
