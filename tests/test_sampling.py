@@ -1,5 +1,6 @@
-"""The AR sampler and NAR decoding: exactness against full forwards, token choice (top-k,
-top-p, repetition-aware sampling), stopping, grouped codes, determinism, recompiles.
+"""The AR sampler and NAR decoding: exactness against full forwards, a growing KV cache
+against one of the whole room, token choice (top-k, top-p, repetition-aware sampling),
+stopping, grouped codes, determinism, recompiles.
 
 Compiles are the cost here (seconds each on CPU), so each compiled sampler is built once in
 a module-scoped fixture and shared by the tests that read it."""
@@ -38,13 +39,13 @@ def _inputs(seed=0, phoneme_lens=PHONEME_LENS, prompt_frames=PROMPT_FRAMES):
   return phonemes, prompts
 
 
-def _sample(model, options, key=0, inputs=None, return_logits=False):
+def _sample(model, options, key=0, inputs=None, return_logits=False, **kwargs):
   phonemes, prompts = inputs or _inputs()
   batch = sampling.prepare_batch(phonemes, prompts, model.group_size, options, **BUCKETS)
   out = sampling.sample_ar(*nnx.split(model), batch.phonemes, batch.phoneme_lens,
                            batch.prompt[..., 0], batch.prompt_lens, jax.random.key(key),
                            options=options, max_steps=batch.max_steps,
-                           return_logits=return_logits)
+                           return_logits=return_logits, **kwargs)
   return batch, jax.tree.map(np.asarray, out)
 
 
@@ -253,6 +254,71 @@ def test_top_k_1_is_greedy_and_the_length_limit_stops_a_model_without_eos(never_
   assert any(np.sum(out.codes[i, max(0, t - 10):t] == out.codes[i, t]) > 1
              for i, n in enumerate(limits) for t in range(n))
   assert not out.ras_fallbacks.any()
+
+
+# ----------------------------------------------------------------------- growing cache
+
+# Cache sizes small enough for the tests' short sequences to cross several segments (the
+# prefill fills 16 + 1 + 8 = 25 slots with G = 1, 16 + 1 + 4 = 21 with G = 2).
+SMALL_BUCKETS = (24, 28, 32, 37, 43, 49, 56, 64, 74)
+
+
+def _prefix_and_segments(batch, g, buckets):
+  prefix = batch.phonemes.shape[1] + 1 + batch.prompt.shape[1] // g
+  return prefix, sampling.cache_segments(prefix, batch.max_steps, buckets)
+
+
+def _assert_same_sampling(out, expected):
+  for name in ("codes", "lengths", "hit_limit", "ras_fallbacks"):
+    np.testing.assert_array_equal(getattr(out, name), getattr(expected, name), err_msg=name)
+  np.testing.assert_allclose(out.logits, expected.logits, atol=1e-5, rtol=1e-5)
+
+
+def test_cache_segments():
+  # Demo shapes: 128 phonemes + BOS + 256 prompt frames, room for 12 frames a phoneme.
+  assert sampling.cache_segments(385, 1536) == (512, 1024, 1921)
+  assert sampling.cache_segments(500, 1100) == (1024, 1600)   # 512 adds under 1/8 to 500
+  assert sampling.cache_segments(300, 800) == (512, 1100)     # 1024 leaves under 1/8
+  assert sampling.cache_segments(25, 96, ()) == (121,)
+  assert sampling.cache_segments(25, 96, SMALL_BUCKETS) == (32, 37, 43, 49, 56, 64, 74, 121)
+
+
+@pytest.mark.parametrize("buckets", [(), SMALL_BUCKETS], ids=["one cache", "small"])
+def test_sampling_in_a_growing_cache_equals_one_cache_of_the_whole_room(sampled, buckets):
+  """The fixture sampled (top-p + RAS, ragged prompts, EOS at different steps) with the
+  default cache sizes; in one cache of the whole room, and in small segments (the longest
+  sequence crossing two boundaries or more, the segments after its end skipped), the
+  same key gives the same codes, lengths and logits."""
+  model, batch, out, key = sampled
+  _, other = _sample(model, SAMPLED, key=key, return_logits=True, cache_buckets=buckets)
+  if buckets:
+    prefix, sizes = _prefix_and_segments(batch, model.group_size, buckets)
+    made = _groups_made(out, model.group_size).max()
+    assert sizes[1] - prefix < made < sizes[-2] - prefix
+  _assert_same_sampling(other, out)
+
+
+@pytest.mark.parametrize("group_size", [1, 2], ids=["G1", "G2"])
+def test_decoding_to_the_room_in_a_growing_cache_equals_one_cache(group_size):
+  """Greedy decoding of an AR that never emits EOS, to each sequence's limit (the longest
+  text's: the whole room), gives the same codes and logits in small segments as in one
+  cache of the whole room; other inputs of the same shapes reuse the compiled sampler."""
+  model = _model(group_size, eos_bias=-1e9)
+  options = dataclasses.replace(GREEDY, max_frames_per_phoneme=4.0)
+  inputs = _inputs(0, (16, 5, 3), PROMPT_FRAMES)          # 16: the phoneme bucket, all room
+  batch, out = _sample(model, options, inputs=inputs, return_logits=True,
+                       cache_buckets=SMALL_BUCKETS)
+  _, expected = _sample(model, options, inputs=inputs, return_logits=True, cache_buckets=())
+  np.testing.assert_array_equal(out.lengths, 4 * np.array([16, 5, 3]))
+  assert out.hit_limit.all() and out.lengths[0] == batch.max_steps * group_size
+  prefix, sizes = _prefix_and_segments(batch, group_size, SMALL_BUCKETS)
+  assert len(sizes) >= 5 and sizes[-1] == prefix + batch.max_steps
+  _assert_same_sampling(out, expected)
+  compiled = sampling.sample_ar._cache_size()
+  for seed in (1, 2):
+    _sample(model, options, key=seed, inputs=_inputs(seed, (9, 16, 2), (8, 2, 4)),
+            return_logits=True, cache_buckets=SMALL_BUCKETS)
+  assert sampling.sample_ar._cache_size() == compiled
 
 
 # ------------------------------------------------------------------------ token choice

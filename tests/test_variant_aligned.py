@@ -507,6 +507,23 @@ def test_deterministic_pointer_moves_on_at_the_median_or_mean_length(
       np.testing.assert_array_equal(path, h + np.arange(spoken[row]).repeat(frames))
 
 
+def test_pointer_sampling_in_a_growing_cache_equals_one_cache():
+  """The pointer controller reads and moves the model's own cache entries (pointer,
+  advance logit): decoding in small segments of a growing cache (`cache_buckets`; the
+  prefill fills 16 + 1 + 8 = 25 slots) draws the same frames and the same pointer path as
+  in one cache of the whole room: one sequence ending with EOS after crossing three
+  segments' boundaries (steps 7, 12 and 18), two at their limits."""
+  model = _pointer_ar(3.0, advance_bias=-3.0)
+  options = sampling.SampleOptions(max_frames_per_phoneme=4.0)
+  controller = aligned_sampling.PointerController()
+  small, one = (_sample_pointer(model, options, controller, key=1, cache_buckets=buckets)
+                for buckets in ((32, 37, 43, 49, 56), ()))
+  np.testing.assert_array_equal(small.hit_limit, [False, True, True])
+  assert 18 < small.lengths[0] < 4 * SAMPLE_PHONEME_LENS[0]
+  for name in ("codes", "lengths", "hit_limit", "controlled"):
+    np.testing.assert_array_equal(getattr(small, name), getattr(one, name), err_msg=name)
+
+
 def test_pointer_options_are_checked():
   with pytest.raises(ValueError, match="max_dwell"):
     aligned_sampling.PointerController(max_dwell=-1.0)

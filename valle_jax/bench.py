@@ -2,7 +2,7 @@
 
     python -m valle_jax.bench prepare [--clips 24] [--batch 8] [--lengths varied] [--max-padding inf]
     python -m valle_jax.bench index [--records 1000000] [--scan-records 20000]
-    python -m valle_jax.bench sample [--configs tiny,paper] [--batches 1,16] [--steps 50]
+    python -m valle_jax.bench sample [--configs tiny,paper] [--batches 1,16] [--steps 50] [--room 1536]
     python -m valle_jax.bench train [--config configs/paper.py] [--dtype bfloat16] [--peak-tflops 989]
     python -m valle_jax.bench accelerator [--quick] [--config configs/paper.py] [--peak-tflops 989]
     python -m valle_jax.bench input --dataset DIR [--config configs/paper.py] [--workers 0,2]
@@ -447,10 +447,13 @@ class DecodeResult:
 
 
 def measure_decode(model_cfg, batch_size: int, steps: int, use_cache: bool = True,
-                   num_phonemes: int = 64, prompt_seconds: float = 3.0) -> DecodeResult:
+                   num_phonemes: int = 64, prompt_seconds: float = 3.0,
+                   room: int | None = None) -> DecodeResult:
   """AR sampling speed, prefill apart: `sample_ar` run to 1 and to `steps` steps (the same
   compiled function: the step limit is the phoneme count at 1 group a phoneme, and the
-  phonemes are padded to one size), EOS disabled so every sequence runs to its limit."""
+  phonemes are padded to one size), EOS disabled so every sequence runs to its limit.
+  `room`: the groups `sample_ar` makes room for (`max_steps`, default `steps`), as
+  synthesis makes room for more than it speaks."""
   import jax  # pylint: disable=g-import-not-at-top
 
   from valle_jax import models, sampling  # pylint: disable=g-import-not-at-top
@@ -468,7 +471,7 @@ def measure_decode(model_cfg, batch_size: int, steps: int, use_cache: bool = Tru
     out = sampling.sample_ar(
         graphdef, state, phonemes, np.full((batch_size,), num_steps), prompt,
         np.full((batch_size,), prompt_frames), jax.random.key(0), options=options,
-        max_steps=steps)
+        max_steps=max(room or steps, steps))
     return jax.block_until_ready(out)
 
   start = time.perf_counter()
@@ -552,6 +555,9 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
                       "implementations do; 0 to skip)")
   p.add_argument("--phonemes", type=int, default=64, help="phonemes per example")
   p.add_argument("--prompt-seconds", type=float, default=3.0)
+  p.add_argument("--room", type=int, default=0,
+                 help="AR groups the sampler makes room for (max_steps; default --steps); "
+                      "synthesis makes room for 12 frames a phoneme")
 
 
 def bench_sample(args: argparse.Namespace) -> None:
@@ -560,7 +566,8 @@ def bench_sample(args: argparse.Namespace) -> None:
 
   print(f"AR sampling on {jax.devices()[0].device_kind} ({jax.device_count()} device(s), "
         f"{os.cpu_count()} cores): {args.phonemes} phonemes, {args.prompt_seconds:g} s prompt, "
-        "75 frames = 1 s; RTF = wall s per s of audio made, decode only")
+        f"room for {args.room or 'steps'} groups, 75 frames = 1 s; RTF = wall s per s of "
+        "audio made, decode only")
   print(f"{'config':<8}{'batch':>6}{'cache':>7}{'steps':>6}{'compile s':>10}{'prefill s':>10}"
         f"{'step ms':>9}{'frames/s':>10}{'RTF':>8}")
   for name in args.configs.split(","):
@@ -570,7 +577,7 @@ def bench_sample(args: argparse.Namespace) -> None:
         if steps < 2:
           continue
         r = measure_decode(model_cfg, batch, steps, use_cache, args.phonemes,
-                           args.prompt_seconds)
+                           args.prompt_seconds, args.room or None)
         print(f"{name:<8}{batch:>6}{'yes' if use_cache else 'no':>7}{steps:>6}"
               f"{r.compile_s:>10.1f}{r.prefill_s:>10.2f}{1e3 * r.step_s:>9.1f}"
               f"{r.frames_per_s:>10.1f}{75 / r.frames_per_s:>8.3f}", flush=True)

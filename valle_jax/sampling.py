@@ -16,8 +16,24 @@ rng. Each step picks one group of G frames per sequence (VALL-E 2 grouped code m
 G = 1 is plain VALL-E) and appends it to the cache with `ARModel.decode_step`. A sequence
 stops at the first EOS (a group ends at its first EOS frame) or at its length limit,
 `max_frames_per_phoneme` x its phoneme count (prompt transcript included), capped by the
-`max_steps` groups the cache was sized for. The batch decodes in lockstep until every
-sequence has stopped; each prompt may have its own length.
+`max_steps` groups of room. The batch decodes in lockstep until every sequence has
+stopped; each prompt may have its own length.
+
+**A cache that grows** (`cache_segments`): a decode step attends over every slot of its
+cache, so its cost follows the cache's size, not the frames made, and `max_steps` leaves
+room for far more frames than speech usually takes (12 a phoneme). So the loop runs in
+segments: segment i is a `lax.while_loop` over a cache of S_i slots, sizes from
+`CACHE_SLOT_BUCKETS` (one a doubling) between the prefill's slots and the whole room, that
+exits when every sequence has finished or its slots are full; then, unless every sequence
+has finished (a `lax.cond`), the cache's k, v and valid are padded with empty slots to
+S_i+1 and the next segment goes on. A step thus attends over at most ~2.25x the slots in
+use (2x between two buckets; a bucket within 1/8 of the one before or of the whole room is
+skipped), and each segment is one more copy of the loop's body to compile (another shape
+of the step), all inside the one compiled `sample_ar`. Empty slots are masked out, so the
+output is that of one cache of the whole room (`cache_buckets=()`), up to float rounding
+in the attention's sums. While the cache grows, the old and the new one are both in memory
+(up to 1.9x the whole room's cache, at the last growth). At demo shapes (128 phonemes, a 3
+s prompt, room for 1536 frames) the segments have 512, 1024 and 1921 slots.
 
 **Token choice** (`choose_tokens`): temperature, then top-k, then top-p (nucleus); with
 repetition-aware sampling (VALL-E 2 §3.4.1) the nucleus sample is kept unless the fraction
@@ -42,7 +58,7 @@ variant's recipe (valle_jax/recipe.py) may give its own.
 
 With `use_cache=False` the AR re-runs the full forward over the whole (padded) sequence at
 every step instead of using the cache, as the PyTorch implementations do; it exists as the
-benchmark's baseline and gives the same logits.
+benchmark's baseline and gives the same logits (in one segment: it has no cache to grow).
 """
 from __future__ import annotations
 
@@ -67,6 +83,12 @@ PROMPT_BUCKETS = (128, 256, 512, 1024)
 # Frames the NAR runs over: the AR's longest output rounded up to one of these (two a
 # doubling), not the `max_steps` it made room for. Each size is one NAR compilation.
 NAR_FRAME_BUCKETS = (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144)
+# KV-cache sizes (slots) the AR's decode loop grows through (`cache_segments`), one a
+# doubling: a step attends over at most ~2.25x the slots in use. Each size it passes is
+# one more compiled copy of the loop's body (on CPU at demo size each added about half the
+# one-cache sampler's compile time), so two a doubling (~1.7x) cost twice the compile
+# time for ~1/8 less attention.
+CACHE_SLOT_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 
 # SampleOptions' float fields: leaves of its pytree, traced by `sample_ar`'s jit (a new
@@ -232,7 +254,8 @@ class Controller:
 
   A variant subclasses it (a frozen dataclass: it is a static argument of the jit). Its
   methods run traced inside `sample_ar`; `inputs` is `sample_ar`'s `controller_inputs`,
-  `carry` the controller's own per-sequence state (a pytree of arrays).
+  `carry` the controller's own per-sequence state (a pytree of arrays). The `cache` they
+  read has the slots of the loop's current segment (see "A cache that grows").
   """
 
   def prefill_kwargs(self, model, inputs, audio: Array, prompt_lens: Array
@@ -281,16 +304,40 @@ class _Loop(NamedTuple):
   all_logits: Array | None  # [B, max_steps, G, V + 1] or None
 
 
-def _cached_decoder(model, phonemes, phoneme_lens, audio, audio_lens, max_steps,
-                    prefill_kwargs):
-  """(first logits [B, G, V + 1], cache) and the step function, with the KV cache."""
-  num_slots = phonemes.shape[1] + audio.shape[1] + max_steps
-  cache = model.init_cache(phonemes.shape[0], num_slots)
+def cache_segments(prefix: int, room: int, buckets: Sequence[int] = CACHE_SLOT_BUCKETS
+                   ) -> tuple[int, ...]:
+  """The cache sizes (slots) of `sample_ar`'s decode segments, for a prefill of `prefix`
+  slots and `room` steps: each of `buckets` at least 1/8 above the size before it (the
+  first: `prefix`) and 1/8 below the whole room, then the whole room, `prefix + room`. A
+  segment that would save less than 1/8 of its steps' attention is not worth a compilation."""
+  sizes = [prefix]
+  for size in buckets:
+    if 8 * size >= 9 * sizes[-1] and 9 * size <= 8 * (prefix + room):
+      sizes.append(size)
+  return tuple(sizes[1:]) + (prefix + room,)
+
+
+def _grow_cache(cache: dict[str, Array], num_slots: int) -> dict[str, Array]:
+  """`cache` with `num_slots` slots: k, v [num_layers, B, S, N, H] and valid [B, S] padded
+  with empty slots; its other entries (next_slot, audio_pos, a variant's) as they are."""
+  pad = num_slots - cache["valid"].shape[1]
+
+  def grow(x, axis):
+    return jnp.pad(x, [(0, pad if i == axis else 0) for i in range(x.ndim)])
+
+  return {**cache, "k": grow(cache["k"], 2), "v": grow(cache["v"], 2),
+          "valid": grow(cache["valid"], 1)}
+
+
+def _cached_decoder(model, phonemes, phoneme_lens, audio, audio_lens, room, prefill_kwargs):
+  """(first logits [B, G, V + 1], cache) and the step function, with a KV cache of room
+  for `room` steps after the prefill."""
+  cache = model.init_cache(phonemes.shape[0], phonemes.shape[1] + audio.shape[1] + room)
   return (model.prefill(phonemes, phoneme_lens, audio, audio_lens, cache, **prefill_kwargs),
           model.decode_step)
 
 
-def _full_forward_decoder(model, phonemes, phoneme_lens, audio, audio_lens, max_steps,
+def _full_forward_decoder(model, phonemes, phoneme_lens, audio, audio_lens, room,
                           prefill_kwargs):
   """Like `_cached_decoder`, re-running the full forward over a fixed-size token buffer."""
   if prefill_kwargs:
@@ -306,17 +353,17 @@ def _full_forward_decoder(model, phonemes, phoneme_lens, audio, audio_lens, max_
     buffer = buffer.at[rows, lens].set(tokens)
     return forward(buffer, lens + 1), (buffer, lens + 1)
 
-  buffer = jnp.pad(audio, [(0, 0), (0, max_steps), (0, 0)])          # [B, A + steps, G]
+  buffer = jnp.pad(audio, [(0, 0), (0, room), (0, 0)])               # [B, A + room, G]
   return (forward(buffer, audio_lens), (buffer, audio_lens)), step
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_steps", "return_logits",
-                                             "controller"))
+                                             "controller", "cache_buckets"))
 def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme_lens: Array,
               prompt: Array, prompt_lens: Array, rng: Array, *, options: SampleOptions,
               max_steps: int, return_logits: bool = False,
-              controller: Controller = Controller(), controller_inputs: Any = None
-              ) -> ARSample:
+              controller: Controller = Controller(), controller_inputs: Any = None,
+              cache_buckets: tuple[int, ...] = CACHE_SLOT_BUCKETS) -> ARSample:
   """Samples codebook-1 continuations of the prompts (see the module docstring).
 
   Args:
@@ -327,11 +374,13 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
     rng: PRNG key; the same key gives the same output.
     options: `SampleOptions`: its floats (temperature, top_p, ...) are traced, its other
       fields static.
-    max_steps: groups to make room for (static; the cache has L + 1 + P/G + max_steps slots,
-      without the 1 for an AR without BOS).
+    max_steps: groups to make room for (static; the cache grows to L + 1 + P/G + max_steps
+      slots, without the 1 for an AR without BOS).
     return_logits: also return every step's logits (for tests and analysis).
     controller: a `Controller` (static; the default changes nothing), and
       controller_inputs: the arrays it reads (a pytree).
+    cache_buckets: the cache sizes the loop grows through (static; `cache_segments`);
+      () decodes in one cache of the whole room.
   Returns:
     `ARSample`.
   """
@@ -347,9 +396,12 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
   if model.bos:
     bos = jnp.full((b, 1, g), models.bos_id(model.codebook_size), jnp.int32)
     audio = jnp.concatenate([bos, audio], axis=1)                     # [B, 1 + P/G, G]
+  prefix = phonemes.shape[1] + audio.shape[1]                         # prefill's slots
+  sizes = (cache_segments(prefix, max_steps, cache_buckets) if options.use_cache
+           else (prefix + max_steps,))                               # segments' slots
   start = _cached_decoder if options.use_cache else _full_forward_decoder
   (logits, decoder), step_fn = start(
-      model, phonemes, phoneme_lens, audio, groups + model.bos, max_steps,
+      model, phonemes, phoneme_lens, audio, groups + model.bos, sizes[0] - prefix,
       controller.prefill_kwargs(model, controller_inputs, audio, used))
 
   # The last K prompt frames, oldest first; -1 where the prompt is shorter than K.
@@ -383,8 +435,18 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
         ras_fallbacks=s.ras_fallbacks + jnp.where(active, jnp.sum(fell_back, axis=1), 0),
         controller=carry, all_logits=all_logits)
 
-  def cond(s: _Loop) -> Array:
-    return (s.step < max_steps) & ~jnp.all(s.finished)
+  def run(s: _Loop, segment: int) -> _Loop:
+    """Segments `segment`, ... from `s` (its cache of `sizes[segment]` slots); the carry
+    they end with, without its cache."""
+    room = sizes[segment] - prefix                                   # steps its slots hold
+    s = jax.lax.while_loop(lambda s: (s.step < room) & ~jnp.all(s.finished), body, s)
+    done = s._replace(decoder=None)
+    if segment + 1 == len(sizes):
+      return done
+    return jax.lax.cond(
+        jnp.all(s.finished), lambda: done,
+        lambda: run(s._replace(decoder=_grow_cache(s.decoder, sizes[segment + 1])),
+                    segment + 1))
 
   zeros = jnp.zeros((b,), jnp.int32)
   init = _Loop(
@@ -395,7 +457,7 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
       controller=controller.init(controller_inputs, used, max_steps),
       all_logits=jnp.zeros((b, max_steps) + logits.shape[1:], jnp.float32)
       if return_logits else None)
-  s = jax.lax.while_loop(cond, body, init)
+  s = run(init, 0)
   made = jnp.arange(max_steps * g)[None] < s.lengths[:, None]          # [B, max_steps * G]
   codes = jnp.where(made, s.codes.reshape(b, max_steps * g), 0)
   return ARSample(codes, s.lengths, s.hit_limit, s.ras_fallbacks, s.all_logits,
