@@ -317,18 +317,6 @@ def cache_segments(prefix: int, room: int, buckets: Sequence[int] = CACHE_SLOT_B
   return tuple(sizes[1:]) + (prefix + room,)
 
 
-def _grow_cache(cache: dict[str, Array], num_slots: int) -> dict[str, Array]:
-  """`cache` with `num_slots` slots: k, v [num_layers, B, S, N, H] and valid [B, S] padded
-  with empty slots; its other entries (next_slot, audio_pos, a variant's) as they are."""
-  pad = num_slots - cache["valid"].shape[1]
-
-  def grow(x, axis):
-    return jnp.pad(x, [(0, pad if i == axis else 0) for i in range(x.ndim)])
-
-  return {**cache, "k": grow(cache["k"], 2), "v": grow(cache["v"], 2),
-          "valid": grow(cache["valid"], 1)}
-
-
 def _cached_decoder(model, phonemes, phoneme_lens, audio, audio_lens, room, prefill_kwargs):
   """(first logits [B, G, V + 1], cache) and the step function, with a KV cache of room
   for `room` steps after the prefill."""
@@ -445,7 +433,7 @@ def sample_ar(graphdef: nnx.GraphDef, state: nnx.State, phonemes: Array, phoneme
       return done
     return jax.lax.cond(
         jnp.all(s.finished), lambda: done,
-        lambda: run(s._replace(decoder=_grow_cache(s.decoder, sizes[segment + 1])),
+        lambda: run(s._replace(decoder=model.grow_cache(s.decoder, sizes[segment + 1])),
                     segment + 1))
 
   zeros = jnp.zeros((b,), jnp.int32)

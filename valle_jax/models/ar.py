@@ -199,6 +199,14 @@ class ARModel(nnx.Module):
         "audio_pos": jnp.zeros((batch_size,), jnp.int32),
     }
 
+  def grow_cache(self, cache: dict[str, Array], num_slots: int) -> dict[str, Array]:
+    """`cache` with `num_slots` slots (>= its own): k, v and valid padded with empty slots;
+    its other entries (next_slot, audio_pos, a variant's) as they are."""
+    pad = num_slots - cache["valid"].shape[1]
+    grow = lambda x, axis: jnp.pad(x, [(0, pad if i == axis else 0) for i in range(x.ndim)])  # noqa: E731
+    return {**cache, "k": grow(cache["k"], 3), "v": grow(cache["v"], 3),
+            "valid": grow(cache["valid"], 1)}
+
   def prefill(self, phonemes: Array, phoneme_lens: Array, audio_tokens: Array,
               audio_lens: Array, cache: dict[str, Array]) -> tuple[Array, dict[str, Array]]:
     """Runs the prompt through the model, filling cache slots [0, L + Ta) (each example's
