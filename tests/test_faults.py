@@ -219,7 +219,7 @@ def test_attention_and_remat_config_is_checked():
   cfg = tiny.get_config()
   cfg.model.attention, cfg.model.remat = "flash", "some"
   assert config_check.model(cfg) == [
-      "model.attention = 'flash': must be one of 'xla', 'cudnn'",
+      "model.attention = 'flash': must be one of 'xla', 'cudnn', 'splash'",
       "model.remat = 'some': must be one of 'none', 'full', 'dots_saveable'"]
   cfg.model.remat = "dots_saveable"
   cfg.model.attention = "cudnn"
