@@ -18,7 +18,7 @@ the parameters, for synthesis.
 
 Checkpoints written before the transformer scanned its blocks hold each block's
 parameters (and their optimiser moments) under `blocks/0`, `blocks/1`, ...; they are read
-in that layout and stacked on the layer axis (`per_layer_blocks`, `stack_blocks`), so old
+in that layout and stacked on the layer axis (`per_layer_blocks`), so old
 runs resume and synthesise unchanged.
 """
 from __future__ import annotations
@@ -192,8 +192,8 @@ class RunCheckpoints:
         data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore(),
         symbols=ocp.args.JsonRestore(), codec=ocp.args.JsonRestore())))
     if per_layer:
-      restored["params"] = stack_blocks(restored["params"], abstract_params)
-      restored["optimizer"] = stack_blocks(restored["optimizer"], abstract_optimizer)
+      restored["params"] = _stack_per_layer(restored["params"], abstract_params)
+      restored["optimizer"] = _stack_per_layer(restored["optimizer"], abstract_optimizer)
     return restored
 
   def _unreadable(self, step: int, e: BaseException, abstract_params=None,
@@ -315,7 +315,7 @@ def _unstacked(abstract: Any, num_layers: int) -> Any:
   return jax.tree.map(split, abstract, is_leaf=_has_blocks)
 
 
-def stack_blocks(tree: Any, abstract: Any) -> Any:
+def _stack_per_layer(tree: Any, abstract: Any) -> Any:
   """A tree read in the per-layer layout -> the stacked layout, placed as `abstract`
   (ShapeDtypeStructs with shardings) says."""
   def stack(x):
@@ -400,7 +400,7 @@ def load_inference_bundle(path: str, recipe=None) -> InferenceBundle:
   per_layer = per_layer_blocks(os.path.join(directory, str(step), "params"))
   params = read(params=ocp.args.StandardRestore(_unstacked(abstract, per_layer)))["params"]
   if per_layer:
-    params = stack_blocks(params, abstract)
+    params = _stack_per_layer(params, abstract)
   manager.close()
   for name, model in built.items():
     nnx.update(model, params[name])

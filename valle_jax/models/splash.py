@@ -39,10 +39,12 @@ import numpy as np
 from jax.experimental.pallas.ops.tpu import splash_attention as splash_lib
 from jax.sharding import PartitionSpec as P
 
+from valle_jax import sharding
+
 Array = jax.Array
 BLOCK = 128   # the kernel's query and key block (BlockSizes.get_default); sequences pad to it
-BATCH_AXES = ("data", "fsdp")   # sharding.LOGICAL_RULES["batch"]
-HEADS_AXIS = "tensor"           # sharding.LOGICAL_RULES["heads"]
+BATCH_AXES = sharding.LOGICAL_RULES["batch"]    # the mesh axes a batch is split over
+HEADS_AXIS = sharding.LOGICAL_RULES["heads"]    # and the heads
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["valid"],
